@@ -1,0 +1,124 @@
+# mod_asyncproxy — build, tests, demo, benchmarks.
+#
+#   make            engine library + module (build/mod_asyncproxy.so)
+#   make test       every test: unit (plain, ASan+UBSan, TSan) + integration
+#   make run        start a local httpd with the module in front of the demo backend
+#   make bench-engine   engine micro-benchmarks (printed, not asserted)
+#   make fuzz       libFuzzer targets of the HTTP codec, each run for FUZZ_SECONDS
+#   make DEBUG=1 SAN=address,undefined   sanitizer build of library and module
+
+CC      ?= gcc
+APXS    ?= apxs
+PROVE   ?= prove
+
+WARN := -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow \
+        -Wstrict-prototypes -Wmissing-prototypes -Wdeclaration-after-statement \
+        -Wpointer-arith -Wformat-security
+
+APR_CFLAGS  := $(shell apr-1-config --cflags --cppflags --includes 2>/dev/null)
+APR_LIBS    := $(shell apr-1-config --link-ld 2>/dev/null)
+APU_CFLAGS  := $(shell apu-1-config --includes 2>/dev/null)
+HTTPD_INC   := $(shell $(APXS) -q INCLUDEDIR 2>/dev/null)
+
+ifeq ($(DEBUG),1)
+OPT := -O1 -g -DAPX_DEBUG=1
+else
+OPT := -O2 -g
+endif
+ifneq ($(SAN),)
+OPT += -fsanitize=$(SAN) -fno-omit-frame-pointer
+SAN_LD := -fsanitize=$(SAN)
+endif
+
+B        := build
+ENG_SRC  := $(wildcard poller/*.c)
+ENG_OBJ  := $(patsubst poller/%.c,$(B)/poller/%.o,$(ENG_SRC))
+GLUE_SRC := $(wildcard mod_asyncproxy*.c glue/*.c)
+LIB      := $(B)/libapx.a
+MODULE   := $(B)/mod_asyncproxy.so
+ENG_CFLAGS := $(WARN) $(OPT) -fPIC -fvisibility=hidden -Iinclude $(APR_CFLAGS) -pthread
+
+UNIT_SRC  := $(wildcard t/unit/*.c)
+UNIT_NAMES := $(patsubst t/unit/%.c,%,$(UNIT_SRC))
+# Threaded unit tests that also run under ThreadSanitizer.
+TSAN_TESTS ?= $(filter coro poller cache,$(UNIT_NAMES))
+
+.PHONY: all deps test unit unit-asan unit-tsan integration run stop-run bench bench-engine fuzz clean
+
+all: $(MODULE)
+
+deps:
+	@./scripts/deps.sh
+
+$(B)/poller/%.o: poller/%.c $(wildcard include/*.h) | $(B)/poller
+	$(CC) $(ENG_CFLAGS) -c $< -o $@
+
+$(B)/poller $(B)/t $(B)/t-asan $(B)/t-tsan:
+	mkdir -p $@
+
+$(LIB): $(ENG_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+# The module is linked directly (no libtool): apxs only tells where httpd's
+# headers are. -fvisibility=hidden must never reach the glue: it would hide
+# asyncproxy_module.
+$(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h)
+	$(CC) $(WARN) $(OPT) -fPIC -shared -Iinclude -I$(HTTPD_INC) $(APR_CFLAGS) $(APU_CFLAGS) \
+	    -pthread $(GLUE_SRC) $(LIB) -lz -o $@ $(SAN_LD)
+	@nm -D --defined-only $@ | awk '$$2 ~ /[TDB]/ && $$3 !~ /^_/ {print $$3}' | \
+	    grep -vx asyncproxy_module && { echo "unexpected exported symbols in $@" >&2; exit 1; } || true
+
+# Unit tests #include the .c files they test (to reach statics, as h2o
+# does) and link only poller/log.c besides, so each test stands alone.
+UNIT_BUILD = $(CC) $(WARN) $(1) -Iinclude -Ipoller -It/unit $(APR_CFLAGS) -pthread \
+	$< poller/log.c -o $@ $(APR_LIBS) -lz -lpthread
+$(B)/t/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t
+	$(call UNIT_BUILD,-O2 -g)
+$(B)/t-asan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-asan
+	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+$(B)/t-tsan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-tsan
+	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=thread)
+
+unit: $(addprefix $(B)/t/,$(addsuffix .t,$(UNIT_NAMES)))
+	$(PROVE) $^
+
+unit-asan: $(addprefix $(B)/t-asan/,$(addsuffix .t,$(UNIT_NAMES)))
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    $(PROVE) $^
+
+unit-tsan: $(addprefix $(B)/t-tsan/,$(addsuffix .t,$(TSAN_TESTS)))
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(PROVE) $^
+
+integration: $(MODULE)
+	$(MAKE) -C bench slowd
+	$(PROVE) -It/lib t/integration/
+
+test: deps
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) unit-asan
+	$(MAKE) unit-tsan
+	$(MAKE) integration
+
+run: deps
+	$(MAKE) all
+	$(MAKE) -C bench slowd
+	./scripts/run.sh
+
+stop-run:
+	./scripts/run.sh stop
+
+bench-engine:
+	$(MAKE) -C bench engine
+
+bench: deps all
+	$(MAKE) -C bench all
+
+fuzz:
+	$(MAKE) -C fuzz run
+
+clean:
+	rm -rf $(B)
+	-$(MAKE) -C bench clean
+	-$(MAKE) -C fuzz clean

@@ -1,0 +1,139 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* apx_poller.h — the engine: one epoll poller thread, a worker queue and an
+ * elastic pool of worker threads, per httpd child.
+ *
+ * A request that would block is *parked*: its owner fills an apx_park record
+ * (one or two fds, the events wanted on each, a timeout) and hands it over
+ * with apx_park_submit(). From then on the poller owns the record: it alone
+ * touches the epoll set and the timeout queues. On readiness, hangup/error or
+ * deadline it removes the record's fds from epoll, unlinks it from its
+ * timeout queue, records what happened and pushes it onto the worker queue; a
+ * worker pops it and calls record->dispatch() — the new owner. The poller
+ * pushes a batch to the worker queue only after it has scanned the whole
+ * epoll batch, so a later event of the same batch never refers to a record a
+ * worker already freed.
+ *
+ * Calling threads:
+ *   apx_engine_create(), _start(), _destroy()   the child's main thread
+ *   apx_engine_stopping()                       any thread
+ *   apx_park_submit(), apx_run_submit()         the thread that currently
+ *                                               owns the record; ownership
+ *                                               passes to the engine
+ *   apx_engine_stats()                          any thread
+ *   record->dispatch()                          runs on a worker thread
+ */
+#ifndef APX_POLLER_H
+#define APX_POLLER_H
+
+#include <apr_pools.h>
+#include <apr_thread_proc.h>
+#include "apx_common.h"
+#include "apx_tq.h"
+
+typedef struct apx_engine apx_engine;
+typedef struct apx_park apx_park;
+
+/* Events: wanted (IN, OUT) and reported (all). Hangup and error are always
+ * reported on a parked fd, wanted or not. */
+enum {
+    APX_EV_IN       = 0x01,
+    APX_EV_OUT      = 0x02,
+    APX_EV_HUP      = 0x04,  /* EPOLLHUP or EPOLLRDHUP: peer closed/half-closed */
+    APX_EV_ERR      = 0x08,
+    APX_EV_TIMEOUT  = 0x10,  /* deadline passed */
+    APX_EV_SHUTDOWN = 0x20,  /* child stopping and the record is APX_PARK_IDLE,
+                              * or the engine is being destroyed */
+    APX_EV_RUN      = 0x40   /* handed over with apx_run_submit() */
+};
+
+/* Record flags. */
+enum {
+    /* An idle keep-alive connection: dispatched with APX_EV_SHUTDOWN at once
+     * when the child is stopping (graceful restart closes idle connections
+     * immediately; in-flight requests finish). */
+    APX_PARK_IDLE = 0x01
+};
+
+/* Runs on a worker thread; `thd` is that worker's APR thread (the glue sets
+ * c->current_thread from it). The record is the callee's again. */
+typedef void (*apx_park_fn)(apx_park *p, apr_thread_t *thd);
+
+struct apx_park {
+    /* --- set by the owner before submitting, read-only while parked --- */
+    int fd[2];                      /* -1 when unused; both -1: timer only */
+    unsigned want[2];               /* APX_EV_IN | APX_EV_OUT per fd */
+    apr_interval_time_t timeout;    /* <= 0: no deadline */
+    unsigned flags;                 /* APX_PARK_* */
+    apx_park_fn dispatch;
+    void *baton;                    /* the owner's context */
+
+    /* --- set by the engine when it dispatches --- */
+    unsigned got[2];                /* events seen on fd[0] / fd[1] */
+    unsigned why;                   /* got[0] | got[1] | TIMEOUT | SHUTDOWN | RUN */
+    apr_time_t parked_at;           /* when the poller took it */
+
+    /* --- engine-private --- */
+    apx_tq_link tq;
+    apx_park *next;
+    unsigned state;
+};
+
+typedef struct apx_engine_conf {
+    unsigned workers_min;           /* started at once; >= 1 */
+    unsigned workers_max;           /* the pool grows to this when every
+                                     * worker is busy and records wait */
+    apr_interval_time_t worker_idle_timeout; /* idle above min: thread exits */
+    unsigned expire_budget;         /* timeouts handled per poller pass */
+    unsigned max_events;            /* epoll_wait batch size */
+} apx_engine_conf;
+
+typedef struct apx_engine_stats {
+    unsigned parked;                /* in the poller now */
+    unsigned queued;                /* on the worker queue now */
+    unsigned workers, workers_busy;
+    apr_uint64_t parks_total, dispatched_total, timeouts_total;
+    apr_uint64_t runs_total;        /* apx_run_submit() hand-overs */
+} apx_engine_stats;
+
+/* Fills conf with the defaults (workers 2..16, idle 10 s, budget 256,
+ * batch 256). */
+void apx_engine_conf_default(apx_engine_conf *conf);
+
+/* The engine takes its own allocator and pool under `parent`. Nothing runs
+ * before apx_engine_start(). */
+apr_status_t apx_engine_create(apx_engine **pe, const apx_engine_conf *conf,
+                               apr_pool_t *parent);
+apr_status_t apx_engine_start(apx_engine *e);
+
+/* The child is stopping: idle records are dispatched with SHUTDOWN now and
+ * any idle record parked later at once. Wakes the poller; returns at once. */
+void apx_engine_stopping(apx_engine *e);
+int apx_engine_is_stopping(const apx_engine *e);
+
+/* Stops the poller, lets workers finish what they run, joins every thread.
+ * Records still parked or queued are then passed to abandoned() on the
+ * calling thread (NULL: dropped). Frees the engine's pool. */
+void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned);
+
+/* Hands p to the poller. The caller must not touch p (nor what it guards)
+ * afterwards: it may already be running on a worker when this returns.
+ * Returns APR_EINVAL for a bad fd or when the engine is gone (the caller
+ * still owns p then). */
+apr_status_t apx_park_submit(apx_engine *e, apx_park *p);
+
+/* Puts p straight onto the worker queue (why = APX_EV_RUN). */
+apr_status_t apx_run_submit(apx_engine *e, apx_park *p);
+
+/* Initialises the record fields to "nothing wanted" (fds -1). */
+void apx_park_init(apx_park *p, apx_park_fn dispatch, void *baton);
+
+void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st);
+
+/* The APR thread of the calling worker, or NULL off the engine's workers. */
+apr_thread_t *apx_engine_current_thread(void);
+
+#endif /* APX_POLLER_H */
