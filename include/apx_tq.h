@@ -48,7 +48,8 @@ int apx_tq_link_is_linked(const apx_tq_link *l);
 
 /* deadline = now + q->timeout; l must be unlinked. */
 void apx_tq_append(apx_tq *q, apx_tq_link *l, apr_time_t now);
-/* Moves l to the tail with a fresh deadline (activity seen). */
+/* Moves l to the tail with a fresh deadline (activity seen); harmless when
+ * unlinked. */
 void apx_tq_touch(apx_tq_link *l, apr_time_t now);
 /* Unlinks l from whatever queue holds it; harmless when unlinked. */
 void apx_tq_remove(apx_tq_link *l);
@@ -76,5 +77,9 @@ typedef void (*apx_tq_expire_fn)(apx_tq_link *link, void *baton);
 unsigned apx_tq_set_expire(apx_tq_set *s, apr_time_t now, unsigned budget,
                            apx_tq_expire_fn expired, void *baton);
 unsigned apx_tq_set_count(const apx_tq_set *s);
+/* The set's first queue (NULL when none yet); walk on with q->next_in_set
+ * and a queue's members from q->head.next until &q->head. For sweeps such
+ * as "dispatch every idle record": read l->next before unlinking l. */
+apx_tq *apx_tq_set_first(const apx_tq_set *s);
 
 #endif /* APX_TQ_H */

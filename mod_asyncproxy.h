@@ -1,0 +1,232 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* mod_asyncproxy.h — what the httpd-facing files of the module share: the
+ * configuration records, the per-child state and the log tag.
+ *
+ * Threads: configuration is built in pconf and read-only once post_config
+ * has run; the per-child state is written by child_init (before any engine
+ * thread exists) and afterwards only through atomics or the engine.
+ */
+#ifndef MOD_ASYNCPROXY_H
+#define MOD_ASYNCPROXY_H
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+#include "apr_atomic.h"
+
+#include "apx_coro.h"
+#include "apx_poller.h"
+
+/* Our own log tags (never httpd's AH numbers): one per call site, never
+ * reused; the next free number is kept in README.md. */
+#define APXLOGNO(n) "APX" #n ": "
+
+#define APX_DEFAULT_WORKERS_MIN   2
+#define APX_DEFAULT_WORKERS_MAX   8
+/* 128 KiB of address space per coroutine; only touched pages are resident.
+ * httpd's ap_log_* formats into 8 KiB stack buffers and mod_ssl's write path
+ * is deep, which 64 KiB did not leave room for with margin. */
+#define APX_DEFAULT_STACK_SIZE    (128 * 1024)
+#define APX_MIN_STACK_SIZE        (32 * 1024)
+#define APX_MAX_STACK_SIZE        (8 * 1024 * 1024)
+
+/* Defaults of the proxy settings (each overridable globally and per
+ * mapping where mod_proxy has the same option). */
+#define APX_DEFAULT_PARK_DELAY      apr_time_from_msec(5)
+#define APX_DEFAULT_CONNECT_TIMEOUT apr_time_from_sec(5)
+#define APX_DEFAULT_MAX_PARKED      10000
+#define APX_DEFAULT_POOL_MAX        256
+#define APX_DEFAULT_POOL_TTL        apr_time_from_sec(5)
+#define APX_DEFAULT_RETRY_AFTER     1
+
+/* Engine settings: one engine per child, so these are global (main server
+ * only). */
+typedef struct apx_global_conf {
+    unsigned workers_min, workers_max;
+    apr_size_t stack_size;
+    unsigned max_parked;            /* in-flight parked requests per child */
+    unsigned retry_after;           /* seconds, on 503 */
+    apr_array_header_t *backends;   /* apx_backend *, every origin configured */
+} apx_global_conf;
+
+/* One backend origin (scheme http, host, port) and, per child, its pool
+ * of idle keep-alive connections (mod_asyncproxy_backend.c). Created at
+ * configuration time; the pool part is set up at child_init. */
+typedef struct apx_backend apx_backend;
+struct apx_backend {
+    const char *hostname;
+    apr_port_t port;
+    const char *hostport;           /* "host:port" as in the URL */
+    apr_sockaddr_t *addr;           /* resolved at configuration time */
+    unsigned pool_max;              /* idle connections kept per child */
+    apr_interval_time_t pool_ttl;   /* idle connection lifetime */
+    unsigned id;                    /* index in apx_gconf.backends */
+    void *pool;                     /* per child: mod_asyncproxy_backend.c */
+};
+
+/* AsyncProxyPass PATH URL [key=value ...] | AsyncProxyPass PATH ! */
+typedef struct apx_mapping {
+    const char *path;               /* URL-path prefix matched */
+    apr_size_t path_len;
+    int excluded;                   /* "!": never proxied */
+    const char *url;                /* as configured, for messages */
+    const char *base;               /* path prefix on the backend ("/v1/") */
+    const char *host_hdr;           /* Host sent when not preserving */
+    apx_backend *backend;
+    /* 0: inherit the server's value */
+    apr_interval_time_t timeout;          /* whole response head wait, and
+                                           * each later read or write */
+    apr_interval_time_t connect_timeout;
+    apr_interval_time_t park_delay;       /* -1: inherit */
+} apx_mapping;
+
+/* AsyncProxyPassReverse PATH URL: Location / Content-Location / URI
+ * headers starting with URL are rewritten to start with PATH. */
+typedef struct apx_reverse {
+    const char *path;
+    const char *url;
+    apr_size_t url_len;
+} apx_reverse;
+
+/* Per server (virtual host); -1 / 0 mean unset and are merged. */
+typedef struct apx_srv_conf {
+    apr_array_header_t *maps;       /* apx_mapping *, longest prefix wins */
+    apr_array_header_t *reverses;   /* apx_reverse */
+    int preserve_host;              /* -1 unset */
+    int add_forwarded;              /* X-Forwarded-*; -1 unset */
+    apr_interval_time_t timeout;    /* 0 unset: the server's Timeout */
+    apr_interval_time_t connect_timeout;
+    apr_interval_time_t park_delay; /* -1 unset */
+} apx_srv_conf;
+
+/* Per directory (<Location>): AsyncProxyPass URL with the location as
+ * the path. */
+typedef struct apx_dir_conf {
+    apx_mapping *map;
+    apr_array_header_t *reverses;
+} apx_dir_conf;
+
+/* Figures of this child, for the status page and mod_status. */
+typedef struct apx_counters {
+    volatile apr_uint32_t adopted_now;     /* connections the module owns */
+    volatile apr_uint32_t adopted_total;
+    volatile apr_uint32_t gate_waits;      /* hand-overs that had to wait */
+    volatile apr_uint32_t gate_max_us;     /* longest such wait */
+    volatile apr_uint32_t gate_bound_hits; /* waits that hit the bound */
+    volatile apr_uint32_t requests_total;  /* proxied requests started */
+    volatile apr_uint32_t in_flight;       /* proxied requests not finished */
+    volatile apr_uint32_t parked_reqs;     /* of those, parked at least once
+                                            * (counted against MaxParked) */
+    volatile apr_uint32_t parked_total;
+    volatile apr_uint32_t sync_total;      /* ran on the sync driver */
+    volatile apr_uint32_t done_total;
+    volatile apr_uint32_t bad_gateway;     /* 502 answered */
+    volatile apr_uint32_t gateway_timeout; /* 504 answered */
+    volatile apr_uint32_t unavailable;     /* 503 answered */
+    volatile apr_uint32_t aborted;         /* connection aborted mid-way */
+    volatile apr_uint32_t client_gone;     /* client left while waiting */
+    volatile apr_uint32_t backend_reused;  /* pooled connection taken */
+    volatile apr_uint32_t backend_retries; /* idempotent retry on a fresh one */
+    volatile apr_uint32_t keepalive_closed;/* idle adopted closed (timeout/stop) */
+    volatile apr_uint32_t head_waits;      /* partial request head re-parked */
+} apx_counters;
+
+/* Per-child state. */
+typedef struct apx_child {
+    apr_pool_t *pchild;
+    server_rec *s;
+    int mpm_async;              /* AP_MPMQ_IS_ASYNC at child_init */
+    apx_engine *engine;         /* NULL: synchronous driver only */
+    apx_stack_pool *stacks;
+    volatile apr_uint32_t stopping;
+    apx_counters n;
+} apx_child;
+
+/* How a proxied request ended (apx_req.outcome). */
+enum {
+    APX_OUT_RUNNING = 0,
+    APX_OUT_DONE,       /* the whole response went to the output filters */
+    APX_OUT_ERROR,      /* nothing sent yet: answer rq->status (502/503/504) */
+    APX_OUT_ABORT       /* response cut short or client gone: abort the
+                         * client connection, never a short body that looks
+                         * whole */
+};
+
+/* Added to apx_wait()'s result when the client hung up while we waited
+ * for something else. */
+#define APX_EV_CLIENT_GONE 0x100
+
+/* One proxied request in flight. Lives in r->pool; owned by whichever
+ * thread runs its coroutine (the MPM thread in the handler, later the
+ * module worker that popped it). */
+typedef struct apx_req {
+    request_rec *r;
+    conn_rec *c;
+    const apx_mapping *map;
+    const apx_srv_conf *sconf;
+    apx_coro *coro;
+    int client_fd;
+    int async;                  /* waits may park (else: poll in place) */
+    int counted;                /* holds a slot of max_parked */
+    apr_time_t park_after;      /* handler phase: poll in place until then */
+    /* the wait in progress, for the driver */
+    int wait_fd;
+    unsigned wait_events;
+    apr_time_t wait_deadline;
+    unsigned wait_got;
+    int outcome;                /* APX_OUT_* */
+    int status;                 /* with APX_OUT_ERROR */
+    const char *note;           /* outcome for the log: "client-abort", ... */
+    apr_time_t start;
+    void *proxy;                /* mod_asyncproxy_proxy.c's state */
+} apx_req;
+
+extern apx_global_conf apx_gconf;
+extern apx_child *apx_ch;
+
+/* mod_asyncproxy_conf.c: directive value parsers, shared by the config
+ * code and the tests of it. Each returns NULL or an error message naming
+ * the directive and the value. */
+const char *apx_parse_size(cmd_parms *cmd, const char *arg, apr_size_t min,
+                           apr_size_t max, apr_size_t *out);
+const char *apx_parse_duration(cmd_parms *cmd, const char *arg,
+                               apr_interval_time_t min,
+                               apr_interval_time_t max,
+                               apr_interval_time_t *out);
+const char *apx_parse_uint(cmd_parms *cmd, const char *arg, unsigned min,
+                           unsigned max, unsigned *out);
+
+/* mod_asyncproxy_conn.c: the two drivers and the adopted connection.
+ * apx_wait() runs inside a request's coroutine: it waits until `fd` is
+ * ready for `events` (APX_EV_IN / APX_EV_OUT) or `deadline` passes, watching
+ * the client for a hangup meanwhile. The sync driver poll()s in place; the
+ * async driver polls in place until the park delay ends, then yields so the
+ * request is parked. Returns the APX_EV_* seen on fd, APX_EV_TIMEOUT,
+ * APX_EV_SHUTDOWN, and/or APX_EV_CLIENT_GONE. */
+unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline);
+void apx_conn_register_hooks(apr_pool_t *p);
+/* Shuts down the sockets of every adopted connection (child exit). */
+void apx_conn_shutdown_all(void);
+
+/* mod_asyncproxy_proxy.c: the request path, run as a coroutine. */
+intptr_t apx_proxy_run(apx_coro *coro, void *rq);
+/* The mapping that proxies r, or NULL (not ours, or excluded with "!"). */
+const apx_mapping *apx_proxy_match(request_rec *r);
+void apx_proxy_register_hooks(apr_pool_t *p);
+
+/* mod_asyncproxy_backend.c: origins and their per-child keep-alive pools.
+ * apx_backend_declare() runs at configuration time (finds or creates the
+ * origin in apx_gconf.backends; returns an error message or NULL). */
+const char *apx_backend_declare(apr_pool_t *pconf, const char *hostname,
+                                apr_port_t port, apx_backend **pb);
+/* child_init: creates every origin's pool. */
+void apx_backends_child_init(apr_pool_t *pchild);
+
+/* mod_asyncproxy_status.c */
+void apx_status_register(apr_pool_t *p);
+
+#endif /* MOD_ASYNCPROXY_H */

@@ -1,0 +1,112 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* mod_asyncproxy_status.c — the module's own figures, for its status
+ * handler (SetHandler asyncproxy-status) and for mod_status' status_hook
+ * (/server-status and ?auto). mod_status cannot see parked requests: they
+ * have no scoreboard slot (c->sbh is NULL on module threads).
+ *
+ * Threads: request threads (MPM or module workers); reads counters only.
+ */
+#include "httpd.h"
+#include "http_config.h"
+#include "http_protocol.h"
+#include "apr_strings.h"
+#include "mod_status.h"
+
+#include "mod_asyncproxy.h"
+
+APLOG_USE_MODULE(asyncproxy);
+
+typedef struct figure {
+    const char *name;
+    apr_uint64_t value;
+} figure;
+
+#define MAX_FIGURES 32
+
+static int collect(figure *f, const char **mode)
+{
+    apx_child *ch = apx_ch;
+    apx_engine_stats es;
+    unsigned in_use = 0, free_stacks = 0;
+    int n = 0;
+
+    memset(&es, 0, sizeof(es));
+    *mode = "off";
+    if (!ch)
+        return 0;
+    *mode = ch->engine ? "async" : "sync";
+    if (ch->engine)
+        apx_engine_stats_get(ch->engine, &es);
+    if (ch->stacks)
+        apx_stack_pool_stats(ch->stacks, &in_use, &free_stacks);
+
+#define FIG(nm, v) do { f[n].name = (nm); f[n].value = (v); n++; } while (0)
+    FIG("Workers", es.workers);
+    FIG("WorkersBusy", es.workers_busy);
+    FIG("ParkedNow", es.parked);
+    FIG("QueuedNow", es.queued);
+    FIG("ParksTotal", es.parks_total);
+    FIG("DispatchedTotal", es.dispatched_total);
+    FIG("TimeoutsTotal", es.timeouts_total);
+    FIG("AdoptedNow", apr_atomic_read32(&ch->n.adopted_now));
+    FIG("AdoptedTotal", apr_atomic_read32(&ch->n.adopted_total));
+    FIG("GateWaits", apr_atomic_read32(&ch->n.gate_waits));
+    FIG("GateMaxMicroseconds", apr_atomic_read32(&ch->n.gate_max_us));
+    FIG("GateBoundHits", apr_atomic_read32(&ch->n.gate_bound_hits));
+    FIG("StacksInUse", in_use);
+    FIG("StacksFree", free_stacks);
+#undef FIG
+    return n;
+}
+
+static void print_figures(request_rec *r, int short_report)
+{
+    figure f[MAX_FIGURES];
+    const char *mode;
+    int i, n = collect(f, &mode);
+
+    if (short_report) {
+        ap_rprintf(r, "AsyncProxyMode: %s\n", mode);
+        for (i = 0; i < n; i++)
+            ap_rprintf(r, "AsyncProxy%s: %" APR_UINT64_T_FMT "\n", f[i].name,
+                       f[i].value);
+        return;
+    }
+    ap_rputs("<h2>mod_asyncproxy (this child)</h2>\n<table>\n", r);
+    ap_rprintf(r, "<tr><th>Mode</th><td>%s</td></tr>\n", mode);
+    for (i = 0; i < n; i++)
+        ap_rprintf(r, "<tr><th>%s</th><td>%" APR_UINT64_T_FMT "</td></tr>\n",
+                   f[i].name, f[i].value);
+    ap_rputs("</table>\n", r);
+}
+
+static int asyncproxy_status_hook(request_rec *r, int flags)
+{
+    print_figures(r, (flags & AP_STATUS_SHORT) != 0);
+    return OK;
+}
+
+static int asyncproxy_status_handler(request_rec *r)
+{
+    if (!r->handler || strcmp(r->handler, "asyncproxy-status"))
+        return DECLINED;
+    if (r->method_number != M_GET)
+        return HTTP_METHOD_NOT_ALLOWED;
+    ap_set_content_type(r, "text/plain; charset=utf-8");
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    if (r->header_only)
+        return OK;
+    print_figures(r, 1);
+    return OK;
+}
+
+void apx_status_register(apr_pool_t *p)
+{
+    APR_OPTIONAL_HOOK(ap, status_hook, asyncproxy_status_hook, NULL, NULL,
+                      APR_HOOK_MIDDLE);
+    ap_hook_handler(asyncproxy_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
+}
