@@ -53,7 +53,7 @@ deps:
 $(B)/poller/%.o: poller/%.c $(wildcard include/*.h) | $(B)/poller
 	$(CC) $(ENG_CFLAGS) -c $< -o $@
 
-$(B)/poller $(B)/t $(B)/t-asan $(B)/t-tsan:
+$(B)/poller $(B)/t $(B)/t-asan $(B)/t-tsan $(B)/t-uctx:
 	mkdir -p $@
 
 $(LIB): $(ENG_OBJ)
@@ -75,12 +75,15 @@ UNIT_BUILD = $(CC) $(WARN) $(1) -Iinclude -Ipoller -It/unit $(APR_CFLAGS) -pthre
 	$< poller/log.c -o $@ $(APR_LIBS) -lz -lpthread
 $(B)/t/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t
 	$(call UNIT_BUILD,-O2 -g)
+# The ucontext fallback of the coroutine switch, built and run too.
+$(B)/t-uctx/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-uctx
+	$(call UNIT_BUILD,-O2 -g -DAPX_CORO_UCONTEXT=1)
 $(B)/t-asan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-asan
 	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
 $(B)/t-tsan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-tsan
 	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=thread)
 
-unit: $(addprefix $(B)/t/,$(addsuffix .t,$(UNIT_NAMES)))
+unit: $(addprefix $(B)/t/,$(addsuffix .t,$(UNIT_NAMES))) $(if $(filter coro,$(UNIT_NAMES)),$(B)/t-uctx/coro.t)
 	$(PROVE) $^
 
 unit-asan: $(addprefix $(B)/t-asan/,$(addsuffix .t,$(UNIT_NAMES)))

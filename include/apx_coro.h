@@ -24,6 +24,12 @@
  *                             inside the coroutine only
  *   apx_coro_destroy()        the owner, while the coroutine is not running
  *
+ * Thread-local storage across a yield: a coroutine may come back on another
+ * thread, but the compiler may keep a thread-local address computed before
+ * apx_coro_yield() (glibc declares __errno_location() and pthread_self()
+ * const). Read errno right after the call that set it, before any yield;
+ * call apx_coro_current() (never inlined) rather than caching it.
+ *
  * Build switches: APX_CORO_UCONTEXT=1 selects the ucontext fallback instead
  * of the assembly switch (x86-64, aarch64). Under ASan the switches carry
  * fiber annotations, under TSan fiber switches, and with APX_DEBUG Valgrind
@@ -43,7 +49,9 @@ typedef struct apx_defer apx_defer;
 typedef intptr_t (*apx_coro_fn)(apx_coro *coro, void *data);
 typedef void (*apx_defer_fn)(void *arg);
 
-/* stack_size is rounded up to whole pages and excludes the guard page;
+/* stack_size is rounded up to whole pages (16 KB at least) and excludes the
+ * guard page; the coroutine struct lives in its top bytes (no malloc per
+ * coroutine);
  * at most max_free stacks are kept for reuse, the rest are unmapped. */
 apr_status_t apx_stack_pool_create(apx_stack_pool **pp, size_t stack_size,
                                    unsigned max_free);
@@ -76,7 +84,8 @@ void *apx_coro_data(const apx_coro *coro);
 /* Registers fn(arg) to run when the coroutine returns or is destroyed while
  * suspended; defers run in reverse order of registration. Returns a handle
  * for apx_coro_defer_disarm(), or NULL when out of memory (fn is then run
- * at once, so the resource is never leaked). */
+ * at once, so the resource is never leaked). A handle is valid until its
+ * defer ran, was disarmed or fired; the first few defers need no malloc. */
 apx_defer *apx_coro_defer(apx_coro *coro, apx_defer_fn fn, void *arg);
 /* The normal path released the resource itself: the defer will not run. */
 void apx_coro_defer_disarm(apx_coro *coro, apx_defer *defer);
