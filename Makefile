@@ -62,10 +62,11 @@ $(LIB): $(ENG_OBJ)
 
 # The module is linked directly (no libtool): apxs only tells where httpd's
 # headers are. -fvisibility=hidden must never reach the glue: it would hide
-# asyncproxy_module.
-$(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h)
+# asyncproxy_module; the version script keeps the glue's other symbols
+# local instead.
+$(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h) mod_asyncproxy.h mod_asyncproxy.map
 	$(CC) $(WARN) $(OPT) -fPIC -shared -Iinclude -I$(HTTPD_INC) $(APR_CFLAGS) $(APU_CFLAGS) \
-	    -pthread $(GLUE_SRC) $(LIB) -lz -o $@ $(SAN_LD)
+	    -pthread $(GLUE_SRC) $(LIB) -lz -Wl,--version-script=mod_asyncproxy.map -o $@ $(SAN_LD)
 	@nm -D --defined-only $@ | awk '$$2 ~ /[TDB]/ && $$3 !~ /^_/ {print $$3}' | \
 	    grep -vx asyncproxy_module && { echo "unexpected exported symbols in $@" >&2; exit 1; } || true
 
@@ -78,8 +79,10 @@ $(B)/t/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t
 # The ucontext fallback of the coroutine switch, built and run too.
 $(B)/t-uctx/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-uctx
 	$(call UNIT_BUILD,-O2 -g -DAPX_CORO_UCONTEXT=1)
+# (in a variable: a comma inside $(call ...) would split the argument)
+ASAN_UNIT := -O1 -g -DAPX_DEBUG=1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 $(B)/t-asan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-asan
-	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+	$(call UNIT_BUILD,$(ASAN_UNIT))
 $(B)/t-tsan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-tsan
 	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=thread)
 

@@ -16,6 +16,7 @@
 #include "httpd.h"
 #include "http_config.h"
 #include "http_log.h"
+#include "http_core.h"
 #include "ap_mpm.h"
 #include "mpm_common.h"
 #include "apr_strings.h"

@@ -38,7 +38,11 @@ typedef struct apx_engine apx_engine;
 typedef struct apx_park apx_park;
 
 /* Events: wanted (IN, OUT) and reported (all). Hangup and error are always
- * reported on a parked fd, wanted or not. */
+ * reported on a parked fd, wanted or not, with one exception: a half-close
+ * by the peer (EPOLLRDHUP) is watched when IN or nothing is wanted on the fd,
+ * not when only OUT is (a client that shut down its sending side after its
+ * request must not wake a write-completion park in a loop); a full close or
+ * reset still reports HUP/ERR there. */
 enum {
     APX_EV_IN       = 0x01,
     APX_EV_OUT      = 0x02,
@@ -107,6 +111,10 @@ void apx_engine_conf_default(apx_engine_conf *conf);
  * before apx_engine_start(). */
 apr_status_t apx_engine_create(apx_engine **pe, const apx_engine_conf *conf,
                                apr_pool_t *parent);
+/* Starts the poller and workers_min workers. On failure the caller still
+ * calls apx_engine_destroy(). Engine threads run with asynchronous signals
+ * blocked (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS stay
+ * deliverable). */
 apr_status_t apx_engine_start(apx_engine *e);
 
 /* The child is stopping: idle records are dispatched with SHUTDOWN now and
@@ -116,16 +124,34 @@ int apx_engine_is_stopping(const apx_engine *e);
 
 /* Stops the poller, lets workers finish what they run, joins every thread.
  * Records still parked or queued are then passed to abandoned() on the
- * calling thread (NULL: dropped). Frees the engine's pool. */
+ * calling thread (NULL: dropped). Frees the engine's pool.
+ * In detail: the poller is stopped and joined first; workers then drain the
+ * worker queue (so records that stopping() dispatched with SHUTDOWN are
+ * still handled) and exit; every engine thread, including those that exited
+ * earlier by shrinking, is joined before abandoned() runs. abandoned(p, NULL)
+ * sees why = APX_EV_SHUTDOWN and got[] = 0; the fds are already out of the
+ * (closed) epoll set; apx_park_submit()/apx_run_submit() from there return
+ * APR_EINVAL. Records parked by a dispatch during destroy are abandoned.
+ * Must be called (the glue does it from a pchild pre-cleanup) before the
+ * parent pool dies: the engine registers nothing on the parent. */
 void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned);
 
 /* Hands p to the poller. The caller must not touch p (nor what it guards)
  * afterwards: it may already be running on a worker when this returns.
  * Returns APR_EINVAL for a bad fd or when the engine is gone (the caller
- * still owns p then). */
+ * still owns p then).
+ * APR_EINVAL (synchronous) when: an fd other than -1 is not open
+ * (fcntl F_GETFD fails), fd[0] == fd[1] >= 0, dispatch is NULL, or p is not
+ * the caller's (already submitted; p must have been apx_park_init()ed once).
+ * An fd that epoll refuses later (a regular file: EPERM; an fd parked in
+ * another record: EEXIST; closed after the submit: EBADF) is dispatched at
+ * once with got[i] = APX_EV_ERR. The deadline counts from when the poller
+ * takes p (p->parked_at, wall clock); deadlines run on CLOCK_MONOTONIC. */
 apr_status_t apx_park_submit(apx_engine *e, apx_park *p);
 
-/* Puts p straight onto the worker queue (why = APX_EV_RUN). */
+/* Puts p straight onto the worker queue (why = APX_EV_RUN). APR_EINVAL when
+ * dispatch is NULL, p is not the caller's, or the engine is gone. Before
+ * apx_engine_start() records wait in the queue. */
 apr_status_t apx_run_submit(apx_engine *e, apx_park *p);
 
 /* Initialises the record fields to "nothing wanted" (fds -1). */

@@ -1,0 +1,981 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* poller.c — the engine: one epoll poller thread, the worker queue and the
+ * elastic worker pool.
+ *
+ * Threads and what they own:
+ *   poller      the epoll set, the timeout queues (e->tqs, e->untimed) and
+ *               every record in state PARKED or READY; e->events.
+ *   any thread  pushes onto the intake list (in_mtx) and writes the eventfd.
+ *   workers     pop the worker queue (wq_mtx) and run record->dispatch().
+ *   main        create / start / destroy.
+ *
+ * A record's life: OWNED --park_submit--> INTAKE --poller--> PARKED
+ *   --readiness/deadline/stopping--> READY (in the poller's local batch)
+ *   --push--> QUEUED --worker pops--> OWNED (dispatch runs).
+ * apx_run_submit() goes OWNED -> QUEUED directly. p->next links a record on
+ * exactly one of intake, batch or worker queue at a time.
+ *
+ * Invariants the poller keeps:
+ *   - a record's fds are removed from epoll (EPOLL_CTL_DEL) and its timeout
+ *     link unlinked *before* it is pushed to the worker queue: the owner
+ *     closes the fds right after dispatch, and a closed-then-reused fd number
+ *     must never be found in our set;
+ *   - the batch is pushed only after the whole epoll_wait batch is scanned, so
+ *     no later event of the same batch points at a record a worker may already
+ *     have freed; a record whose two fds both fire in one batch is taken off
+ *     once (state READY) and gets both got[] bits;
+ *   - epoll data is the record pointer tagged with the fd index (bit 0); the
+ *     eventfd is registered with data.ptr == NULL.
+ *
+ * Registration: ADD on park, DEL on take-off (no EPOLLONESHOT): a oneshot fd
+ * stays in the set after it fired, and our owners close fds right after
+ * dispatch, so ADD/DEL is the form that is correct without more bookkeeping.
+ * Wanting IN registers EPOLLIN|EPOLLRDHUP; wanting nothing on an fd (watch a
+ * client for hangup while waiting on the backend) registers EPOLLRDHUP; OUT
+ * alone registers EPOLLOUT only, so a client that half-closed after sending
+ * its request does not wake a write-completion park in a loop (a full close
+ * still reports EPOLLHUP/EPOLLERR, which epoll always reports).
+ *
+ * Worker pool: workers_min threads start with the engine; a push that leaves
+ * more records queued than there are workers outside dispatch() starts more,
+ * up to workers_max, so one blocked dispatch cannot stall the rest. A worker
+ * above the minimum that waited worker_idle_timeout without work exits. Every
+ * thread is joinable and joined: an exiting worker joins the workers that
+ * exited before it (they are gone or leaving: the join is short), then puts
+ * itself on e->zombies; destroy joins whatever is left. Each thread has its
+ * own subpool of the engine pool (the engine allocator has a mutex, so any
+ * thread may create or destroy one), freed after its join: growing and
+ * shrinking for months does not grow the engine pool.
+ *
+ * Log numbers used here: APX00300 - APX00306.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+#include <apr_thread_mutex.h>
+#include "apx_poller.h"
+
+enum {
+    ST_OWNED = 0,       /* the owner's (also: after dispatch began) */
+    ST_INTAKE,
+    ST_PARKED,
+    ST_READY,
+    ST_QUEUED
+};
+
+/* Tagging stores the fd index in bit 0 of the epoll data pointer. */
+_Static_assert(__alignof__(apx_park) >= 2, "apx_park must be at least 2-aligned");
+
+typedef struct engine_thread engine_thread;
+struct engine_thread {
+    apx_engine *e;
+    apr_pool_t *pool;       /* this thread's subpool; destroyed after join */
+    apr_thread_t *thd;
+    engine_thread *next;    /* on e->zombies */
+};
+
+typedef struct park_list {
+    apx_park *head, *tail;
+    unsigned n;
+} park_list;
+
+struct apx_engine {
+    apx_engine_conf conf;
+    apr_pool_t *pool;
+    int epfd, evfd;
+
+    /* --- intake: any thread -> poller (in_mtx) --- */
+    pthread_mutex_t in_mtx;
+    park_list intake;
+    int stop_poller;            /* destroy began: the poller exits */
+    int in_gone;                /* destroy joined everything: refuse */
+
+    int stopping;               /* atomic: apx_engine_stopping() called */
+
+    /* --- poller thread only --- */
+    apx_tq_set *tqs;
+    apx_tq untimed;             /* parked without deadline: never expired,
+                                 * but found by the stopping sweep and by
+                                 * destroy */
+    struct epoll_event *events;
+    unsigned nparked;           /* published to `parked` each pass */
+    int stopping_swept;
+    int epoll_failed_logged;
+
+    /* --- worker queue and pool (wq_mtx) --- */
+    pthread_mutex_t wq_mtx;
+    pthread_cond_t wq_cond;     /* work queued, or stop */
+    pthread_cond_t exit_cond;   /* a thread put itself on zombies */
+    park_list wq;
+    unsigned workers;           /* counted against min/max (incl. starting) */
+    unsigned live;              /* worker threads not yet on zombies */
+    unsigned busy;              /* inside dispatch() */
+    unsigned idle;              /* waiting on wq_cond, not yet claimed */
+    unsigned wakeups;           /* signals sent to idle workers, not yet
+                                 * consumed: idle + wakeups = waiters */
+    int started;
+    int wq_stop;                /* destroy: drain, then exit */
+    int wq_gone;                /* destroy joined everything: refuse */
+    engine_thread *zombies;     /* exited, not yet joined */
+
+    engine_thread *poller;      /* main thread only */
+
+    /* --- statistics (atomics) --- */
+    unsigned parked;
+    apr_uint64_t parks_total, dispatched_total, timeouts_total, runs_total;
+};
+
+static __thread apr_thread_t *current_thread;
+
+#define ATOMIC_INC64(p) __atomic_fetch_add((p), 1, __ATOMIC_RELAXED)
+
+/* The state moves with ownership (under the hand-over locks); it is read
+ * atomically only so that the "submitted twice" guard in the submit
+ * functions, which looks at a record the caller may wrongly believe it
+ * owns, is a defined check rather than a data race. */
+static APR_INLINE unsigned get_state(const apx_park *p)
+{
+    return __atomic_load_n(&p->state, __ATOMIC_RELAXED);
+}
+
+static APR_INLINE void set_state(apx_park *p, unsigned st)
+{
+    __atomic_store_n(&p->state, st, __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------------ lists */
+
+static void list_init(park_list *l)
+{
+    l->head = l->tail = NULL;
+    l->n = 0;
+}
+
+static void list_push(park_list *l, apx_park *p)
+{
+    p->next = NULL;
+    if (l->tail)
+        l->tail->next = p;
+    else
+        l->head = p;
+    l->tail = p;
+    l->n++;
+}
+
+static apx_park *list_pop(park_list *l)
+{
+    apx_park *p = l->head;
+
+    if (p) {
+        l->head = p->next;
+        if (!l->head)
+            l->tail = NULL;
+        l->n--;
+        p->next = NULL;
+    }
+    return p;
+}
+
+static void list_splice(park_list *to, park_list *from)
+{
+    if (!from->head)
+        return;
+    if (to->tail)
+        to->tail->next = from->head;
+    else
+        to->head = from->head;
+    to->tail = from->tail;
+    to->n += from->n;
+    list_init(from);
+}
+
+/* ------------------------------------------------------------------ time */
+
+/* Deadlines run on the monotonic clock: a wall-clock step must neither
+ * expire every parked request nor keep them forever. */
+static apr_time_t mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (apr_time_t)ts.tv_sec * APR_USEC_PER_SEC + ts.tv_nsec / 1000;
+}
+
+/* ------------------------------------------------------------------ wake */
+
+static void wake_poller(apx_engine *e)
+{
+    uint64_t one = 1;
+    ssize_t n;
+
+    /* EAGAIN means the counter is already non-zero: the poller will wake. */
+    do {
+        n = write(e->evfd, &one, sizeof(one));
+    } while (n < 0 && errno == EINTR);
+}
+
+/* --------------------------------------------------------- threads, pool */
+
+/* Engine threads start with asynchronous signals blocked, so that httpd's
+ * signals (SIGTERM, SIGHUP, SIGUSR1, ...) keep reaching the MPM's threads
+ * even when the engine starts before the MPM blocked them itself; faults
+ * stay deliverable. The mask is set around the creation so it holds from
+ * the thread's first instruction. */
+static void async_signals(sigset_t *set)
+{
+    sigfillset(set);
+    sigdelset(set, SIGSEGV);
+    sigdelset(set, SIGBUS);
+    sigdelset(set, SIGILL);
+    sigdelset(set, SIGFPE);
+    sigdelset(set, SIGABRT);
+    sigdelset(set, SIGTRAP);
+    sigdelset(set, SIGSYS);
+}
+
+static apr_status_t spawn_thread(apx_engine *e, apr_thread_start_t fn,
+                                 engine_thread **pt)
+{
+    apr_pool_t *tp;
+    engine_thread *t;
+    sigset_t block, old;
+    apr_status_t rv;
+
+    rv = apr_pool_create(&tp, e->pool);
+    if (rv != APR_SUCCESS)
+        return rv;
+    t = apr_pcalloc(tp, sizeof(*t));
+    t->e = e;
+    t->pool = tp;
+    async_signals(&block);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    rv = apr_thread_create(&t->thd, NULL, fn, t, tp);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rv != APR_SUCCESS) {
+        apr_pool_destroy(tp);
+        return rv;
+    }
+    if (pt)
+        *pt = t;
+    return APR_SUCCESS;
+}
+
+static void join_thread(engine_thread *t)
+{
+    apr_status_t ret;
+
+    apr_thread_join(&ret, t->thd);
+    apr_pool_destroy(t->pool);
+}
+
+static void join_list(engine_thread *t)
+{
+    engine_thread *next;
+
+    for (; t; t = next) {
+        next = t->next;
+        join_thread(t);
+    }
+}
+
+static void *APR_THREAD_FUNC worker_main(apr_thread_t *thd, void *data);
+
+/* Starts n workers that the caller already counted in e->workers and
+ * e->live; gives the count back for those that fail. Called without locks. */
+static void start_workers(apx_engine *e, unsigned n)
+{
+    apr_status_t rv;
+
+    for (; n; n--) {
+        rv = spawn_thread(e, worker_main, NULL);
+        if (rv != APR_SUCCESS) {
+            apx_log(APX_LOG_ERR, rv, "APX00300: cannot start an engine "
+                    "worker thread");
+            pthread_mutex_lock(&e->wq_mtx);
+            e->workers--;
+            e->live--;
+            pthread_cond_broadcast(&e->exit_cond);
+            pthread_mutex_unlock(&e->wq_mtx);
+        }
+    }
+}
+
+/* Appends a ready list to the worker queue, wakes one idle worker per record
+ * and reserves new workers when more records wait than workers outside
+ * dispatch() could take. Returns how many to start (the caller starts them
+ * after unlocking), or -1 when the engine is gone. Called with wq_mtx held. */
+static int enqueue_locked(apx_engine *e, park_list *ready, int check_gone)
+{
+    unsigned k = ready->n, free_workers, spawn = 0;
+
+    if (check_gone && e->wq_gone)
+        return -1;
+    list_splice(&e->wq, ready);
+    for (; k && e->idle; k--) {
+        e->idle--;
+        e->wakeups++;
+        pthread_cond_signal(&e->wq_cond);
+    }
+    if (e->started && !e->wq_stop && e->workers < e->conf.workers_max) {
+        /* Every worker not inside dispatch() (idle, claimed, finishing one,
+         * or still starting) will take one record. */
+        free_workers = e->workers - e->busy;
+        if (e->wq.n > free_workers) {
+            spawn = e->wq.n - free_workers;
+            if (spawn > e->conf.workers_max - e->workers)
+                spawn = e->conf.workers_max - e->workers;
+            e->workers += spawn;
+            e->live += spawn;
+        }
+    }
+    return (int)spawn;
+}
+
+static void *APR_THREAD_FUNC worker_main(apr_thread_t *thd, void *data)
+{
+    engine_thread *self = data, *reap;
+    apx_engine *e = self->e;
+    apx_park *p;
+    struct timespec until;
+    int rc;
+
+    current_thread = thd;
+    pthread_mutex_lock(&e->wq_mtx);
+    for (;;) {
+        p = list_pop(&e->wq);
+        if (p) {
+            set_state(p, ST_OWNED);
+            e->busy++;
+            pthread_mutex_unlock(&e->wq_mtx);
+            ATOMIC_INC64(&e->dispatched_total);
+            p->dispatch(p, thd);
+            pthread_mutex_lock(&e->wq_mtx);
+            e->busy--;
+            continue;
+        }
+        if (e->wq_stop)
+            break;
+
+        e->idle++;
+        if (e->workers > e->conf.workers_min) {
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += e->conf.worker_idle_timeout / APR_USEC_PER_SEC;
+            until.tv_nsec += (e->conf.worker_idle_timeout % APR_USEC_PER_SEC) * 1000;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            rc = pthread_cond_timedwait(&e->wq_cond, &e->wq_mtx, &until);
+        }
+        else {
+            rc = pthread_cond_wait(&e->wq_cond, &e->wq_mtx);
+        }
+        if (e->wakeups)
+            e->wakeups--;
+        else
+            e->idle--;
+        if (rc == ETIMEDOUT && !e->wq.head && !e->wq_stop
+            && e->workers > e->conf.workers_min)
+            break;              /* idle too long above the minimum */
+    }
+
+    e->workers--;
+    reap = e->zombies;
+    e->zombies = NULL;
+    pthread_mutex_unlock(&e->wq_mtx);
+
+    /* Those exited before us: their threads are gone or leaving. */
+    join_list(reap);
+
+    pthread_mutex_lock(&e->wq_mtx);
+    self->next = e->zombies;
+    e->zombies = self;
+    e->live--;
+    pthread_cond_broadcast(&e->exit_cond);
+    pthread_mutex_unlock(&e->wq_mtx);
+    current_thread = NULL;
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- poller */
+
+static uint32_t epoll_mask(unsigned want)
+{
+    uint32_t m = 0;
+
+    if (want & APX_EV_IN)
+        m |= EPOLLIN | EPOLLRDHUP;
+    if (want & APX_EV_OUT)
+        m |= EPOLLOUT;
+    if (!(want & (APX_EV_IN | APX_EV_OUT)))
+        m |= EPOLLRDHUP;
+    return m;
+}
+
+static unsigned events_from_epoll(uint32_t ev)
+{
+    unsigned r = 0;
+
+    if (ev & EPOLLIN)
+        r |= APX_EV_IN;
+    if (ev & EPOLLOUT)
+        r |= APX_EV_OUT;
+    if (ev & (EPOLLHUP | EPOLLRDHUP))
+        r |= APX_EV_HUP;
+    if (ev & EPOLLERR)
+        r |= APX_EV_ERR;
+    return r;
+}
+
+static void del_fds(apx_engine *e, apx_park *p, int upto)
+{
+    int i;
+
+    for (i = 0; i < upto; i++) {
+        /* ENOENT/EBADF only if an owner closed a parked fd (a bug there):
+         * the kernel then dropped the registration itself. */
+        if (p->fd[i] >= 0)
+            epoll_ctl(e->epfd, EPOLL_CTL_DEL, p->fd[i], NULL);
+    }
+}
+
+/* PARKED -> READY: out of epoll and the timeout queue, onto the batch. */
+static void take_off(apx_engine *e, apx_park *p, park_list *batch)
+{
+    del_fds(e, p, 2);
+    apx_tq_remove(&p->tq);
+    set_state(p, ST_READY);
+    e->nparked--;
+    list_push(batch, p);
+}
+
+static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
+                park_list *batch)
+{
+    struct epoll_event ev;
+    apx_tq *q;
+    int i;
+
+    p->got[0] = p->got[1] = 0;
+    p->why = 0;
+    p->parked_at = wall;
+    apx_tq_link_init(&p->tq);
+
+    if ((p->flags & APX_PARK_IDLE) && e->stopping_swept) {
+        p->why = APX_EV_SHUTDOWN;
+        goto ready;
+    }
+    if (p->timeout > 0) {
+        q = apx_tq_set_get(e->tqs, p->timeout);
+        if (!q) {
+            apx_log(APX_LOG_ERR, APR_ENOMEM, "APX00301: no memory for a "
+                    "timeout queue: record dispatched with an error");
+            p->why = APX_EV_ERR;
+            goto ready;
+        }
+    }
+    else {
+        q = &e->untimed;
+    }
+    for (i = 0; i < 2; i++) {
+        if (p->fd[i] < 0)
+            continue;
+        memset(&ev, 0, sizeof(ev));
+        ev.events = epoll_mask(p->want[i]);
+        ev.data.ptr = (void *)((uintptr_t)p | (uintptr_t)i);
+        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, p->fd[i], &ev) < 0) {
+            /* EBADF (closed since submit), EEXIST (parked twice), EPERM
+             * (a regular file): the owner learns it from got[i]. */
+            if (apx_log_is_enabled(APX_LOG_DEBUG))
+                apx_log(APX_LOG_DEBUG, errno, "APX00302: epoll_ctl ADD of "
+                        "fd %d failed", p->fd[i]);
+            p->got[i] = APX_EV_ERR;
+            del_fds(e, p, i);
+            goto ready;
+        }
+    }
+    apx_tq_append(q, &p->tq, now);
+    set_state(p, ST_PARKED);
+    e->nparked++;
+    return;
+
+ready:
+    set_state(p, ST_READY);
+    list_push(batch, p);
+}
+
+typedef struct expire_ctx {
+    apx_engine *e;
+    park_list *batch;
+} expire_ctx;
+
+static void expire_one(apx_tq_link *l, void *baton)
+{
+    expire_ctx *x = baton;
+    apx_park *p = APX_CONTAINER_OF(l, apx_park, tq);
+
+    /* already unlinked from the queue by apx_tq_set_expire() */
+    p->why |= APX_EV_TIMEOUT;
+    take_off(x->e, p, x->batch);
+    ATOMIC_INC64(&x->e->timeouts_total);
+}
+
+/* Child stopping: every parked idle record goes now. */
+static void sweep_idle_queue(apx_engine *e, apx_tq *q, park_list *batch)
+{
+    apx_tq_link *l, *next;
+    apx_park *p;
+
+    for (l = q->head.next; l != &q->head; l = next) {
+        next = l->next;
+        p = APX_CONTAINER_OF(l, apx_park, tq);
+        if (p->flags & APX_PARK_IDLE) {
+            p->why |= APX_EV_SHUTDOWN;
+            take_off(e, p, batch);
+        }
+    }
+}
+
+static void sweep_idle(apx_engine *e, park_list *batch)
+{
+    apx_tq *q;
+
+    for (q = apx_tq_set_first(e->tqs); q; q = q->next_in_set)
+        sweep_idle_queue(e, q, batch);
+    sweep_idle_queue(e, &e->untimed, batch);
+}
+
+static void push_batch(apx_engine *e, park_list *batch)
+{
+    apx_park *p;
+    int spawn;
+
+    if (!batch->head)
+        return;
+    for (p = batch->head; p; p = p->next) {
+        p->why |= p->got[0] | p->got[1];
+        set_state(p, ST_QUEUED);
+    }
+    pthread_mutex_lock(&e->wq_mtx);
+    spawn = enqueue_locked(e, batch, 0);
+    pthread_mutex_unlock(&e->wq_mtx);
+    /* Starting a thread costs the poller some tens of microseconds; it
+     * happens only when every worker is busy, which is exactly when the
+     * records waiting need it. */
+    if (spawn > 0)
+        start_workers(e, (unsigned)spawn);
+}
+
+static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
+{
+    apx_engine *e = ((engine_thread *)data)->e;
+    park_list batch, in;
+    apx_park *p;
+    apr_time_t now, wall;
+    uintptr_t tag;
+    uint64_t counter;
+    expire_ctx x;
+    int n, i, stop;
+
+    for (;;) {
+        now = mono_now();
+        n = epoll_wait(e->epfd, e->events, (int)e->conf.max_events,
+                       apx_tq_set_wait_ms(e->tqs, now));
+        if (n < 0) {
+            if (errno != EINTR && !e->epoll_failed_logged) {
+                apx_log(APX_LOG_ERR, errno, "APX00303: epoll_wait failed");
+                e->epoll_failed_logged = 1;
+            }
+            n = 0;
+        }
+        list_init(&batch);
+        for (i = 0; i < n; i++) {
+            if (!e->events[i].data.ptr) {
+                while (read(e->evfd, &counter, sizeof(counter)) < 0
+                       && errno == EINTR)
+                    ;
+                continue;
+            }
+            tag = (uintptr_t)e->events[i].data.ptr;
+            p = (apx_park *)(tag & ~(uintptr_t)1);
+            if (get_state(p) == ST_PARKED)
+                take_off(e, p, &batch);
+#ifdef APX_DEBUG
+            else if (get_state(p) != ST_READY) {
+                /* an event for a record that is not ours: a broken
+                 * invariant (an fd left in epoll past its dispatch) */
+                apx_log(APX_LOG_CRIT, 0, "APX00306: event for record %p in "
+                        "state %u", (void *)p, get_state(p));
+                abort();
+            }
+#endif
+            p->got[tag & 1] |= events_from_epoll(e->events[i].events);
+        }
+
+        /* Taken every pass, woken or not: one uncontended lock, and a
+         * submitter that saw a non-empty list did not write the eventfd. */
+        pthread_mutex_lock(&e->in_mtx);
+        in = e->intake;
+        list_init(&e->intake);
+        stop = e->stop_poller;
+        pthread_mutex_unlock(&e->in_mtx);
+
+        if (!e->stopping_swept
+            && __atomic_load_n(&e->stopping, __ATOMIC_ACQUIRE)) {
+            e->stopping_swept = 1;
+            sweep_idle(e, &batch);
+        }
+
+        now = mono_now();
+        if (in.head) {
+            wall = apr_time_now();
+            while ((p = list_pop(&in)) != NULL)
+                arm(e, p, now, wall, &batch);
+        }
+
+        x.e = e;
+        x.batch = &batch;
+        apx_tq_set_expire(e->tqs, now, e->conf.expire_budget, expire_one, &x);
+
+        push_batch(e, &batch);
+        __atomic_store_n(&e->parked, e->nparked, __ATOMIC_RELAXED);
+        if (stop)
+            break;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------- API */
+
+void apx_engine_conf_default(apx_engine_conf *conf)
+{
+    conf->workers_min = 2;
+    conf->workers_max = 16;
+    conf->worker_idle_timeout = apr_time_from_sec(10);
+    /* 256 per pass: a burst of expiries (a backend died under 10,000 parked
+     * requests) is handed out in slices, between which fresh readiness is
+     * still served. */
+    conf->expire_budget = 256;
+    conf->max_events = 256;
+}
+
+void apx_park_init(apx_park *p, apx_park_fn dispatch, void *baton)
+{
+    memset(p, 0, sizeof(*p));
+    p->fd[0] = p->fd[1] = -1;
+    p->dispatch = dispatch;
+    p->baton = baton;
+    apx_tq_link_init(&p->tq);
+    set_state(p, ST_OWNED);
+}
+
+apr_status_t apx_engine_create(apx_engine **pe, const apx_engine_conf *conf,
+                               apr_pool_t *parent)
+{
+    apr_allocator_t *alloc = NULL;
+    apr_thread_mutex_t *amtx;
+    apr_pool_t *pool = NULL;
+    apx_engine *e;
+    pthread_condattr_t ca;
+    struct epoll_event ev;
+    apr_status_t rv;
+
+    *pe = NULL;
+    rv = apr_allocator_create(&alloc);
+    if (rv != APR_SUCCESS)
+        return rv;
+    rv = apr_pool_create_ex(&pool, parent, NULL, alloc);
+    if (rv != APR_SUCCESS) {
+        apr_allocator_destroy(alloc);
+        return rv;
+    }
+    apr_allocator_owner_set(alloc, pool);
+    /* Threads create and destroy their own subpools of this pool. */
+    rv = apr_thread_mutex_create(&amtx, APR_THREAD_MUTEX_DEFAULT, pool);
+    if (rv != APR_SUCCESS)
+        goto cleanup;
+    apr_allocator_mutex_set(alloc, amtx);
+    apr_pool_tag(pool, "apx_engine");
+
+    e = apr_pcalloc(pool, sizeof(*e));
+    e->pool = pool;
+    e->conf = *conf;
+    if (e->conf.workers_min < 1)
+        e->conf.workers_min = 1;
+    if (e->conf.workers_max < e->conf.workers_min)
+        e->conf.workers_max = e->conf.workers_min;
+    if (e->conf.expire_budget < 1)
+        e->conf.expire_budget = 1;
+    if (e->conf.max_events < 1)
+        e->conf.max_events = 1;
+    if (e->conf.worker_idle_timeout < 0)
+        e->conf.worker_idle_timeout = 0;
+    e->epfd = e->evfd = -1;
+    list_init(&e->intake);
+    list_init(&e->wq);
+    apx_tq_init(&e->untimed, 0);
+    e->events = apr_pcalloc(pool, e->conf.max_events * sizeof(*e->events));
+
+    rv = apx_tq_set_create(&e->tqs);
+    if (rv != APR_SUCCESS)
+        goto cleanup;
+    pthread_mutex_init(&e->in_mtx, NULL);
+    pthread_mutex_init(&e->wq_mtx, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->wq_cond, &ca);
+    pthread_cond_init(&e->exit_cond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->epfd < 0) {
+        rv = errno;
+        goto cleanup_engine;
+    }
+    e->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->evfd < 0) {
+        rv = errno;
+        goto cleanup_engine;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.ptr = NULL;
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) < 0) {
+        rv = errno;
+        goto cleanup_engine;
+    }
+    *pe = e;
+    return APR_SUCCESS;
+
+cleanup_engine:
+    if (e->epfd >= 0)
+        close(e->epfd);
+    if (e->evfd >= 0)
+        close(e->evfd);
+    apx_tq_set_destroy(e->tqs);
+    pthread_cond_destroy(&e->wq_cond);
+    pthread_cond_destroy(&e->exit_cond);
+    pthread_mutex_destroy(&e->wq_mtx);
+    pthread_mutex_destroy(&e->in_mtx);
+cleanup:
+    apr_pool_destroy(pool);     /* owns the allocator */
+    return rv;
+}
+
+apr_status_t apx_engine_start(apx_engine *e)
+{
+    apr_status_t rv;
+    unsigned n;
+
+    rv = spawn_thread(e, poller_main, &e->poller);
+    if (rv != APR_SUCCESS) {
+        apx_log(APX_LOG_CRIT, rv, "APX00304: cannot start the poller thread");
+        return rv;
+    }
+    pthread_mutex_lock(&e->wq_mtx);
+    e->started = 1;
+    n = e->conf.workers_min;
+    e->workers += n;
+    e->live += n;
+    pthread_mutex_unlock(&e->wq_mtx);
+    start_workers(e, n);
+
+    pthread_mutex_lock(&e->wq_mtx);
+    n = e->workers;
+    if (n && e->wq.n) {
+        /* records handed over with apx_run_submit() before the start */
+        pthread_cond_broadcast(&e->wq_cond);
+    }
+    pthread_mutex_unlock(&e->wq_mtx);
+    if (!n) {
+        apx_log(APX_LOG_CRIT, APR_EGENERAL, "APX00305: no engine worker "
+                "thread could be started");
+        return APR_EGENERAL;
+    }
+    return APR_SUCCESS;
+}
+
+void apx_engine_stopping(apx_engine *e)
+{
+    __atomic_store_n(&e->stopping, 1, __ATOMIC_RELEASE);
+    wake_poller(e);
+}
+
+int apx_engine_is_stopping(const apx_engine *e)
+{
+    return __atomic_load_n(&e->stopping, __ATOMIC_ACQUIRE);
+}
+
+static void abandon_queue(apx_tq *q, park_list *out)
+{
+    apx_tq_link *l;
+
+    while ((l = q->head.next) != &q->head) {
+        apx_tq_remove(l);
+        list_push(out, APX_CONTAINER_OF(l, apx_park, tq));
+    }
+}
+
+void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned)
+{
+    park_list left;
+    engine_thread *reap;
+    apx_park *p, *next;
+    apx_tq *q;
+
+    if (!e)
+        return;
+
+    /* 1. The poller: it pushes its last batch and returns. */
+    pthread_mutex_lock(&e->in_mtx);
+    e->stop_poller = 1;
+    pthread_mutex_unlock(&e->in_mtx);
+    if (e->poller) {
+        wake_poller(e);
+        join_thread(e->poller);
+        e->poller = NULL;
+    }
+
+    /* 2. Workers finish what they run and drain the queue (idle records
+     * dispatched with SHUTDOWN close their connections there), then exit;
+     * every one of them is joined, those that shrank away earlier too. */
+    pthread_mutex_lock(&e->wq_mtx);
+    e->wq_stop = 1;
+    pthread_cond_broadcast(&e->wq_cond);
+    for (;;) {
+        if (e->zombies) {
+            reap = e->zombies;
+            e->zombies = NULL;
+            pthread_mutex_unlock(&e->wq_mtx);
+            join_list(reap);
+            pthread_mutex_lock(&e->wq_mtx);
+            continue;
+        }
+        if (!e->live)
+            break;
+        pthread_cond_wait(&e->exit_cond, &e->wq_mtx);
+    }
+    e->wq_gone = 1;
+    pthread_mutex_unlock(&e->wq_mtx);
+
+    /* 3. No engine thread runs any more. */
+    pthread_mutex_lock(&e->in_mtx);
+    e->in_gone = 1;
+    list_init(&left);
+    list_splice(&left, &e->intake);
+    pthread_mutex_unlock(&e->in_mtx);
+    for (q = apx_tq_set_first(e->tqs); q; q = q->next_in_set)
+        abandon_queue(q, &left);
+    abandon_queue(&e->untimed, &left);
+    list_splice(&left, &e->wq);
+    close(e->epfd);
+    close(e->evfd);
+    e->epfd = e->evfd = -1;
+
+    for (p = left.head; p; p = next) {
+        next = p->next;
+        p->next = NULL;
+        set_state(p, ST_OWNED);
+        p->got[0] = p->got[1] = 0;
+        p->why = APX_EV_SHUTDOWN;
+        if (abandoned)
+            abandoned(p, NULL);
+    }
+
+    apx_tq_set_destroy(e->tqs);
+    pthread_cond_destroy(&e->wq_cond);
+    pthread_cond_destroy(&e->exit_cond);
+    pthread_mutex_destroy(&e->wq_mtx);
+    pthread_mutex_destroy(&e->in_mtx);
+    apr_pool_destroy(e->pool);
+}
+
+static int fd_is_valid(int fd)
+{
+    if (fd == -1)
+        return 1;
+    return fd >= 0 && fcntl(fd, F_GETFD) != -1;
+}
+
+apr_status_t apx_park_submit(apx_engine *e, apx_park *p)
+{
+    int was_empty;
+
+    if (!p->dispatch || get_state(p) != ST_OWNED
+        || !fd_is_valid(p->fd[0]) || !fd_is_valid(p->fd[1])
+        || (p->fd[0] >= 0 && p->fd[0] == p->fd[1]))
+        return APR_EINVAL;
+    set_state(p, ST_INTAKE);
+    pthread_mutex_lock(&e->in_mtx);
+    if (e->in_gone) {
+        pthread_mutex_unlock(&e->in_mtx);
+        set_state(p, ST_OWNED);
+        return APR_EINVAL;
+    }
+    was_empty = e->intake.head == NULL;
+    list_push(&e->intake, p);
+    ATOMIC_INC64(&e->parks_total);
+    pthread_mutex_unlock(&e->in_mtx);
+    /* The poller takes the whole list each pass: only the submitter that
+     * found it empty needs to wake it. */
+    if (was_empty)
+        wake_poller(e);
+    return APR_SUCCESS;
+}
+
+apr_status_t apx_run_submit(apx_engine *e, apx_park *p)
+{
+    park_list one;
+    int spawn;
+
+    if (!p->dispatch || get_state(p) != ST_OWNED)
+        return APR_EINVAL;
+    p->got[0] = p->got[1] = 0;
+    p->why = APX_EV_RUN;
+    p->parked_at = apr_time_now();
+    set_state(p, ST_QUEUED);
+    list_init(&one);
+    list_push(&one, p);
+    pthread_mutex_lock(&e->wq_mtx);
+    spawn = enqueue_locked(e, &one, 1);
+    if (spawn >= 0)
+        ATOMIC_INC64(&e->runs_total);
+    pthread_mutex_unlock(&e->wq_mtx);
+    if (spawn < 0) {
+        set_state(p, ST_OWNED);
+        return APR_EINVAL;
+    }
+    if (spawn > 0)
+        start_workers(e, (unsigned)spawn);
+    return APR_SUCCESS;
+}
+
+void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st)
+{
+    pthread_mutex_lock(&e->wq_mtx);
+    st->queued = e->wq.n;
+    st->workers = e->workers;
+    st->workers_busy = e->busy;
+    pthread_mutex_unlock(&e->wq_mtx);
+    st->parked = __atomic_load_n(&e->parked, __ATOMIC_RELAXED);
+    st->parks_total = __atomic_load_n(&e->parks_total, __ATOMIC_RELAXED);
+    st->dispatched_total = __atomic_load_n(&e->dispatched_total, __ATOMIC_RELAXED);
+    st->timeouts_total = __atomic_load_n(&e->timeouts_total, __ATOMIC_RELAXED);
+    st->runs_total = __atomic_load_n(&e->runs_total, __ATOMIC_RELAXED);
+}
+
+apr_thread_t *apx_engine_current_thread(void)
+{
+    return current_thread;
+}

@@ -1,0 +1,804 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* t/unit/poller.c — the engine with real threads, real sockets and the real
+ * clock (the poller reads CLOCK_MONOTONIC itself; the timeouts used here are
+ * 20-50 ms so the whole test stays short). Waits are bounded: a missing
+ * dispatch fails the test instead of hanging it. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <apr_general.h>
+#include "tap.h"
+#include "../../poller/tq.c"
+#include "../../poller/poller.c"
+
+/* --------------------------------------------------------------- helpers */
+
+static pthread_mutex_t mtx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+
+typedef struct rec {
+    apx_park p;
+    int calls;              /* under mtx */
+    unsigned why, got[2];
+    int thd_ok;             /* thd given and == apx_engine_current_thread() */
+    int sig_ok;             /* SIGTERM blocked, SIGSEGV not, on the worker */
+    apr_time_t at;          /* mono time of the dispatch */
+    int abandoned;
+    int abandoned_ok;       /* on the destroying thread, thd NULL */
+    int resubmit_rv;
+} rec;
+
+static pthread_t main_thread;
+static apx_engine *cur_engine;
+
+static void on_dispatch(apx_park *p, apr_thread_t *thd)
+{
+    rec *r = p->baton;
+
+    pthread_mutex_lock(&mtx);
+    r->calls++;
+    r->why = p->why;
+    r->got[0] = p->got[0];
+    r->got[1] = p->got[1];
+    r->thd_ok = thd != NULL && apx_engine_current_thread() == thd;
+    {
+        sigset_t cur;
+        pthread_sigmask(SIG_BLOCK, NULL, &cur);
+        r->sig_ok = sigismember(&cur, SIGTERM) && sigismember(&cur, SIGHUP)
+            && !sigismember(&cur, SIGSEGV);
+    }
+    r->at = mono_now();
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+}
+
+static void on_abandoned(apx_park *p, apr_thread_t *thd)
+{
+    rec *r = p->baton;
+
+    r->abandoned++;
+    r->abandoned_ok = thd == NULL && pthread_equal(pthread_self(), main_thread)
+        && p->why == APX_EV_SHUTDOWN;
+    /* the engine is gone: it must refuse, and the record stays ours */
+    r->resubmit_rv = apx_park_submit(cur_engine, p);
+}
+
+static void rec_init(rec *r)
+{
+    memset(r, 0, sizeof(*r));
+    apx_park_init(&r->p, on_dispatch, r);
+}
+
+/* Waits until r was dispatched n times or ms passed; returns calls. */
+static int wait_calls(rec *r, int n, int ms)
+{
+    struct timespec until;
+    int c;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&mtx);
+    while (r->calls < n && pthread_cond_timedwait(&cv, &mtx, &until) == 0)
+        ;
+    c = r->calls;
+    pthread_mutex_unlock(&mtx);
+    return c;
+}
+
+static int calls_of(rec *r)
+{
+    int c;
+
+    pthread_mutex_lock(&mtx);
+    c = r->calls;
+    pthread_mutex_unlock(&mtx);
+    return c;
+}
+
+/* With one worker the queue is strict FIFO: once a run_submit marker ran,
+ * everything queued before it has been dispatched. */
+static int flush(apx_engine *e)
+{
+    rec m;
+
+    rec_init(&m);
+    if (apx_run_submit(e, &m.p) != APR_SUCCESS)
+        return 0;
+    return wait_calls(&m, 1, 5000) == 1;
+}
+
+static int count_tasks(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *de;
+    int n = 0;
+
+    if (!d)
+        return -1;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* Polls until the task count is `want` (threads leave the kernel a moment
+ * after they signalled their exit). */
+static int wait_tasks(int want, int ms)
+{
+    int i, n = count_tasks();
+
+    for (i = 0; i < ms && n != want; i++) {
+        usleep(1000);
+        n = count_tasks();
+    }
+    return n;
+}
+
+static void stats(apx_engine *e, apx_engine_stats *st)
+{
+    apx_engine_stats_get(e, st);
+}
+
+/* Polls the stats until pred holds or ms passed. */
+#define WAIT_STATS(e, st, cond, ms)                                        \
+    do {                                                                   \
+        int i_;                                                            \
+        for (i_ = 0; i_ < (ms); i_++) {                                    \
+            stats((e), &(st));                                             \
+            if (cond)                                                      \
+                break;                                                     \
+            usleep(1000);                                                  \
+        }                                                                  \
+    } while (0)
+
+static apx_engine *start_engine(apr_pool_t *pool, unsigned min, unsigned max,
+                                apr_interval_time_t idle)
+{
+    apx_engine_conf conf;
+    apx_engine *e = NULL;
+
+    apx_engine_conf_default(&conf);
+    conf.workers_min = min;
+    conf.workers_max = max;
+    conf.worker_idle_timeout = idle;
+    if (apx_engine_create(&e, &conf, pool) != APR_SUCCESS)
+        return NULL;
+    if (apx_engine_start(e) != APR_SUCCESS) {
+        apx_engine_destroy(e, NULL);
+        return NULL;
+    }
+    cur_engine = e;
+    return e;
+}
+
+/* ----------------------------------------------------------------- tests */
+
+static void test_events(apr_pool_t *pool)
+{
+    apx_engine *e = start_engine(pool, 1, 1, apr_time_from_sec(10));
+    apx_engine_stats st;
+    rec r;
+    int sv[2];
+    apr_time_t t0;
+
+    ok(e != NULL, "engine started");
+    ok(apx_engine_current_thread() == NULL, "no engine thread on the main thread");
+
+    /* readable, made so by another thread (this one) after parking */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    rec_init(&r);
+    r.p.fd[0] = sv[0];
+    r.p.want[0] = APX_EV_IN;
+    r.p.timeout = apr_time_from_sec(10);
+    is_int(apx_park_submit(e, &r.p), APR_SUCCESS, "readable: submitted");
+    WAIT_STATS(e, st, st.parked == 1, 2000);
+    is_int(st.parked, 1, "readable: parked");
+    is_int(calls_of(&r), 0, "readable: nothing before data");
+    ok(write(sv[1], "x", 1) == 1, "peer writes");
+    is_int(wait_calls(&r, 1, 5000), 1, "readable: dispatched");
+    is_int(r.why, APX_EV_IN, "readable: why == IN");
+    ok(r.got[0] == APX_EV_IN && r.got[1] == 0, "readable: got[0] IN");
+    ok(r.thd_ok, "dispatch gets its worker's apr_thread_t, == current_thread()");
+    ok(r.p.parked_at > 0, "parked_at set");
+    ok(r.sig_ok, "workers run with asynchronous signals blocked, faults not");
+
+    /* writable: re-park the same record on OUT */
+    r.p.want[0] = APX_EV_OUT;
+    is_int(apx_park_submit(e, &r.p), APR_SUCCESS, "writable: re-submitted after dispatch");
+    is_int(wait_calls(&r, 2, 5000), 2, "writable: dispatched");
+    is_int(r.why, APX_EV_OUT, "writable: why == OUT");
+
+    /* closed by the peer */
+    r.p.want[0] = APX_EV_IN;
+    {
+        char c;
+        ok(read(sv[0], &c, 1) == 1, "drained the byte");
+    }
+    is_int(apx_park_submit(e, &r.p), APR_SUCCESS, "hangup: parked");
+    close(sv[1]);
+    is_int(wait_calls(&r, 3, 5000), 3, "hangup: dispatched");
+    ok(r.why & APX_EV_HUP, "hangup: why has HUP");
+    ok(!(r.why & APX_EV_TIMEOUT), "hangup: no TIMEOUT");
+    close(sv[0]);
+
+    /* timeout on a quiet socket */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    rec_init(&r);
+    r.p.fd[0] = sv[0];
+    r.p.want[0] = APX_EV_IN;
+    r.p.timeout = 30000;
+    t0 = mono_now();
+    is_int(apx_park_submit(e, &r.p), APR_SUCCESS, "timeout: parked with 30 ms");
+    is_int(wait_calls(&r, 1, 5000), 1, "timeout: dispatched");
+    is_int(r.why, APX_EV_TIMEOUT, "timeout: why == TIMEOUT only");
+    ok(r.at - t0 >= 30000, "timeout: not before the deadline (%ld us)", (long)(r.at - t0));
+    ok(r.at - t0 < 1000000, "timeout: soon after it");
+    stats(e, &st);
+    ok(st.timeouts_total >= 1, "timeouts counted");
+    close(sv[0]);
+    close(sv[1]);
+
+    /* timer only */
+    rec_init(&r);
+    r.p.timeout = 20000;
+    t0 = mono_now();
+    is_int(apx_park_submit(e, &r.p), APR_SUCCESS, "timer only: parked");
+    is_int(wait_calls(&r, 1, 5000), 1, "timer only: dispatched");
+    is_int(r.why, APX_EV_TIMEOUT, "timer only: TIMEOUT");
+    ok(r.at - t0 >= 20000, "timer only: after 20 ms");
+
+    /* run_submit */
+    rec_init(&r);
+    is_int(apx_run_submit(e, &r.p), APR_SUCCESS, "run_submit accepted");
+    is_int(wait_calls(&r, 1, 5000), 1, "run_submit: dispatched");
+    is_int(r.why, APX_EV_RUN, "run_submit: why == RUN");
+    ok(r.thd_ok, "run_submit: on a worker");
+    stats(e, &st);
+    ok(st.runs_total >= 1 && st.dispatched_total >= 6 && st.parks_total >= 5,
+       "totals counted (runs %llu, dispatched %llu, parks %llu)",
+       (unsigned long long)st.runs_total, (unsigned long long)st.dispatched_total,
+       (unsigned long long)st.parks_total);
+    ok(flush(e), "flushed");
+    is_int(calls_of(&r), 1, "dispatched once only");
+
+    apx_engine_destroy(e, NULL);
+}
+
+static void test_two_fds(apr_pool_t *pool)
+{
+    apx_engine *e = start_engine(pool, 1, 1, apr_time_from_sec(10));
+    rec r;
+    int a[2], b[2];
+
+    socketpair(AF_UNIX, SOCK_STREAM, 0, a);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, b);
+
+    /* the second fd fires */
+    rec_init(&r);
+    r.p.fd[0] = a[0];
+    r.p.want[0] = APX_EV_IN;
+    r.p.fd[1] = b[0];
+    r.p.want[1] = APX_EV_IN;
+    r.p.timeout = apr_time_from_sec(10);
+    apx_park_submit(e, &r.p);
+    ok(write(b[1], "y", 1) == 1, "peer of fd[1] writes");
+    is_int(wait_calls(&r, 1, 5000), 1, "two fds: dispatched on fd[1]");
+    ok(r.got[1] == APX_EV_IN && r.got[0] == 0, "two fds: got[1] IN, got[0] nothing");
+
+    /* the first fd fires (fd[1] still readable would fire too: drain it) */
+    {
+        char c;
+        ok(read(b[0], &c, 1) == 1, "drained fd[1]");
+    }
+    apx_park_submit(e, &r.p);
+    ok(write(a[1], "z", 1) == 1, "peer of fd[0] writes");
+    is_int(wait_calls(&r, 2, 5000), 2, "two fds: dispatched on fd[0]");
+    ok(r.got[0] == APX_EV_IN && r.got[1] == 0, "two fds: got[0] IN, got[1] nothing");
+
+    /* both ready in the same epoll batch: one dispatch with both bits */
+    ok(write(b[1], "y", 1) == 1, "fd[1] readable too");
+    apx_park_submit(e, &r.p);
+    is_int(wait_calls(&r, 3, 5000), 3, "two fds ready: dispatched");
+    ok(r.got[0] == APX_EV_IN && r.got[1] == APX_EV_IN, "both got[] filled");
+    ok(flush(e), "flushed");
+    is_int(calls_of(&r), 3, "dispatched once for the two events");
+
+    /* fd[0] unused, fd[1] only; its peer closing */
+    rec_init(&r);
+    r.p.fd[1] = b[0];
+    r.p.want[1] = 0;    /* only hangup is of interest */
+    apx_park_submit(e, &r.p);
+    close(b[1]);
+    is_int(wait_calls(&r, 1, 5000), 1, "fd[1] only, watched for hangup: dispatched");
+    ok((r.got[1] & APX_EV_HUP) && r.got[0] == 0, "got[1] HUP");
+
+    close(a[0]);
+    close(a[1]);
+    close(b[0]);
+    apx_engine_destroy(e, NULL);
+}
+
+static void test_bad_fds(apr_pool_t *pool)
+{
+    apx_engine *e = start_engine(pool, 1, 1, apr_time_from_sec(10));
+    rec r, r2;
+    int sv[2], closed_fd;
+    FILE *f;
+
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    closed_fd = dup(sv[0]);
+    close(closed_fd);
+
+    rec_init(&r);
+    r.p.fd[0] = closed_fd;
+    r.p.want[0] = APX_EV_IN;
+    is_int(apx_park_submit(e, &r.p), APR_EINVAL, "closed fd: APR_EINVAL at once");
+    r.p.fd[0] = -7;
+    is_int(apx_park_submit(e, &r.p), APR_EINVAL, "negative fd other than -1: APR_EINVAL");
+    r.p.fd[0] = sv[0];
+    r.p.fd[1] = sv[0];
+    is_int(apx_park_submit(e, &r.p), APR_EINVAL, "same fd twice: APR_EINVAL");
+    r.p.fd[1] = -1;
+    r.p.dispatch = NULL;
+    is_int(apx_park_submit(e, &r.p), APR_EINVAL, "no dispatch callback: APR_EINVAL");
+    r.p.dispatch = on_dispatch;
+
+    /* twice while parked */
+    r.p.timeout = apr_time_from_sec(10);
+    is_int(apx_park_submit(e, &r.p), APR_SUCCESS, "parked");
+    is_int(apx_park_submit(e, &r.p), APR_EINVAL, "the same record again while parked: APR_EINVAL");
+    is_int(apx_run_submit(e, &r.p), APR_EINVAL, "run_submit of a parked record: APR_EINVAL");
+
+    /* a second record on the same fd: epoll refuses (EEXIST): ERR */
+    rec_init(&r2);
+    r2.p.fd[0] = sv[0];
+    r2.p.want[0] = APX_EV_IN;
+    is_int(apx_park_submit(e, &r2.p), APR_SUCCESS, "another record on a parked fd is taken");
+    is_int(wait_calls(&r2, 1, 5000), 1, "... and dispatched at once");
+    ok((r2.why & APX_EV_ERR) && r2.got[0] == APX_EV_ERR, "... with ERR on that fd");
+
+    /* a regular file cannot be polled (EPERM): dispatched with ERR */
+    f = tmpfile();
+    rec_init(&r2);
+    r2.p.fd[0] = fileno(f);
+    r2.p.want[0] = APX_EV_IN;
+    is_int(apx_park_submit(e, &r2.p), APR_SUCCESS, "regular file taken");
+    is_int(wait_calls(&r2, 1, 5000), 1, "regular file dispatched");
+    is_int(r2.got[0], APX_EV_ERR, "regular file: ERR");
+    fclose(f);
+
+    ok(write(sv[1], "x", 1) == 1, "first record's fd made readable");
+    is_int(wait_calls(&r, 1, 5000), 1, "the first record is unaffected");
+    is_int(r.why, APX_EV_IN, "and sees IN");
+    close(sv[0]);
+    close(sv[1]);
+    apx_engine_destroy(e, NULL);
+}
+
+/* 10,000 records from 4 threads at once: eventfds made readable before or
+ * after the hand-over, and timer-only records. */
+enum { MANY = 10000, SUBMITTERS = 4 };
+
+typedef struct many_rec {
+    apx_park p;
+    int kind;               /* 0 ready at once, 1 readable later, 2 timer */
+    int calls;              /* atomic */
+    unsigned why;
+} many_rec;
+
+static int many_done;       /* atomic */
+static many_rec *many;
+static int many_fd_records;
+
+static void many_dispatch(apx_park *p, apr_thread_t *thd)
+{
+    many_rec *m = p->baton;
+
+    m->why = p->why;
+    __atomic_fetch_add(&m->calls, 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&mtx);
+    many_done++;
+    if (many_done >= MANY)
+        pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+}
+
+typedef struct submitter {
+    apx_engine *e;
+    int from, to;
+    int failures;
+} submitter;
+
+static void *submit_many(void *arg)
+{
+    submitter *s = arg;
+    uint64_t one = 1;
+    int i;
+
+    for (i = s->from; i < s->to; i++)
+        if (apx_park_submit(s->e, &many[i].p) != APR_SUCCESS)
+            s->failures++;
+    /* the "peers": make the kind-1 records readable after the hand-over */
+    for (i = s->from; i < s->to; i++)
+        if (many[i].kind == 1 && write(many[i].p.fd[0], &one, sizeof(one)) != sizeof(one))
+            s->failures++;
+    return NULL;
+}
+
+static void test_many(apr_pool_t *pool)
+{
+    apx_engine *e = start_engine(pool, 2, 4, apr_time_from_sec(10));
+    pthread_t th[SUBMITTERS];
+    submitter sub[SUBMITTERS];
+    struct rlimit rl;
+    apx_engine_stats st;
+    uint64_t one = 1;
+    struct timespec until;
+    int i, once = 1, why_ok = 1, failures = 0, fd_budget;
+
+    /* fds: raise the soft limit when we may, else use fewer fd records */
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    fd_budget = rl.rlim_cur > 300 ? (int)rl.rlim_cur - 200 : 0;
+    if (fd_budget > MANY * 2 / 3)
+        fd_budget = MANY * 2 / 3;
+
+    many = calloc(MANY, sizeof(*many));
+    many_fd_records = 0;
+    for (i = 0; i < MANY; i++) {
+        many_rec *m = &many[i];
+
+        apx_park_init(&m->p, many_dispatch, m);
+        m->kind = i % 3;
+        if (m->kind != 2 && many_fd_records < fd_budget) {
+            m->p.fd[0] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+            m->p.want[0] = APX_EV_IN;
+            m->p.timeout = apr_time_from_sec(20);
+            many_fd_records++;
+            if (m->kind == 0 && write(m->p.fd[0], &one, sizeof(one)) != sizeof(one))
+                failures++;
+        }
+        else {
+            m->kind = 2;
+            m->p.timeout = 1000 + (i % 40) * 1000;     /* 1..40 ms */
+        }
+    }
+    diag("%d fd records, %d timer-only", many_fd_records, MANY - many_fd_records);
+
+    for (i = 0; i < SUBMITTERS; i++) {
+        sub[i].e = e;
+        sub[i].from = i * (MANY / SUBMITTERS);
+        sub[i].to = (i + 1) * (MANY / SUBMITTERS);
+        sub[i].failures = 0;
+        pthread_create(&th[i], NULL, submit_many, &sub[i]);
+    }
+    for (i = 0; i < SUBMITTERS; i++) {
+        pthread_join(th[i], NULL);
+        failures += sub[i].failures;
+    }
+    is_int(failures, 0, "10,000 submitted from 4 threads at once");
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    pthread_mutex_lock(&mtx);
+    while (many_done < MANY && pthread_cond_timedwait(&cv, &mtx, &until) == 0)
+        ;
+    pthread_mutex_unlock(&mtx);
+    for (i = 0; i < MANY; i++) {
+        if (__atomic_load_n(&many[i].calls, __ATOMIC_RELAXED) != 1)
+            once = 0;
+        if (many[i].kind == 2 ? many[i].why != APX_EV_TIMEOUT : many[i].why != APX_EV_IN)
+            why_ok = 0;
+    }
+    pthread_mutex_lock(&mtx);
+    is_int(many_done, MANY, "all 10,000 dispatched");
+    pthread_mutex_unlock(&mtx);
+    ok(once, "each exactly once");
+    ok(why_ok, "each with the right reason (IN / TIMEOUT)");
+    stats(e, &st);
+    ok(st.dispatched_total == MANY && st.parks_total == MANY,
+       "stats: %llu parked, %llu dispatched in total",
+       (unsigned long long)st.parks_total, (unsigned long long)st.dispatched_total);
+    WAIT_STATS(e, st, st.parked == 0 && st.queued == 0, 2000);
+    ok(st.parked == 0 && st.queued == 0, "nothing left parked or queued");
+    ok(st.workers >= 2 && st.workers <= 4, "workers within min..max (%u)", st.workers);
+
+    apx_engine_destroy(e, NULL);
+    for (i = 0; i < MANY; i++)
+        if (many[i].p.fd[0] >= 0)
+            close(many[i].p.fd[0]);
+    free(many);
+}
+
+/* Elastic pool: min 1, max 4. Dispatches that block on a gate make the pool
+ * grow; a record still gets served while three workers are stuck; the pool
+ * never passes max; idle workers above min go away and are joined. */
+static int gate_open, gate_entered;
+
+static void blocking_dispatch(apx_park *p, apr_thread_t *thd)
+{
+    rec *r = p->baton;
+
+    pthread_mutex_lock(&mtx);
+    gate_entered++;
+    pthread_cond_broadcast(&cv);
+    while (!gate_open)
+        pthread_cond_wait(&cv, &mtx);
+    r->calls++;
+    r->thd_ok = thd != NULL && apx_engine_current_thread() == thd;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+}
+
+static int wait_entered(int n, int ms)
+{
+    struct timespec until;
+    int c;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    pthread_mutex_lock(&mtx);
+    while (gate_entered < n && pthread_cond_timedwait(&cv, &mtx, &until) == 0)
+        ;
+    c = gate_entered;
+    pthread_mutex_unlock(&mtx);
+    return c;
+}
+
+static void test_elastic(apr_pool_t *pool)
+{
+    int base = count_tasks();
+    apx_engine *e = start_engine(pool, 1, 4, 100000 /* 100 ms */);
+    apx_engine_stats st;
+    rec blk[5], r;
+    int sv[2], i;
+
+    is_int(wait_tasks(base + 2, 2000), base + 2, "poller + 1 worker started");
+    stats(e, &st);
+    is_int(st.workers, 1, "stats: 1 worker");
+
+    gate_open = 0;
+    gate_entered = 0;
+    for (i = 0; i < 3; i++) {
+        rec_init(&blk[i]);
+        blk[i].p.dispatch = blocking_dispatch;
+        apx_run_submit(e, &blk[i].p);
+    }
+    is_int(wait_entered(3, 5000), 3, "three dispatches block at the same time: the pool grew");
+    stats(e, &st);
+    ok(st.workers == 3 && st.workers_busy == 3, "3 workers, 3 busy (%u, %u)",
+       st.workers, st.workers_busy);
+
+    /* a socket record is still served while three workers are stuck */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    rec_init(&r);
+    r.p.fd[0] = sv[0];
+    r.p.want[0] = APX_EV_OUT;
+    apx_park_submit(e, &r.p);
+    is_int(wait_calls(&r, 1, 5000), 1, "another record is served while three block");
+    ok(r.why == APX_EV_OUT && r.thd_ok, "on a fourth worker");
+    stats(e, &st);
+    is_int(st.workers, 4, "the pool is at max");
+    is_int(wait_tasks(base + 5, 2000), base + 5, "poller + 4 workers running");
+
+    /* at max: a fifth blocker takes the fourth worker, a sixth waits */
+    for (i = 3; i < 5; i++) {
+        rec_init(&blk[i]);
+        blk[i].p.dispatch = blocking_dispatch;
+        apx_run_submit(e, &blk[i].p);
+    }
+    is_int(wait_entered(4, 5000), 4, "four blocked");
+    WAIT_STATS(e, st, st.queued == 1, 1000);
+    ok(st.queued == 1 && st.workers == 4, "never above max: one waits in the queue "
+       "(queued %u, workers %u)", st.queued, st.workers);
+    is_int(count_tasks(), base + 5, "no fifth worker thread");
+
+    pthread_mutex_lock(&mtx);
+    gate_open = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+    for (i = 0; i < 5; i++)
+        is_int(wait_calls(&blk[i], 1, 5000), 1, "blocked dispatch finished");
+    ok(blk[0].thd_ok && blk[4].thd_ok, "blocked ones ran on workers");
+
+    /* shrink after 100 ms idle, down to min, threads gone */
+    WAIT_STATS(e, st, st.workers == 1, 3000);
+    is_int(st.workers, 1, "idle workers above min exited");
+    is_int(wait_tasks(base + 2, 2000), base + 2, "their threads are gone");
+    {
+        engine_thread *z;
+        unsigned live, zombies = 0;
+
+        pthread_mutex_lock(&e->wq_mtx);
+        live = e->live;
+        for (z = e->zombies; z; z = z->next)
+            zombies++;
+        pthread_mutex_unlock(&e->wq_mtx);
+        is_int(live, 1, "one live worker thread left");
+        ok(zombies >= 1 && zombies <= 3, "exited workers are joined by the next one to exit: "
+           "%u left for destroy to join", zombies);
+    }
+
+    /* and the pool grows again after shrinking */
+    gate_open = 0;
+    gate_entered = 0;
+    for (i = 0; i < 2; i++) {
+        rec_init(&blk[i]);
+        blk[i].p.dispatch = blocking_dispatch;
+        apx_run_submit(e, &blk[i].p);
+    }
+    is_int(wait_entered(2, 5000), 2, "grew again after a shrink");
+    pthread_mutex_lock(&mtx);
+    gate_open = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+    for (i = 0; i < 2; i++)
+        wait_calls(&blk[i], 1, 5000);
+
+    apx_engine_destroy(e, NULL);
+    is_int(count_tasks(), base, "destroy joined every engine thread");
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* stopping(): idle records go with SHUTDOWN (also ones parked later); busy
+ * ones stay parked and destroy() hands them to abandoned() once. */
+static void test_stopping(apr_pool_t *pool)
+{
+    int base = count_tasks();
+    apx_engine *e = start_engine(pool, 1, 1, apr_time_from_sec(10));
+    apx_engine_stats st;
+    rec idle1, idle2, idle3, busy1, busy2, busy3;
+    int a[2], b[2], c[2];
+
+    socketpair(AF_UNIX, SOCK_STREAM, 0, a);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, b);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, c);
+
+    rec_init(&idle1);           /* keep-alive connection, timed */
+    idle1.p.fd[0] = a[0];
+    idle1.p.want[0] = APX_EV_IN;
+    idle1.p.timeout = apr_time_from_sec(10);
+    idle1.p.flags = APX_PARK_IDLE;
+    rec_init(&idle2);           /* idle, no deadline */
+    idle2.p.flags = APX_PARK_IDLE;
+    rec_init(&busy1);           /* in-flight request waiting on a backend */
+    busy1.p.fd[0] = b[0];
+    busy1.p.want[0] = APX_EV_IN;
+    busy1.p.timeout = apr_time_from_sec(10);
+    rec_init(&busy2);           /* timer only, no deadline */
+    rec_init(&busy3);           /* timed, never dispatched */
+    busy3.p.timeout = apr_time_from_sec(30);
+
+    ok(!apx_engine_is_stopping(e), "not stopping yet");
+    apx_park_submit(e, &idle1.p);
+    apx_park_submit(e, &idle2.p);
+    apx_park_submit(e, &busy1.p);
+    apx_park_submit(e, &busy2.p);
+    apx_park_submit(e, &busy3.p);
+    WAIT_STATS(e, st, st.parked == 5, 2000);
+    is_int(st.parked, 5, "five parked");
+
+    apx_engine_stopping(e);
+    ok(apx_engine_is_stopping(e), "stopping");
+    is_int(wait_calls(&idle1, 1, 5000), 1, "idle socket record dispatched");
+    is_int(idle1.why, APX_EV_SHUTDOWN, "with SHUTDOWN");
+    is_int(wait_calls(&idle2, 1, 5000), 1, "idle untimed record dispatched");
+    is_int(idle2.why, APX_EV_SHUTDOWN, "with SHUTDOWN");
+    ok(flush(e), "flushed");
+    ok(calls_of(&busy1) == 0 && calls_of(&busy2) == 0 && calls_of(&busy3) == 0,
+       "in-flight records stay parked");
+    WAIT_STATS(e, st, st.parked == 3, 2000);
+    is_int(st.parked, 3, "three still parked");
+
+    rec_init(&idle3);           /* parked after stopping: goes at once */
+    idle3.p.fd[0] = c[0];
+    idle3.p.want[0] = APX_EV_IN;
+    idle3.p.timeout = apr_time_from_sec(10);
+    idle3.p.flags = APX_PARK_IDLE;
+    is_int(apx_park_submit(e, &idle3.p), APR_SUCCESS, "idle record parked after stopping");
+    is_int(wait_calls(&idle3, 1, 5000), 1, "dispatched at once");
+    is_int(idle3.why, APX_EV_SHUTDOWN, "with SHUTDOWN");
+
+    apx_engine_destroy(e, on_abandoned);
+    ok(busy1.abandoned == 1 && busy2.abandoned == 1 && busy3.abandoned == 1,
+       "destroy hands each parked record to abandoned() once");
+    ok(busy1.abandoned_ok && busy2.abandoned_ok && busy3.abandoned_ok,
+       "on the destroying thread, thd NULL, why SHUTDOWN");
+    ok(busy1.resubmit_rv == APR_EINVAL && busy3.resubmit_rv == APR_EINVAL,
+       "submitting to a destroyed engine: APR_EINVAL");
+    ok(idle1.abandoned == 0 && idle2.abandoned == 0 && idle3.abandoned == 0,
+       "dispatched ones are not abandoned");
+    ok(calls_of(&busy1) == 0 && calls_of(&busy2) == 0, "nor dispatched");
+    is_int(count_tasks(), base, "every thread joined");
+    close(a[0]); close(a[1]);
+    close(b[0]); close(b[1]);
+    close(c[0]); close(c[1]);
+}
+
+/* Records handed over before start(): queued ones run at start; with no
+ * start at all, destroy abandons both kinds. */
+static void test_before_start(apr_pool_t *pool)
+{
+    apx_engine_conf conf;
+    apx_engine *e;
+    rec r1, r2;
+    int base = count_tasks();
+
+    apx_engine_conf_default(&conf);
+    conf.workers_min = 1;
+    conf.workers_max = 2;
+    ok(apx_engine_create(&e, &conf, pool) == APR_SUCCESS, "created (not started)");
+    cur_engine = e;
+    rec_init(&r1);
+    rec_init(&r2);
+    r2.p.timeout = apr_time_from_sec(10);
+    is_int(apx_run_submit(e, &r1.p), APR_SUCCESS, "run_submit before start");
+    is_int(apx_park_submit(e, &r2.p), APR_SUCCESS, "park_submit before start");
+    is_int(count_tasks(), base, "no thread before start");
+    apx_engine_destroy(e, on_abandoned);
+    ok(r1.abandoned == 1 && r2.abandoned == 1 && r1.abandoned_ok && r2.abandoned_ok,
+       "never started: both abandoned once");
+    ok(r1.calls == 0 && r2.calls == 0, "and not dispatched");
+
+    ok(apx_engine_create(&e, &conf, pool) == APR_SUCCESS, "created again");
+    cur_engine = e;
+    rec_init(&r1);
+    apx_run_submit(e, &r1.p);
+    ok(apx_engine_start(e) == APR_SUCCESS, "started");
+    is_int(wait_calls(&r1, 1, 5000), 1, "record run_submitted before start runs");
+    is_int(r1.why, APX_EV_RUN, "as RUN");
+    apx_engine_destroy(e, on_abandoned);
+    is_int(r1.abandoned, 0, "and is not abandoned");
+    is_int(count_tasks(), base, "every thread joined");
+}
+
+static void *noop_thread(void *arg)
+{
+    return arg;
+}
+
+int main(void)
+{
+    apr_pool_t *pool;
+    pthread_t t;
+
+    apr_initialize();
+    apr_pool_create(&pool, NULL);
+    main_thread = pthread_self();
+    /* A sanitizer runtime may start a helper thread on the first
+     * pthread_create: have that happen before any thread count is taken. */
+    pthread_create(&t, NULL, noop_thread, NULL);
+    pthread_join(t, NULL);
+
+    test_events(pool);
+    test_two_fds(pool);
+    test_bad_fds(pool);
+    test_many(pool);
+    test_elastic(pool);
+    test_stopping(pool);
+    test_before_start(pool);
+
+    apr_pool_destroy(pool);
+    apr_terminate();
+    return done_testing();
+}
