@@ -54,7 +54,7 @@ sub new {
         modules    => $o{modules} || [],
         keepalive_timeout => $o{keepalive_timeout} || 5,
         timeout    => $o{timeout} || 30,
-        module_so  => $o{module_so} || "$TOP/build/mod_asyncproxy.so",
+        module_so  => $o{module_so} || $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so",
         loglevel   => $o{loglevel} || 'warn asyncproxy:info',
         tls        => $o{tls} || 0,
     }, $class;
@@ -216,14 +216,19 @@ sub children {
         push @kids, $p if $1 == $ppid;
     }
     closedir $dh;
-    return sort { $a <=> $b } @kids;
+    my @sorted = sort { $a <=> $b } @kids;
+    return @sorted;
 }
 
 sub wait_children {
     my ($self) = @_;
     my $want = $self->{mpm} eq 'prefork' ? 1 : $self->{servers};
     my $end = time + 10;
-    sleep 0.05 while scalar($self->children) < $want && time < $end;
+    while (time < $end) {
+        my @kids = $self->children;
+        last if @kids >= $want;
+        sleep 0.05;
+    }
     # let child_init run and log
     sleep 0.2;
 }
