@@ -127,6 +127,7 @@ typedef struct apx_counters {
     volatile apr_uint32_t bad_gateway;     /* 502 answered */
     volatile apr_uint32_t gateway_timeout; /* 504 answered */
     volatile apr_uint32_t unavailable;     /* 503 answered */
+    volatile apr_uint32_t client_errors;   /* 400/408/413 to the client */
     volatile apr_uint32_t aborted;         /* connection aborted mid-way */
     volatile apr_uint32_t client_gone;     /* client left while waiting */
     volatile apr_uint32_t backend_reused;  /* pooled connection taken */
@@ -225,6 +226,16 @@ const char *apx_backend_declare(apr_pool_t *pconf, const char *hostname,
                                 apr_port_t port, apx_backend **pb);
 /* child_init: creates every origin's pool. */
 void apx_backends_child_init(apr_pool_t *pchild);
+/* A live idle keep-alive connection to be (its fd, checked with a
+ * non-blocking MSG_PEEK: closed or with unexpected bytes -> closed and
+ * skipped), or -1 when the pool has none: the caller connects. Entries
+ * older than be->pool_ttl are closed on the way. Any request thread. */
+int apx_backend_take(apx_backend *be, apr_time_t now);
+/* Gives back an fd whose exchange ended cleanly (framing complete, nothing
+ * extra received, keep-alive allowed, request sent whole); when the pool
+ * holds pool_max the oldest is closed; closes fd instead when the child is
+ * stopping or the origin has no pool. Any request thread. */
+void apx_backend_release(apx_backend *be, int fd, apr_time_t now);
 
 /* mod_asyncproxy_status.c */
 void apx_status_register(apr_pool_t *p);

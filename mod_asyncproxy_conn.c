@@ -399,12 +399,16 @@ static void count_outcome(apx_req *rq)
         apr_atomic_inc32(&n->done_total);
         break;
     case APX_OUT_ERROR:
+        /* Client-side errors (400, 408, 413, httpd's own answers) are the
+         * client's figures, not the backends'. */
         if (rq->status == HTTP_GATEWAY_TIME_OUT)
             apr_atomic_inc32(&n->gateway_timeout);
         else if (rq->status == HTTP_SERVICE_UNAVAILABLE)
             apr_atomic_inc32(&n->unavailable);
-        else
+        else if (rq->status == HTTP_BAD_GATEWAY)
             apr_atomic_inc32(&n->bad_gateway);
+        else
+            apr_atomic_inc32(&n->client_errors);
         break;
     default:
         apr_atomic_inc32(&n->aborted);

@@ -25,7 +25,7 @@ typedef struct figure {
     apr_uint64_t value;
 } figure;
 
-#define MAX_FIGURES 32
+#define MAX_FIGURES 48
 
 static int collect(figure *f, const char **mode)
 {
@@ -52,6 +52,22 @@ static int collect(figure *f, const char **mode)
     FIG("ParksTotal", es.parks_total);
     FIG("DispatchedTotal", es.dispatched_total);
     FIG("TimeoutsTotal", es.timeouts_total);
+    FIG("RequestsTotal", apr_atomic_read32(&ch->n.requests_total));
+    FIG("InFlight", apr_atomic_read32(&ch->n.in_flight));
+    FIG("ParkedRequests", apr_atomic_read32(&ch->n.parked_reqs));
+    FIG("ParkedTotal", apr_atomic_read32(&ch->n.parked_total));
+    FIG("SyncTotal", apr_atomic_read32(&ch->n.sync_total));
+    FIG("DoneTotal", apr_atomic_read32(&ch->n.done_total));
+    FIG("BadGateway", apr_atomic_read32(&ch->n.bad_gateway));
+    FIG("GatewayTimeout", apr_atomic_read32(&ch->n.gateway_timeout));
+    FIG("Unavailable", apr_atomic_read32(&ch->n.unavailable));
+    FIG("ClientErrors", apr_atomic_read32(&ch->n.client_errors));
+    FIG("Aborted", apr_atomic_read32(&ch->n.aborted));
+    FIG("ClientGone", apr_atomic_read32(&ch->n.client_gone));
+    FIG("BackendReused", apr_atomic_read32(&ch->n.backend_reused));
+    FIG("BackendRetries", apr_atomic_read32(&ch->n.backend_retries));
+    FIG("KeepaliveClosed", apr_atomic_read32(&ch->n.keepalive_closed));
+    FIG("HeadWaits", apr_atomic_read32(&ch->n.head_waits));
     FIG("AdoptedNow", apr_atomic_read32(&ch->n.adopted_now));
     FIG("AdoptedTotal", apr_atomic_read32(&ch->n.adopted_total));
     FIG("GateWaits", apr_atomic_read32(&ch->n.gate_waits));

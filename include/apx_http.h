@@ -64,8 +64,9 @@
  * and small enough that sums of two never overflow a signed 64-bit value. */
 #define APX_HTTP_BODY_MAX ((uint64_t)1 << 62)
 
-/* Longest chunk line after the size (extensions, ignored): 4 KiB is what
- * nginx and httpd effectively allow; it bounds the work per chunk. */
+/* Most bytes of a chunk line between the size and its CRLF (BWS and
+ * extensions, which are ignored): 4 KiB is far more than any server sends
+ * and bounds the work per chunk. */
 #define APX_HTTP_CHUNK_EXT_MAX 4096
 /* Most hex digits in a chunk size, leading zeros included. */
 #define APX_HTTP_CHUNK_SIZE_DIGITS_MAX 32
@@ -164,7 +165,8 @@ void apx_http_resp_reset(apx_http_resp *p);
  *                    the body (or, after a 1xx, the next head); further
  *                    feeds consume nothing and return APR_SUCCESS again;
  *   APR_INCOMPLETE   more is needed; all len bytes were consumed;
- *   APX_HTTP_EPROTO  p->error / p->errstr say why; sticky.
+ *   APX_HTTP_EPROTO  p->error / p->errstr say why; sticky; *consumed is
+ *                    then unspecified (the connection is not reusable).
  * len may be 0. */
 apr_status_t apx_http_resp_feed(apx_http_resp *p, const char *data,
                                 size_t len, size_t *consumed);
@@ -244,7 +246,8 @@ void apx_http_chunked_init(apx_http_chunked *d, char *tbuf, size_t tmax,
  *                    further feeds consume nothing and return APR_SUCCESS;
  *   APR_INCOMPLETE   not finished; when *data_len == 0, all len bytes were
  *                    consumed;
- *   APX_HTTP_EPROTO  d->error / d->errstr say why; sticky. */
+ *   APX_HTTP_EPROTO  d->error / d->errstr say why; sticky; *consumed is
+ *                    then unspecified. */
 apr_status_t apx_http_chunked_feed(apx_http_chunked *d, const char *in,
                                    size_t len, size_t *consumed,
                                    const char **data, size_t *data_len);

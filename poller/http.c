@@ -571,7 +571,8 @@ apr_status_t apx_http_chunked_feed(apx_http_chunked *d, const char *in,
     if (d->state == CHUNK_S_ERROR)
         return APX_HTTP_EPROTO;
 
-#define CHUNK_FAIL(e, why) do { *consumed = i; return chunked_fail(d, e, why); } while (0)
+#define CHUNK_FAIL(e, why) \
+    do { *consumed = i; return chunked_fail(d, e, why); } while (0)
     while (i < len) {
         char c = in[i];
 
@@ -605,12 +606,9 @@ apr_status_t apx_http_chunked_feed(apx_http_chunked *d, const char *in,
             }
             if (d->digits == 0)
                 CHUNK_FAIL(APX_HTTP_E_CHUNK_SIZE, "missing chunk size");
-            if (c == ';') {
-                d->ext_len = 0;
-                d->state = CHUNK_S_EXT;
-            }
-            else if (HTTP_IS_WS(c)) {
-                d->state = CHUNK_S_SIZE_WS;
+            if (c == ';' || HTTP_IS_WS(c)) {
+                d->ext_len = 1;
+                d->state = c == ';' ? CHUNK_S_EXT : CHUNK_S_SIZE_WS;
             }
             else if (c == '\r') {
                 d->state = CHUNK_S_SIZE_LF;
@@ -623,13 +621,12 @@ apr_status_t apx_http_chunked_feed(apx_http_chunked *d, const char *in,
             }
             break;
         case CHUNK_S_SIZE_WS:
-            if (c == ';') {
-                d->ext_len = 0;
+            if (c == ';')
                 d->state = CHUNK_S_EXT;
-            }
-            else if (!HTTP_IS_WS(c)) {
+            else if (!HTTP_IS_WS(c))
                 CHUNK_FAIL(APX_HTTP_E_CHUNK_EXT, "whitespace after chunk size");
-            }
+            if (++d->ext_len > APX_HTTP_CHUNK_EXT_MAX)
+                CHUNK_FAIL(APX_HTTP_E_CHUNK_EXT, "chunk extension too long");
             break;
         case CHUNK_S_EXT:
             if (c == '\r') {

@@ -29,7 +29,8 @@ sed -e "s#@TOP@#$TOP#g" -e "s#@DIR@#$DIR#g" -e "s#@PORT@#$PORT#g" \
     -e "s#@BPORT@#$BPORT#g" "$TOP/scripts/run.conf.in" > "$DIR/httpd.conf"
 [ "$(id -u)" = 0 ] && chown www-data "$DIR/logs" 2>/dev/null || true
 ulimit -n 20000 2>/dev/null || true
-"$TOP/build/bench/slowd" -q -a 127.0.0.1 -p "$BPORT" -P "$DIR/slowd.pid" &
+"$TOP/build/bench/slowd" -q -a 127.0.0.1 -p "$BPORT" -P "$DIR/slowd.pid" \
+    >"$DIR/logs/slowd.log" 2>&1 </dev/null &
 sleep 0.3
 /usr/sbin/apache2 -f "$DIR/httpd.conf" -k start
 sleep 0.5

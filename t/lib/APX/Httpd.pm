@@ -57,6 +57,10 @@ sub new {
         module_so  => $o{module_so} || $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so",
         loglevel   => $o{loglevel} || 'warn asyncproxy:info',
         tls        => $o{tls} || 0,
+        # extra environment for apache2: { NAME => value }, plus
+        # $ENV{APX_HTTPD_ENV} ("NAME=value NAME2=value2", e.g. LD_PRELOAD and
+        # ASAN_OPTIONS for scripts/itest-asan.sh); the option wins
+        env        => { env_from_string($ENV{APX_HTTPD_ENV}), %{ $o{env} || {} } },
     }, $class;
     $self->{dir} = tempdir('apx-httpd-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{APX_KEEP});
     chmod 0755, $self->{dir};
@@ -155,9 +159,21 @@ sub make_cert {
     chmod 0644, "$d/server.key";
 }
 
+# "A=1 B=x" -> (A => 1, B => 'x'); values cannot hold spaces
+sub env_from_string {
+    my ($str) = @_;
+    return () unless defined $str && length $str;
+    return map { /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/ ? ($1 => $2) : () } split ' ', $str;
+}
+
 sub run_apache {
     my ($self, @args) = @_;
+    my $env = join '', map {
+        (my $v = $self->{env}{$_}) =~ s/'/'\\''/g;
+        "$_='$v' "
+    } sort keys %{ $self->{env} || {} };
     my $cmd = "ulimit -n 20000 2>/dev/null; ulimit -c unlimited 2>/dev/null; "
+            . ($env ne '' ? "env $env" : '')
             . "$APACHE -f " . $self->conf_file . " @args 2>&1";
     my $out = `$cmd`;
     return ($? >> 8, $out);

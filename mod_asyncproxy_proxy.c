@@ -1,0 +1,1504 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* mod_asyncproxy_proxy.c — which requests are ours (translate_name,
+ * map_to_storage, fixups) and the request path itself (DESIGN.md §4): the
+ * code that runs inside each proxied request's coroutine.
+ *
+ * apx_proxy_run() is straight-line code: connect or take a pooled backend
+ * connection, send the request head and stream the body, read and check the
+ * response head, hand it to httpd, stream the body back with flow control,
+ * then pool or close the backend connection. Every would-block point goes
+ * through apx_wait(), so the same code runs under the sync driver (poll in
+ * place) and the async driver (parked in the poller, resumed on a module
+ * worker).
+ *
+ * Threads:
+ *   hooks (translate, map_to_storage, fixups)   the request's thread
+ *   apx_proxy_run()    the thread that owns the request; after each
+ *                      apx_wait() that may be another thread, so nothing
+ *                      thread-local is kept across a wait (errno is read
+ *                      right after the call that set it).
+ * Invariants:
+ *   - The backend fd is held in proxy_ctx.fd and covered by a coroutine
+ *     defer from the moment it exists, so it is closed if the coroutine is
+ *     destroyed while parked (client abort, child exit).
+ *   - Nothing of a malformed response reaches the client: the head is
+ *     applied to r only once it parsed completely.
+ *   - A body cut short by the backend aborts the client connection
+ *     (APX_OUT_ABORT): never a short body that looks whole.
+ *   - At most one receive buffer (RBUF_SIZE) of response body and one read
+ *     of request body (BODY_READ_MAX) are in our hands per request; the core
+ *     output filter never holds more than one pass and is never made to
+ *     block (we pass only when nothing is pending).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_filter.h"
+#include "apr_lib.h"
+#include "apr_strings.h"
+
+#include "apx_http.h"
+#include "mod_asyncproxy.h"
+
+APLOG_USE_MODULE(asyncproxy);
+extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
+
+/* Backend reads: 32 KiB per recv, and so at most 32 KiB per brigade passed
+ * to the client, half the core output filter's 64 KiB blocking threshold. */
+#define RBUF_SIZE       (32 * 1024)
+/* Request body: one non-blocking read of the client at a time. */
+#define BODY_READ_MAX   (64 * 1024)
+/* Response head: at least 16 KiB, or two LimitRequestFieldSize lines'
+ * worth when that is larger, never more than 64 KiB. */
+#define HEAD_MIN        (16 * 1024)
+#define HEAD_CAP        (64 * 1024)
+#define HEAD_FIELDS     100
+/* Interim (1xx) responses before the final one: a backend sending more is
+ * stuck in a loop. */
+#define MAX_INTERIM     16
+/* Trailers of a chunked response are checked and dropped (httpd 2.4 cannot
+ * send trailers to the client); bounded like a small head. */
+#define TRAILER_MAX     4096
+#define TRAILER_FIELDS  32
+/* Slices of request body per sendmsg(). */
+#define BODY_IOV        64
+
+/* Results of the steps below. A step that fails has set rq->outcome,
+ * rq->status and rq->note. */
+enum {
+    STEP_OK = 0,
+    STEP_FAIL = -1,
+    STEP_RETRY = 1      /* pooled connection died first: try a fresh one */
+};
+
+enum { REQ_BODY_NONE, REQ_BODY_LENGTH, REQ_BODY_CHUNKED };
+
+typedef struct proxy_ctx {
+    apx_req *rq;
+    request_rec *r;
+    conn_rec *c;
+    const apx_mapping *map;
+    apx_backend *be;
+    apx_defer *defer;
+    int fd;                         /* backend socket, -1 when none */
+    int reused;                     /* fd came from the pool */
+    int idempotent;
+    apr_interval_time_t timeout;    /* backend response head, each I/O */
+    apr_interval_time_t connect_timeout;
+    apr_interval_time_t client_timeout;
+    const char *target;             /* origin-form request target */
+    const char *url;                /* for log lines */
+    apx_http_writer head;           /* the request head */
+
+    /* request body */
+    int body_kind;
+    apr_off_t body_length;          /* REQ_BODY_LENGTH */
+    apr_off_t body_limit;           /* LimitRequestBody, 0: none */
+    apr_off_t body_bytes;
+    unsigned body_started:1;        /* a byte of it was read from the client */
+    unsigned body_done:1;           /* all of it went to the backend */
+    int send_errno;                 /* backend stopped taking the body */
+    int recv_errno;                 /* RECV_ERROR's cause */
+
+    /* response */
+    apx_http_resp resp;
+    apx_http_conn_tokens conn;      /* the backend's Connection tokens */
+    char *rbuf;                     /* RBUF_SIZE bytes from the backend */
+    apr_size_t rlen, roff;          /* bytes in rbuf, bytes used */
+    unsigned got_bytes:1;           /* a byte came back on this attempt */
+    unsigned head_applied:1;        /* r carries the backend's head */
+    unsigned response_started:1;    /* something went to the output filters */
+    apx_http_framing framing;
+    int64_t remaining;              /* APX_HTTP_BODY_LENGTH */
+    apx_http_chunked chunked;
+    apr_bucket_brigade *bb;
+} proxy_ctx;
+
+/* ------------------------------------------------------------------ */
+/* mapping                                                              */
+
+/* "/app" matches "/app" and "/app/x" but not "/apple"; "/app/" matches
+ * what starts with it. */
+static int prefix_matches(const char *uri, const char *path, apr_size_t len)
+{
+    if (strncmp(uri, path, len))
+        return 0;
+    return len == 0 || path[len - 1] == '/' || uri[len] == '\0'
+           || uri[len] == '/';
+}
+
+/* The longest matching prefix; a longer "!" mapping wins and means the
+ * request is not proxied (the caller checks excluded). */
+static const apx_mapping *find_map(const apr_array_header_t *maps,
+                                   const char *uri)
+{
+    const apx_mapping *best = NULL;
+    int i;
+
+    for (i = 0; i < maps->nelts; i++) {
+        const apx_mapping *m = APR_ARRAY_IDX(maps, i, const apx_mapping *);
+
+        if ((!best || m->path_len > best->path_len)
+            && prefix_matches(uri, m->path, m->path_len))
+            best = m;
+    }
+    return best;
+}
+
+static int hex_value(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    return (apr_tolower(ch) - 'a') + 10;
+}
+
+/* Next byte of a raw path, %XX decoded; advances *p. */
+static int next_decoded(const char **p, const char *end)
+{
+    const char *s = *p;
+
+    if (s[0] == '%' && end - s >= 3 && apr_isxdigit(s[1])
+        && apr_isxdigit(s[2])) {
+        *p = s + 3;
+        return hex_value(s[1]) * 16 + hex_value(s[2]);
+    }
+    *p = s + 1;
+    return (unsigned char)s[0];
+}
+
+/* 1 when a segment of the raw path s..end is "." or ".." (also spelt
+ * %2e): the backend would resolve it, possibly above the mapping's base. */
+static int has_dot_segment(const char *s, const char *end)
+{
+    while (s < end) {
+        const char *seg = s, *p = s;
+        int dots = 0, other = 0;
+
+        while (p < end && *p != '/') {
+            if (next_decoded(&p, end) == '.')
+                dots++;
+            else
+                other++;
+        }
+        if (p > seg && !other && dots <= 2)
+            return 1;
+        s = p < end ? p + 1 : p;
+    }
+    return 0;
+}
+
+/* The path part of r->unparsed_uri (origin-form, or absolute-form
+ * "http://host/..."): start and end (at '?' or '#'). */
+static const char *raw_path(const char *u, const char **end)
+{
+    const char *p = u;
+
+    if (*u != '/') {
+        const char *scheme_end = strstr(u, "://");
+
+        if (scheme_end) {
+            p = scheme_end + 3;
+            p += strcspn(p, "/?#");
+        }
+    }
+    *end = p + strcspn(p, "?#");
+    return p;
+}
+
+/* What follows the mapping's prefix in the raw path, bytes unchanged; NULL
+ * when the raw path does not spell the prefix byte for byte once decoded
+ * (httpd merged slashes or removed dot segments), or when the rest holds a
+ * dot segment. */
+static const char *raw_rest(apr_pool_t *p, const char *path, const char *end,
+                            const char *prefix, apr_size_t len)
+{
+    const char *s = path;
+    apr_size_t i;
+
+    for (i = 0; i < len; i++) {
+        if (s >= end || next_decoded(&s, end) != (unsigned char)prefix[i])
+            return NULL;
+    }
+    if (has_dot_segment(s, end))
+        return NULL;
+    return apr_pstrmemdup(p, s, end - s);
+}
+
+/* The request target for the backend: the mapping's base, the rest of the
+ * client's path after the prefix (raw bytes: percent-encoding unchanged),
+ * and the raw query. */
+static const char *build_target(request_rec *r, const apx_mapping *m)
+{
+    const char *end, *path = raw_path(r->unparsed_uri, &end);
+    const char *rest, *query = NULL, *base = m->base;
+    apr_size_t blen = strlen(base);
+
+    rest = raw_rest(r->pool, path, end, m->path, m->path_len);
+    if (!rest) {
+        /* Fall back on httpd's normalised path, re-encoded. */
+        const char *u = r->uri;
+
+        if (!strncmp(u, m->path, m->path_len))
+            u += m->path_len;
+        rest = ap_escape_uri(r->pool, u);
+    }
+    if (*end == '?') {
+        query = end + 1;
+        query = apr_pstrmemdup(r->pool, query, strcspn(query, "#"));
+    }
+    if (blen && base[blen - 1] == '/' && *rest == '/')
+        rest++;
+    return apr_pstrcat(r->pool, base, rest, query ? "?" : "", query, NULL);
+}
+
+/* Marks r as ours (mod_proxy does the same with PROXYREQ_REVERSE, which
+ * also makes httpd keep the backend's Date and Server fields). */
+static void claim_request(request_rec *r, const apx_mapping *m)
+{
+    ap_set_module_config(r->request_config, &asyncproxy_module, (void *)m);
+    r->handler = "asyncproxy";
+    r->proxyreq = PROXYREQ_REVERSE;
+    r->filename = apr_pstrcat(r->pool, "asyncproxy:http://",
+                              m->backend->hostport, build_target(r, m),
+                              NULL);
+}
+
+static int asyncproxy_translate(request_rec *r)
+{
+    const apx_dir_conf *dc;
+    const apx_srv_conf *sc;
+    const apx_mapping *m;
+
+    if (r->proxyreq || !r->uri || r->uri[0] != '/')
+        return DECLINED;
+    /* httpd walked the <Location>s before translate_name: an
+     * AsyncProxyPass inside one wins over the server's list, as
+     * ProxyPass does. */
+    dc = ap_get_module_config(r->per_dir_config, &asyncproxy_module);
+    m = dc ? dc->map : NULL;
+    if (!m) {
+        sc = ap_get_module_config(r->server->module_config,
+                                  &asyncproxy_module);
+        m = sc ? find_map(sc->maps, r->uri) : NULL;
+    }
+    if (!m || m->excluded)
+        return DECLINED;
+    claim_request(r, m);
+    return OK;
+}
+
+/* No file walk for a proxied request. */
+static int asyncproxy_map_to_storage(request_rec *r)
+{
+    return ap_get_module_config(r->request_config, &asyncproxy_module)
+           ? OK : DECLINED;
+}
+
+/* A <Location> AsyncProxyPass that translate_name did not see (another
+ * module translated first): claim the request now. */
+static int asyncproxy_fixups(request_rec *r)
+{
+    const apx_dir_conf *dc;
+
+    if (r->proxyreq
+        || ap_get_module_config(r->request_config, &asyncproxy_module))
+        return DECLINED;
+    dc = ap_get_module_config(r->per_dir_config, &asyncproxy_module);
+    if (!dc || !dc->map || dc->map->excluded)
+        return DECLINED;
+    claim_request(r, dc->map);
+    return OK;
+}
+
+const apx_mapping *apx_proxy_match(request_rec *r)
+{
+    const apx_mapping *m;
+    const apx_dir_conf *dc;
+
+    m = ap_get_module_config(r->request_config, &asyncproxy_module);
+    if (m)
+        return m;
+    dc = ap_get_module_config(r->per_dir_config, &asyncproxy_module);
+    if (dc && dc->map && !dc->map->excluded)
+        return dc->map;
+    return NULL;
+}
+
+void apx_proxy_register_hooks(apr_pool_t *p)
+{
+    ap_hook_translate_name(asyncproxy_translate, NULL, NULL, APR_HOOK_FIRST);
+    ap_hook_map_to_storage(asyncproxy_map_to_storage, NULL, NULL,
+                           APR_HOOK_FIRST);
+    ap_hook_fixups(asyncproxy_fixups, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+/* ------------------------------------------------------------------ */
+/* outcomes                                                             */
+
+/* Puts r back as it was before the backend's head was applied, so that
+ * ap_die() sends a clean error page. */
+static void unapply_head(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+
+    if (!px->head_applied)
+        return;
+    px->head_applied = 0;
+    r->status = HTTP_OK;
+    r->status_line = NULL;
+    r->content_type = NULL;
+    r->clength = 0;
+    apr_table_clear(r->headers_out);
+}
+
+/* The backend failed: an error page while nothing went to the client yet,
+ * otherwise an aborted connection. */
+static int backend_failed(proxy_ctx *px, int status, const char *note)
+{
+    apx_req *rq = px->rq;
+
+    rq->note = note;
+    if (px->response_started) {
+        rq->outcome = APX_OUT_ABORT;
+    }
+    else {
+        unapply_head(px);
+        rq->outcome = APX_OUT_ERROR;
+        rq->status = status;
+    }
+    return STEP_FAIL;
+}
+
+static int client_gone(proxy_ctx *px)
+{
+    apx_req *rq = px->rq;
+
+    apr_atomic_inc32(&apx_ch->n.client_gone);
+    rq->outcome = APX_OUT_ABORT;
+    rq->note = "client-abort";
+    /* for the access log, as nginx writes it; a response already under
+     * way keeps the backend's status */
+    if (!px->response_started)
+        px->r->status = 499;
+    return STEP_FAIL;
+}
+
+/* Client hung up, or the child is going away: nothing to answer. */
+static int wait_interrupted(proxy_ctx *px, unsigned ev)
+{
+    if (ev & APX_EV_CLIENT_GONE) {
+        client_gone(px);
+        return 1;
+    }
+    if (ev & APX_EV_SHUTDOWN) {
+        px->rq->outcome = APX_OUT_ABORT;
+        px->rq->note = "shutdown";
+        return 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the backend connection                                               */
+
+static void close_backend_deferred(void *arg)
+{
+    proxy_ctx *px = arg;
+
+    if (px->fd >= 0) {
+        close(px->fd);
+        px->fd = -1;
+    }
+}
+
+/* Ends the use of the backend connection: back to the pool only after a
+ * clean exchange, else closed. */
+static void finish_backend(proxy_ctx *px, int reusable)
+{
+    if (px->fd < 0)
+        return;
+    if (reusable)
+        apx_backend_release(px->be, px->fd, apr_time_now());
+    else
+        close(px->fd);
+    px->fd = -1;
+}
+
+/* Errors for which the origin's next address is worth a try. */
+static int address_specific(int err)
+{
+    return err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH
+           || err == EADDRNOTAVAIL || err == EAFNOSUPPORT;
+}
+
+/* One non-blocking connect. Returns 0, an errno value, or -1 when the wait
+ * was interrupted (outcome set). px->fd is set as soon as the socket
+ * exists, so the defer covers it across the wait. */
+static int connect_addr(proxy_ctx *px, const apr_sockaddr_t *sa,
+                        apr_time_t deadline)
+{
+    int fd, err, one = 1;
+    socklen_t len = sizeof(err);
+    unsigned ev;
+
+    fd = socket(sa->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return errno;
+    px->fd = fd;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (const struct sockaddr *)&sa->sa, sa->salen) == 0)
+        return 0;
+    err = errno;
+    if (err != EINPROGRESS) {
+        finish_backend(px, 0);
+        return err;
+    }
+    ev = apx_wait(px->rq, fd, APX_EV_OUT, deadline);
+    if (wait_interrupted(px, ev)) {
+        finish_backend(px, 0);
+        return -1;
+    }
+    if (!(ev & (APX_EV_OUT | APX_EV_HUP | APX_EV_ERR))) {
+        finish_backend(px, 0);
+        return ETIMEDOUT;
+    }
+    err = 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err)
+        finish_backend(px, 0);
+    return err;
+}
+
+static int connect_backend(proxy_ctx *px)
+{
+    const apr_sockaddr_t *sa;
+    apr_time_t deadline = apr_time_now() + px->connect_timeout;
+    request_rec *r = px->r;
+    int err = EADDRNOTAVAIL;
+
+    px->reused = 0;
+    for (sa = px->be->addr; sa; sa = sa->next) {
+        err = connect_addr(px, sa, deadline);
+        if (err == 0)
+            return STEP_OK;
+        if (err < 0)
+            return STEP_FAIL;
+        if (!address_specific(err))
+            break;
+    }
+    if (err == ETIMEDOUT) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APXLOGNO(00101)
+                      "connect to backend %s timed out after %" APR_TIME_T_FMT
+                      " ms", px->be->hostport,
+                      apr_time_as_msec(px->connect_timeout));
+        return backend_failed(px, HTTP_GATEWAY_TIME_OUT, "connect-timeout");
+    }
+    if (err == EMFILE || err == ENFILE) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
+                      APXLOGNO(00102) "cannot open a connection to backend "
+                      "%s: out of file descriptors (raise the open files "
+                      "limit, ulimit -n)", px->be->hostport);
+        return backend_failed(px, HTTP_SERVICE_UNAVAILABLE, "out-of-fds");
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
+                  APXLOGNO(00100) "connect to backend %s failed",
+                  px->be->hostport);
+    return backend_failed(px, HTTP_BAD_GATEWAY, err == ECONNREFUSED
+                          ? "connect-refused" : "connect-failed");
+}
+
+/* A pooled connection if there is a live one (and fresh_only is 0), else a
+ * new one. */
+static int open_backend(proxy_ctx *px, int fresh_only)
+{
+    if (!fresh_only) {
+        px->fd = apx_backend_take(px->be, apr_time_now());
+        if (px->fd >= 0) {
+            px->reused = 1;
+            apr_atomic_inc32(&apx_ch->n.backend_reused);
+            return STEP_OK;
+        }
+    }
+    return connect_backend(px);
+}
+
+/* Writes iov[0..n) to the backend (the array is consumed). Returns STEP_OK,
+ * STEP_FAIL (timeout or interrupted wait; outcome set), or an errno value
+ * > 0 when the backend stopped taking data (the caller decides). */
+static int send_iov(proxy_ctx *px, struct iovec *iov, int n)
+{
+    struct msghdr mh;
+    ssize_t w;
+    unsigned ev;
+    int err, hup = 0;
+
+    while (n > 0) {
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = iov;
+        mh.msg_iovlen = (size_t)n;
+        w = sendmsg(px->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w >= 0) {
+            while (n > 0 && (size_t)w >= iov->iov_len) {
+                w -= (ssize_t)iov->iov_len;
+                iov++;
+                n--;
+            }
+            if (n > 0) {
+                iov->iov_base = (char *)iov->iov_base + w;
+                iov->iov_len -= (size_t)w;
+            }
+            hup = 0;
+            continue;
+        }
+        err = errno;
+        if (err == EINTR)
+            continue;
+        if (err != EAGAIN && err != EWOULDBLOCK)
+            return err;
+        /* A hangup that still leaves the socket unwritable would wake us
+         * for ever: the backend is gone. */
+        if (hup)
+            return EPIPE;
+        ev = apx_wait(px->rq, px->fd, APX_EV_OUT,
+                      apr_time_now() + px->timeout);
+        if (wait_interrupted(px, ev))
+            return STEP_FAIL;
+        if (ev & APX_EV_TIMEOUT) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00109)
+                          "backend %s did not take the request for %s "
+                          "within %" APR_TIME_T_FMT " ms", px->be->hostport,
+                          px->url, apr_time_as_msec(px->timeout));
+            return backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+                                  "backend-timeout");
+        }
+        hup = !(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR));
+    }
+    return STEP_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* the request                                                          */
+
+static int method_is_idempotent(const request_rec *r)
+{
+    switch (r->method_number) {
+    case M_GET:         /* HEAD too */
+    case M_PUT:
+    case M_DELETE:
+    case M_OPTIONS:
+    case M_TRACE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+typedef struct head_ctx {
+    proxy_ctx *px;
+    apx_http_conn_tokens *client_conn;
+    int add_forwarded;
+} head_ctx;
+
+/* Fields we write ourselves, or must not forward. */
+static int skip_request_field(const head_ctx *hc, const char *name)
+{
+    static const char *const ours[] = {
+        "Host", "Expect", "Content-Length", "Transfer-Encoding", "Via", NULL
+    };
+    static const char *const forwarded[] = {
+        "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", NULL
+    };
+    int i;
+
+    if (apx_http_is_hop_by_hop(name, strlen(name), hc->client_conn))
+        return 1;
+    for (i = 0; ours[i]; i++)
+        if (!strcasecmp(name, ours[i]))
+            return 1;
+    if (hc->add_forwarded)
+        for (i = 0; forwarded[i]; i++)
+            if (!strcasecmp(name, forwarded[i]))
+                return 1;
+    return 0;
+}
+
+static void put_field(proxy_ctx *px, const char *name, const char *value)
+{
+    if (apx_http_writer_field(&px->head, name, strlen(name), value,
+                              strlen(value)) == APR_EINVAL)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, px->r, APXLOGNO(00116)
+                      "request field %s not forwarded: invalid for HTTP/1.1",
+                      name);
+}
+
+/* "a, b" from an existing value and ours. */
+static const char *append_value(apr_pool_t *p, const char *old,
+                                const char *add)
+{
+    return old && *old ? apr_pstrcat(p, old, ", ", add, NULL) : add;
+}
+
+static int collect_conn_tokens(void *data, const char *key, const char *val)
+{
+    apx_http_conn_tokens *t = data;
+
+    return apx_http_conn_tokens_add(t, val, strlen(val)) == APR_SUCCESS;
+}
+
+/* Builds the request head into px->head (r->pool). */
+static int build_head(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+    const apx_srv_conf *sc = px->rq->sconf;
+    const apr_array_header_t *arr = apr_table_elts(r->headers_in);
+    const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
+    apx_http_conn_tokens conn;
+    head_ctx hc;
+    const char *host = apr_table_get(r->headers_in, "Host");
+    const char *v;
+    int i;
+
+    apx_http_writer_init_pool(&px->head, r->pool, 1024);
+    if (apx_http_writer_request_line(&px->head, r->method, px->target)
+        != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00117)
+                      "cannot forward request line: method '%s' or target "
+                      "'%s' is not valid HTTP/1.1", r->method, px->target);
+        px->rq->outcome = APX_OUT_ERROR;
+        px->rq->status = HTTP_BAD_REQUEST;
+        px->rq->note = "bad-request";
+        return STEP_FAIL;
+    }
+    apx_http_conn_tokens_init(&conn);
+    if (!apr_table_do(collect_conn_tokens, &conn, r->headers_in,
+                      "Connection", NULL)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00112)
+                      "client Connection header cannot be honoured (not a "
+                      "token list, or more than %d tokens)",
+                      APX_HTTP_MAX_CONN_TOKENS);
+        px->rq->outcome = APX_OUT_ERROR;
+        px->rq->status = HTTP_BAD_REQUEST;
+        px->rq->note = "bad-request";
+        return STEP_FAIL;
+    }
+    hc.px = px;
+    hc.client_conn = &conn;
+    hc.add_forwarded = sc->add_forwarded != 0;  /* -1 (unset): On */
+
+    put_field(px, "Host", sc->preserve_host == 1 && host ? host
+                                                          : px->map->host_hdr);
+    for (i = 0; i < arr->nelts; i++) {
+        if (!e[i].key || !e[i].val || skip_request_field(&hc, e[i].key))
+            continue;
+        put_field(px, e[i].key, e[i].val);
+    }
+    v = append_value(r->pool, apr_table_get(r->headers_in, "Via"),
+                     apr_pstrcat(r->pool, "1.1 ", r->server->server_hostname,
+                                 NULL));
+    put_field(px, "Via", v);
+    if (hc.add_forwarded) {
+        put_field(px, "X-Forwarded-For",
+                  append_value(r->pool,
+                               apr_table_get(r->headers_in, "X-Forwarded-For"),
+                               r->useragent_ip));
+        if (host)
+            put_field(px, "X-Forwarded-Host",
+                      append_value(r->pool,
+                                   apr_table_get(r->headers_in,
+                                                 "X-Forwarded-Host"),
+                                   host));
+        /* we know the scheme the client used: ours replaces any claim */
+        put_field(px, "X-Forwarded-Proto", ap_http_scheme(r));
+    }
+    if (px->body_kind == REQ_BODY_CHUNKED)
+        put_field(px, "Transfer-Encoding", "chunked");
+    else if (px->body_kind == REQ_BODY_LENGTH)
+        put_field(px, "Content-Length",
+                  apr_off_t_toa(r->pool, px->body_length));
+    if (apx_http_writer_end(&px->head) != APR_SUCCESS) {
+        /* a pool writer only fails on allocation */
+        px->rq->outcome = APX_OUT_ERROR;
+        px->rq->status = HTTP_INTERNAL_SERVER_ERROR;
+        return STEP_FAIL;
+    }
+    return STEP_OK;
+}
+
+/* Tells a client that waits for "100 Continue" to send its body: httpd's
+ * input filter only does so on blocking reads, and ours do not block. */
+static void send_continue(request_rec *r)
+{
+    int status = r->status;
+    const char *line = r->status_line;
+
+    if (!r->expecting_100 || r->proto_num < HTTP_VERSION(1, 1))
+        return;
+    r->status = HTTP_CONTINUE;
+    r->status_line = "100 Continue";
+    ap_send_interim_response(r, 0);
+    r->status = status;
+    r->status_line = line;
+}
+
+/* The client's body could not be read. */
+static int client_body_failed(proxy_ctx *px, apr_status_t rv)
+{
+    request_rec *r = px->r;
+    int status;
+
+    px->c->keepalive = AP_CONN_CLOSE;
+    if (px->c->aborted || APR_STATUS_IS_ECONNRESET(rv)
+        || APR_STATUS_IS_ECONNABORTED(rv) || APR_STATUS_IS_EPIPE(rv))
+        return client_gone(px);
+    /* AP_FILTER_ERROR: httpd's input filter has answered (400, 413)
+     * itself; handing it back to ap_die() is the convention */
+    status = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, APXLOGNO(00111)
+                  "reading the request body from the client failed (%s)",
+                  status == AP_FILTER_ERROR ? "answered by httpd"
+                  : apr_psprintf(r->pool, "answering %d", status));
+    px->rq->note = "bad-request-body";
+    px->rq->outcome = px->response_started ? APX_OUT_ABORT : APX_OUT_ERROR;
+    px->rq->status = status;
+    return STEP_FAIL;
+}
+
+/* Sends the data of bb (and, for chunked, its framing) to the backend.
+ * Returns STEP_OK, STEP_FAIL, or an errno (> 0) when the backend stopped
+ * taking data. */
+static int send_body_brigade(proxy_ctx *px, apr_off_t len, int eos)
+{
+    struct iovec iov[BODY_IOV + 2];
+    char size_line[32];
+    apr_bucket *b;
+    int n = 0, rc;
+
+    if (px->body_kind == REQ_BODY_CHUNKED && len > 0) {
+        iov[n].iov_base = size_line;
+        iov[n].iov_len = (size_t)apr_snprintf(size_line, sizeof(size_line),
+                                              "%" APR_UINT64_T_HEX_FMT "\r\n",
+                                              (apr_uint64_t)len);
+        n++;
+    }
+    for (b = APR_BRIGADE_FIRST(px->bb); b != APR_BRIGADE_SENTINEL(px->bb);
+         b = APR_BUCKET_NEXT(b)) {
+        const char *data;
+        apr_size_t blen;
+
+        if (APR_BUCKET_IS_METADATA(b))
+            continue;
+        if (apr_bucket_read(b, &data, &blen, APR_BLOCK_READ) != APR_SUCCESS)
+            return client_body_failed(px, APR_EGENERAL);
+        if (!blen)
+            continue;
+        if (n == BODY_IOV) {
+            if ((rc = send_iov(px, iov, n)) != STEP_OK)
+                return rc;
+            n = 0;
+        }
+        iov[n].iov_base = (void *)data;
+        iov[n].iov_len = blen;
+        n++;
+    }
+    if (px->body_kind == REQ_BODY_CHUNKED) {
+        if (len > 0) {
+            iov[n].iov_base = (void *)"\r\n";
+            iov[n].iov_len = 2;
+            n++;
+        }
+        if (eos) {
+            iov[n].iov_base = (void *)"0\r\n\r\n";
+            iov[n].iov_len = 5;
+            n++;
+        }
+    }
+    return n ? send_iov(px, iov, n) : STEP_OK;
+}
+
+/* Streams the client's body to the backend, one bounded read at a time. A
+ * backend that stops reading (it may have answered early, e.g. 413) ends
+ * the streaming with px->send_errno set; its answer is read next. */
+static int send_body(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+    int client_fd = px->rq->client_fd;
+    /* HTTP/2 streams have no socket of their own: the sync driver reads
+     * them blocking (h2 does the flow control) */
+    apr_read_type_e block = client_fd < 0 ? APR_BLOCK_READ : APR_NONBLOCK_READ;
+    apr_status_t rv;
+    apr_off_t len;
+    unsigned ev;
+    int eos, rc;
+
+    send_continue(r);
+    for (;;) {
+        rv = ap_get_brigade(r->input_filters, px->bb, AP_MODE_READBYTES,
+                            block, BODY_READ_MAX);
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            apr_brigade_cleanup(px->bb);
+            ev = apx_wait(px->rq, client_fd, APX_EV_IN,
+                          apr_time_now() + px->client_timeout);
+            if (wait_interrupted(px, ev))
+                return STEP_FAIL;
+            if (ev & APX_EV_TIMEOUT)
+                return client_body_failed(px, APR_TIMEUP);
+            continue;
+        }
+        if (rv != APR_SUCCESS) {
+            apr_brigade_cleanup(px->bb);
+            return client_body_failed(px, rv);
+        }
+        eos = !APR_BRIGADE_EMPTY(px->bb)
+              && APR_BUCKET_IS_EOS(APR_BRIGADE_LAST(px->bb));
+        apr_brigade_length(px->bb, 1, &len);
+        if (len > 0)
+            px->body_started = 1;
+        px->body_bytes += len;
+        if (px->body_limit && px->body_bytes > px->body_limit) {
+            apr_brigade_cleanup(px->bb);
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00118)
+                          "request body larger than LimitRequestBody "
+                          "(%" APR_OFF_T_FMT ")", px->body_limit);
+            return client_body_failed(px, APR_ENOSPC);
+        }
+        rc = send_body_brigade(px, len, eos);
+        apr_brigade_cleanup(px->bb);
+        if (rc > 0) {
+            px->send_errno = rc;
+            return STEP_OK;
+        }
+        if (rc != STEP_OK)
+            return rc;
+        if (eos) {
+            px->body_done = 1;
+            return STEP_OK;
+        }
+    }
+}
+
+/* Request head, then body. */
+static int send_request(proxy_ctx *px)
+{
+    struct iovec iov;
+    int rc;
+
+    iov.iov_base = px->head.buf;
+    iov.iov_len = px->head.len;
+    rc = send_iov(px, &iov, 1);
+    if (rc > 0) {
+        /* the most common death of a pooled connection */
+        if (px->reused && px->idempotent && !px->body_started)
+            return STEP_RETRY;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(rc), px->r,
+                      APXLOGNO(00119) "sending the request for %s to "
+                      "backend %s failed", px->url, px->be->hostport);
+        return backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
+    }
+    if (rc != STEP_OK || px->body_done)
+        return rc;
+    return send_body(px);
+}
+
+/* ------------------------------------------------------------------ */
+/* the response head                                                    */
+
+static int bad_response(proxy_ctx *px, const char *why)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00103)
+                  "bad response from backend %s for %s: %s",
+                  px->be->hostport, px->url, why);
+    return backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+}
+
+/* What recv_some() found (or STEP_FAIL: timeout or interrupted wait, the
+ * outcome is set). */
+enum { RECV_EOF = 0, RECV_DATA = 1, RECV_ERROR = 2 };
+
+/* Reads more of the response into rbuf (emptied first). On RECV_ERROR the
+ * errno is in px->recv_errno. deadline 0: one backend timeout from now.
+ * phase names what timed out in the log line. */
+static int recv_some(proxy_ctx *px, apr_time_t deadline, const char *phase)
+{
+    ssize_t n;
+    unsigned ev;
+    int err;
+
+    px->roff = px->rlen = 0;
+    for (;;) {
+        n = recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
+        if (n > 0) {
+            px->got_bytes = 1;
+            px->rlen = (apr_size_t)n;
+            return RECV_DATA;
+        }
+        if (n == 0)
+            return RECV_EOF;
+        err = errno;
+        if (err == EINTR)
+            continue;
+        if (err != EAGAIN && err != EWOULDBLOCK) {
+            px->recv_errno = err;
+            return RECV_ERROR;
+        }
+        ev = apx_wait(px->rq, px->fd, APX_EV_IN,
+                      deadline ? deadline : apr_time_now() + px->timeout);
+        if (wait_interrupted(px, ev))
+            return STEP_FAIL;
+        if (ev & APX_EV_TIMEOUT) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00106)
+                          "backend %s timed out (%" APR_TIME_T_FMT " ms) "
+                          "%s for %s", px->be->hostport,
+                          apr_time_as_msec(px->timeout), phase, px->url);
+            return backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+                                  "backend-timeout");
+        }
+    }
+}
+
+/* Sends a 1xx other than 100 on to the client (103 Early Hints, 102). */
+static void forward_interim(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+    const apx_http_resp *h = &px->resp;
+    apr_table_t *saved = r->headers_out;
+    int status = r->status;
+    const char *line = r->status_line;
+    apx_http_conn_tokens conn;
+    unsigned i;
+
+    apx_http_conn_tokens_init(&conn);
+    for (i = 0; i < h->nfields; i++)
+        if (apx_http_token_eqs(h->fields[i].name, h->fields[i].name_len,
+                               "Connection"))
+            apx_http_conn_tokens_add(&conn, h->fields[i].value,
+                                     h->fields[i].value_len);
+    r->headers_out = apr_table_make(r->pool, (int)h->nfields + 1);
+    for (i = 0; i < h->nfields; i++) {
+        const apx_http_field *f = &h->fields[i];
+
+        if (apx_http_is_hop_by_hop(f->name, f->name_len, &conn))
+            continue;
+        apr_table_addn(r->headers_out,
+                       apr_pstrmemdup(r->pool, f->name, f->name_len),
+                       apr_pstrmemdup(r->pool, f->value, f->value_len));
+    }
+    r->status = h->status;
+    r->status_line = apr_psprintf(r->pool, "%d %.*s", h->status,
+                                  (int)h->reason_len, h->reason);
+    ap_send_interim_response(r, 1);
+    r->headers_out = saved;
+    r->status = status;
+    r->status_line = line;
+}
+
+/* The backend's connection ended before a complete head: retried once on
+ * a fresh connection when that is safe, else 502. */
+static int head_cut_short(proxy_ctx *px, int err)
+{
+    if (!px->got_bytes && px->reused && px->idempotent && !px->body_started)
+        return STEP_RETRY;
+    if (px->send_errno) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR,
+                      APR_FROM_OS_ERROR(px->send_errno), px->r,
+                      APXLOGNO(00120) "backend %s stopped reading the "
+                      "request body for %s and sent no response",
+                      px->be->hostport, px->url);
+        return backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, err ? APR_FROM_OS_ERROR(err) : 0,
+                  px->r, APXLOGNO(00104) "backend %s closed the connection "
+                  "before a complete response head for %s (%s)",
+                  px->be->hostport, px->url,
+                  px->got_bytes ? "after part of it" : "nothing received");
+    return backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+}
+
+/* Reads and checks the final response head; interim ones are swallowed
+ * (100) or forwarded. The bytes after the head stay in rbuf. */
+static int read_head(proxy_ctx *px)
+{
+    apr_time_t deadline = apr_time_now() + px->timeout;
+    apx_http_resp *h = &px->resp;
+    unsigned interim = 0;
+    apr_status_t rv;
+    int rc;
+    size_t used;
+
+    apx_http_resp_reset(h);
+    for (;;) {
+        if (px->roff < px->rlen) {
+            rv = apx_http_resp_feed(h, px->rbuf + px->roff,
+                                    px->rlen - px->roff, &used);
+            px->roff += used;
+            if (rv == APR_SUCCESS && !apx_http_resp_is_interim(h))
+                return STEP_OK;
+            if (rv == APR_SUCCESS) {
+                if (h->status == HTTP_SWITCHING_PROTOCOLS)
+                    return bad_response(px, "101 Switching Protocols to a "
+                                        "request that asked for no upgrade");
+                if (++interim > MAX_INTERIM)
+                    return bad_response(px, "too many interim responses");
+                if (h->status != HTTP_CONTINUE)
+                    forward_interim(px);
+                apx_http_resp_reset(h);
+                continue;
+            }
+            if (rv != APR_INCOMPLETE)
+                return bad_response(px, h->errstr ? h->errstr
+                                                  : "malformed head");
+        }
+        rc = recv_some(px, deadline, "waiting for the response head");
+        if (rc == STEP_FAIL)
+            return STEP_FAIL;
+        if (rc != RECV_DATA)
+            return head_cut_short(px, rc == RECV_ERROR ? px->recv_errno : 0);
+    }
+}
+
+/* Connect (or reuse), send, read the head; a pooled connection the
+ * backend had closed is replaced once (DESIGN.md §4 step 2). */
+static int exchange(proxy_ctx *px)
+{
+    int fresh_only = 0, rc;
+
+    for (;;) {
+        px->rlen = px->roff = 0;
+        px->got_bytes = 0;
+        px->send_errno = 0;
+        rc = open_backend(px, fresh_only);
+        if (rc == STEP_OK)
+            rc = send_request(px);
+        if (rc == STEP_OK)
+            rc = read_head(px);
+        if (rc != STEP_RETRY)
+            return rc;
+        finish_backend(px, 0);
+        apr_atomic_inc32(&apx_ch->n.backend_retries);
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, px->r, APXLOGNO(00114)
+                      "pooled connection to %s was closed by the backend; "
+                      "retrying %s on a new one", px->be->hostport, px->url);
+        fresh_only = 1;
+    }
+}
+
+/* AsyncProxyPassReverse: a backend URL in Location & co. becomes the same
+ * resource's URL on this server. The scheme and authority compare
+ * case-insensitively, the path exactly. */
+static const char *map_reverse(request_rec *r, const apr_array_header_t *rvs,
+                               const char *value)
+{
+    int i;
+
+    for (i = 0; rvs && i < rvs->nelts; i++) {
+        const apx_reverse *rv = &APR_ARRAY_IDX(rvs, i, apx_reverse);
+        const char *auth_end = strchr(rv->url + 7, '/');
+        apr_size_t alen = auth_end ? (apr_size_t)(auth_end - rv->url)
+                                   : rv->url_len;
+        const char *rest;
+        apr_size_t plen;
+
+        if (strncasecmp(value, rv->url, alen)
+            || strncmp(value + alen, rv->url + alen, rv->url_len - alen))
+            continue;
+        rest = value + rv->url_len;
+        plen = strlen(rv->path);
+        if (plen && rv->path[plen - 1] == '/' && *rest == '/')
+            rest++;
+        return ap_construct_url(r->pool,
+                                apr_pstrcat(r->pool, rv->path, rest, NULL),
+                                r);
+    }
+    return NULL;
+}
+
+static const char *reverse_location(proxy_ctx *px, const char *value)
+{
+    request_rec *r = px->r;
+    const apx_dir_conf *dc = ap_get_module_config(r->per_dir_config,
+                                                  &asyncproxy_module);
+    const char *mapped = NULL;
+
+    if (dc)
+        mapped = map_reverse(r, dc->reverses, value);
+    if (!mapped)
+        mapped = map_reverse(r, px->rq->sconf->reverses, value);
+    return mapped ? mapped : value;
+}
+
+/* Copies the checked head into r: status, fields minus hop-by-hop and
+ * framing (httpd frames the body for the client itself). */
+static int apply_head(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+    const apx_http_resp *h = &px->resp;
+    const char *via = NULL;
+    unsigned i;
+
+    apx_http_conn_tokens_init(&px->conn);
+    for (i = 0; i < h->nfields; i++) {
+        const apx_http_field *f = &h->fields[i];
+
+        if (apx_http_token_eqs(f->name, f->name_len, "Connection")
+            && apx_http_conn_tokens_add(&px->conn, f->value, f->value_len)
+               != APR_SUCCESS)
+            return bad_response(px, "Connection header with more tokens "
+                                "than can be stripped, or not a token list");
+    }
+
+    px->head_applied = 1;
+    r->status = h->status;
+    r->status_line = h->reason_len
+                     ? apr_psprintf(r->pool, "%d %.*s", h->status,
+                                    (int)h->reason_len, h->reason)
+                     : NULL;
+    /* Only the backend says what the body is: not mod_mime's guess from
+     * the URL's extension (a ".gz" would otherwise gain an encoding). */
+    r->content_type = NULL;
+    r->content_encoding = NULL;
+    r->content_languages = NULL;
+    for (i = 0; i < h->nfields; i++) {
+        const apx_http_field *f = &h->fields[i];
+        char *name, *value;
+
+        if (apx_http_is_hop_by_hop(f->name, f->name_len, &px->conn)
+            || apx_http_token_eqs(f->name, f->name_len, "Content-Length")
+            || apx_http_token_eqs(f->name, f->name_len, "Transfer-Encoding"))
+            continue;
+        value = apr_pstrmemdup(r->pool, f->value, f->value_len);
+        if (apx_http_token_eqs(f->name, f->name_len, "Content-Type")) {
+            if (!r->content_type)
+                ap_set_content_type(r, value);
+            continue;
+        }
+        if (apx_http_token_eqs(f->name, f->name_len, "Via")) {
+            via = append_value(r->pool, via, value);
+            continue;
+        }
+        name = apr_pstrmemdup(r->pool, f->name, f->name_len);
+        if (!strcasecmp(name, "Location")
+            || !strcasecmp(name, "Content-Location")
+            || !strcasecmp(name, "URI"))
+            value = (char *)reverse_location(px, value);
+        apr_table_addn(r->headers_out, name, value);
+    }
+    apr_table_setn(r->headers_out, "Via",
+                   append_value(r->pool, via,
+                                apr_pstrcat(r->pool, "1.1 ",
+                                            r->server->server_hostname,
+                                            NULL)));
+    px->framing = apx_http_resp_framing(h, r->method, &px->remaining);
+    /* The backend's length, also for HEAD (httpd leaves a HEAD's length
+     * alone); filters that transform the body drop or recompute it. */
+    if (h->content_length >= 0 && h->status >= 200 && h->status != 204
+        && h->status != 304)
+        ap_set_content_length(r, (apr_off_t)h->content_length);
+    /* An unread client body would be parsed as the next request. */
+    if (!px->body_done)
+        px->c->keepalive = AP_CONN_CLOSE;
+    apr_table_setn(r->notes, "asyncproxy-backend-time",
+                   apr_psprintf(r->pool, "%" APR_TIME_T_FMT,
+                                apr_time_now() - px->rq->start));
+    return STEP_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* the response body                                                    */
+
+/* Writes what the core output filter holds without blocking; while some
+ * is left, waits for the client to take it. */
+static int drain_output(proxy_ctx *px)
+{
+    conn_rec *c = px->c;
+    ap_filter_t *f;
+    apr_status_t rv;
+    unsigned ev;
+
+    /* An HTTP/2 stream has no socket to wait on; h2 paces it. */
+    if (px->rq->client_fd < 0)
+        return STEP_OK;
+    while (c->data_in_output_filters) {
+        f = c->output_filters;
+        while (f->next)
+            f = f->next;
+        /* NULL: "write what is pending, never block", as the event MPM's
+         * write completion calls it */
+        rv = f->frec->filter_func.out_func(f, NULL);
+        if (rv != APR_SUCCESS || c->aborted)
+            return client_gone(px);
+        if (!c->data_in_output_filters)
+            break;
+        ev = apx_wait(px->rq, px->rq->client_fd, APX_EV_OUT,
+                      apr_time_now() + px->client_timeout);
+        if (ev & APX_EV_SHUTDOWN) {
+            wait_interrupted(px, ev);
+            return STEP_FAIL;
+        }
+        if (ev & APX_EV_TIMEOUT) {
+            px->rq->outcome = APX_OUT_ABORT;
+            px->rq->note = "client-timeout";
+            return STEP_FAIL;
+        }
+        /* hung up without being writable: it will never read the rest */
+        if (!(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR)))
+            return client_gone(px);
+    }
+    return STEP_OK;
+}
+
+/* Hands px->bb (plus EOS when last) to the output filters, then lets the
+ * client take it before more is read from the backend. */
+static int pass_out(proxy_ctx *px, int last)
+{
+    conn_rec *c = px->c;
+    apr_status_t rv;
+
+    if (last)
+        APR_BRIGADE_INSERT_TAIL(px->bb, apr_bucket_eos_create(c->bucket_alloc));
+    else if (APR_BRIGADE_EMPTY(px->bb))
+        return STEP_OK;
+    px->response_started = 1;
+    rv = ap_pass_brigade(px->r->output_filters, px->bb);
+    apr_brigade_cleanup(px->bb);
+    if (rv != APR_SUCCESS || c->aborted)
+        return client_gone(px);
+    return last ? STEP_OK : drain_output(px);
+}
+
+static void add_transient(proxy_ctx *px, const char *data, apr_size_t len)
+{
+    APR_BRIGADE_INSERT_TAIL(px->bb,
+                            apr_bucket_transient_create(data, len,
+                                                        px->c->bucket_alloc));
+}
+
+/* Moves the body bytes of rbuf into px->bb. Returns 1 when the body is
+ * complete, 0 when more is expected, STEP_FAIL on a chunked error. */
+static int take_body_bytes(proxy_ctx *px)
+{
+    apr_size_t avail = px->rlen - px->roff;
+    const char *data;
+    size_t used, dlen;
+    apr_status_t rv;
+
+    switch (px->framing) {
+    case APX_HTTP_BODY_LENGTH:
+        if ((int64_t)avail > px->remaining)
+            avail = (apr_size_t)px->remaining;
+        if (avail)
+            add_transient(px, px->rbuf + px->roff, avail);
+        px->roff += avail;
+        px->remaining -= (int64_t)avail;
+        return px->remaining == 0;
+    case APX_HTTP_BODY_CHUNKED:
+        while (px->roff < px->rlen) {
+            rv = apx_http_chunked_feed(&px->chunked, px->rbuf + px->roff,
+                                       px->rlen - px->roff, &used, &data,
+                                       &dlen);
+            px->roff += used;
+            if (dlen)
+                add_transient(px, data, dlen);
+            if (rv == APR_SUCCESS)
+                return 1;
+            if (rv != APR_INCOMPLETE) {
+                apr_brigade_cleanup(px->bb);
+                ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r,
+                              APXLOGNO(00108) "bad chunked body from "
+                              "backend %s for %s after %" APR_UINT64_T_FMT
+                              " bytes: %s", px->be->hostport, px->url,
+                              (apr_uint64_t)px->chunked.body_bytes,
+                              px->chunked.errstr ? px->chunked.errstr : "?");
+                return backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+            }
+        }
+        return 0;
+    default:    /* until close */
+        if (avail)
+            add_transient(px, px->rbuf + px->roff, avail);
+        px->roff = px->rlen;
+        return 0;
+    }
+}
+
+/* The body ended where its framing said: the connection may be reused if
+ * the backend allows it and nothing else came (and the request went out
+ * whole). */
+static int exchange_is_clean(const proxy_ctx *px)
+{
+    return px->framing != APX_HTTP_BODY_CLOSE
+           && apx_http_resp_keepalive(&px->resp)
+           && px->roff == px->rlen
+           && px->body_done && !px->send_errno;
+}
+
+static int relay_body(proxy_ctx *px)
+{
+    int done, rc;
+
+    if (px->framing == APX_HTTP_BODY_CHUNKED) {
+        char *tbuf = apr_palloc(px->r->pool, TRAILER_MAX);
+        apx_http_field *tf = apr_palloc(px->r->pool,
+                                        TRAILER_FIELDS * sizeof(*tf));
+
+        apx_http_chunked_init(&px->chunked, tbuf, TRAILER_MAX, tf,
+                              TRAILER_FIELDS);
+    }
+    done = px->framing == APX_HTTP_BODY_NONE
+           || (px->framing == APX_HTTP_BODY_LENGTH && px->remaining == 0);
+    for (;;) {
+        if (!done && px->roff < px->rlen) {
+            done = take_body_bytes(px);
+            if (done == STEP_FAIL)
+                return STEP_FAIL;
+        }
+        if (done) {
+            if (px->roff != px->rlen)
+                ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, px->r,
+                              APXLOGNO(00113) "backend %s sent %"
+                              APR_SIZE_T_FMT " bytes after the response to "
+                              "%s; closing that connection",
+                              px->be->hostport, px->rlen - px->roff, px->url);
+            /* the backend is free before the client has everything */
+            finish_backend(px, exchange_is_clean(px));
+            return pass_out(px, 1);
+        }
+        if ((rc = pass_out(px, 0)) != STEP_OK)
+            return rc;
+        rc = recv_some(px, 0, "reading the response body");
+        if (rc == STEP_FAIL)
+            return STEP_FAIL;
+        if (rc == RECV_EOF && px->framing == APX_HTTP_BODY_CLOSE) {
+            finish_backend(px, 0);
+            return pass_out(px, 1);
+        }
+        if (rc != RECV_DATA) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR,
+                          rc == RECV_ERROR ? APR_FROM_OS_ERROR(px->recv_errno)
+                                           : 0, px->r,
+                          APXLOGNO(00107) "backend %s closed the connection "
+                          "before the end of the response body for %s",
+                          px->be->hostport, px->url);
+            return backend_failed(px, HTTP_BAD_GATEWAY, "backend-truncated");
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* the coroutine                                                        */
+
+static int setup(proxy_ctx *px)
+{
+    apx_req *rq = px->rq;
+    request_rec *r = px->r;
+    const apx_mapping *m = rq->map;
+    const apx_srv_conf *sc = rq->sconf;
+    const char *te = apr_table_get(r->headers_in, "Transfer-Encoding");
+    const char *cl = apr_table_get(r->headers_in, "Content-Length");
+    apr_size_t head_max;
+    apr_off_t len = 0;
+
+    px->map = m;
+    px->be = m->backend;
+    px->fd = -1;
+    px->timeout = m->timeout ? m->timeout
+                  : sc->timeout ? sc->timeout : r->server->timeout;
+    px->connect_timeout = m->connect_timeout ? m->connect_timeout
+                          : sc->connect_timeout ? sc->connect_timeout
+                          : APX_DEFAULT_CONNECT_TIMEOUT;
+    px->client_timeout = r->server->timeout;
+    px->idempotent = method_is_idempotent(r);
+    px->target = build_target(r, m);
+    px->url = apr_pstrcat(r->pool, "http://", px->be->hostport, px->target,
+                          NULL);
+    px->bb = apr_brigade_create(r->pool, px->c->bucket_alloc);
+
+    /* httpd's input filter already refused any coding but chunked and
+     * dropped a Content-Length sent along with it */
+    if (te) {
+        px->body_kind = REQ_BODY_CHUNKED;
+    }
+    else if (cl) {
+        /* The head goes out before httpd's input filter reads (and checks)
+         * the body: check the length now, so the backend never sees one
+         * that filter would refuse. */
+        if (!ap_parse_strict_length(&len, cl)) {
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00122)
+                          "invalid Content-Length '%s' in the request", cl);
+            rq->outcome = APX_OUT_ERROR;
+            rq->status = HTTP_BAD_REQUEST;
+            rq->note = "bad-request";
+            return STEP_FAIL;
+        }
+        px->body_kind = REQ_BODY_LENGTH;
+        px->body_length = len;
+    }
+    else {
+        px->body_done = 1;
+    }
+    px->body_limit = ap_get_limit_req_body(r);
+    if (px->body_limit && len > px->body_limit) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00121)
+                      "request body larger than LimitRequestBody (%"
+                      APR_OFF_T_FMT ")", px->body_limit);
+        rq->outcome = APX_OUT_ERROR;
+        rq->status = HTTP_REQUEST_ENTITY_TOO_LARGE;
+        rq->note = "bad-request-body";
+        return STEP_FAIL;
+    }
+
+    head_max = (apr_size_t)r->server->limit_req_fieldsize * 2;
+    if (head_max < HEAD_MIN)
+        head_max = HEAD_MIN;
+    if (head_max > HEAD_CAP)
+        head_max = HEAD_CAP;
+    apx_http_resp_init(&px->resp, apr_palloc(r->pool, head_max), head_max,
+                       apr_palloc(r->pool,
+                                  HEAD_FIELDS * sizeof(apx_http_field)),
+                       HEAD_FIELDS);
+    px->rbuf = apr_palloc(r->pool, RBUF_SIZE);
+    return build_head(px);
+}
+
+intptr_t apx_proxy_run(apx_coro *coro, void *data)
+{
+    apx_req *rq = data;
+    request_rec *r = rq->r;
+    proxy_ctx *px = apr_pcalloc(r->pool, sizeof(*px));
+    int rc;
+
+    px->rq = rq;
+    px->r = r;
+    px->c = rq->c;
+    px->fd = -1;
+    rq->proxy = px;
+    px->defer = apx_coro_defer(coro, close_backend_deferred, px);
+
+    rc = setup(px);
+    if (rc == STEP_OK)
+        rc = exchange(px);
+    if (rc == STEP_OK)
+        rc = apply_head(px);
+    if (rc == STEP_OK)
+        rc = relay_body(px);
+    if (rc == STEP_OK)
+        rq->outcome = APX_OUT_DONE;
+    /* every failure path closes: nothing half-read goes back to the pool */
+    finish_backend(px, 0);
+    if (px->defer)
+        apx_coro_defer_disarm(coro, px->defer);
+    return 0;
+}
