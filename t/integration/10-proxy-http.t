@@ -458,13 +458,13 @@ EOF
     else {
         my %d = map { $_ => ($f1{$_} // 0) - ($f0{$_} // 0) } qw(ParkedTotal SyncTotal RequestsTotal BadGateway);
         note "[$mpm] figures: " . join ' ', map { "$_=$f1{$_}" } sort keys %f1;
-        cmp_ok($d{RequestsTotal}, '>=', 50, "[$mpm] the module proxied the requests ($d{RequestsTotal})");
+        cmp_ok($d{RequestsTotal}, '>=', 40, "[$mpm] the module proxied the requests ($d{RequestsTotal})");
         if ($mpm eq 'event') {
-            cmp_ok($d{ParkedTotal}, '>=', 50, "[$mpm] requests were parked (AsyncProxyParkedTotal +$d{ParkedTotal})");
+            cmp_ok($d{ParkedTotal}, '>=', 40, "[$mpm] requests were parked (AsyncProxyParkedTotal +$d{ParkedTotal})");
             is($d{SyncTotal}, 0, "[$mpm] ... none ran on the synchronous driver");
         }
         else {
-            cmp_ok($d{SyncTotal}, '>=', 50, "[$mpm] requests ran on the synchronous driver (AsyncProxySyncTotal +$d{SyncTotal})");
+            cmp_ok($d{SyncTotal}, '>=', 40, "[$mpm] requests ran on the synchronous driver (AsyncProxySyncTotal +$d{SyncTotal})");
             is($d{ParkedTotal}, 0, "[$mpm] ... none was parked");
         }
         is($d{BadGateway}, 0, "[$mpm] no 502 along the way");
