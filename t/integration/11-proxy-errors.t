@@ -344,7 +344,7 @@ EOF
 
     unless (ref_mode()) {
         my %f1 = figures($HP);
-        my %d = map { $_ => ($f1{$_} // 0) - ($f0{$_} // 0) } keys %f1;
+        my %d = map { $_ => ($f1{$_} // 0) - ($f0{$_} // 0) } grep { $f1{$_} =~ /^\d+$/ } keys %f1;
         note "[$mpm] figure changes: " . join ' ', map { "$_=$d{$_}" } sort keys %d;
         is($d{BadGateway}, scalar(keys %BAD) + 1, "[$mpm] AsyncProxyBadGateway counts the malformed responses and the refused connect");
         is($d{GatewayTimeout}, 2, "[$mpm] AsyncProxyGatewayTimeout counts the connect and response timeouts");
