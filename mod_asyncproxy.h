@@ -216,8 +216,11 @@ void apx_conn_shutdown_all(void);
 /* mod_asyncproxy_proxy.c: the request path, run as a coroutine. */
 intptr_t apx_proxy_run(apx_coro *coro, void *rq);
 /* The mapping that proxies r, or NULL (not ours, or excluded with "!"). */
+/* mod_asyncproxy_map.c */
 const apx_mapping *apx_proxy_match(request_rec *r);
 void apx_proxy_register_hooks(apr_pool_t *p);
+/* The backend request target for r under mapping m (in r->pool). */
+const char *apx_proxy_target(request_rec *r, const apx_mapping *m);
 
 /* mod_asyncproxy_backend.c: origins and their per-child keep-alive pools.
  * apx_backend_declare() runs at configuration time (finds or creates the

@@ -1,0 +1,245 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* mod_asyncproxy_map.c — which requests are ours: translate_name (server
+ * mappings, longest prefix, "!" exclusions), map_to_storage (no file walk),
+ * fixups (the <Location> form), and the backend target built from the raw
+ * request URI (path, query and percent-encoding forwarded unchanged).
+ *
+ * Threads: the request's thread (an MPM thread or a module worker running
+ * an adopted connection's later request); configuration is read-only.
+ */
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "apr_lib.h"
+#include "apr_strings.h"
+
+#include "mod_asyncproxy.h"
+
+APLOG_USE_MODULE(asyncproxy);
+extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
+
+/* ------------------------------------------------------------------ */
+/* mapping                                                              */
+
+/* "/app" matches "/app" and "/app/x" but not "/apple"; "/app/" matches
+ * what starts with it. */
+static int prefix_matches(const char *uri, const char *path, apr_size_t len)
+{
+    if (strncmp(uri, path, len))
+        return 0;
+    return len == 0 || path[len - 1] == '/' || uri[len] == '\0'
+           || uri[len] == '/';
+}
+
+/* The longest matching prefix; a longer "!" mapping wins and means the
+ * request is not proxied (the caller checks excluded). */
+static const apx_mapping *find_map(const apr_array_header_t *maps,
+                                   const char *uri)
+{
+    const apx_mapping *best = NULL;
+    int i;
+
+    for (i = 0; i < maps->nelts; i++) {
+        const apx_mapping *m = APR_ARRAY_IDX(maps, i, const apx_mapping *);
+
+        if ((!best || m->path_len > best->path_len)
+            && prefix_matches(uri, m->path, m->path_len))
+            best = m;
+    }
+    return best;
+}
+
+static int hex_value(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    return (apr_tolower(ch) - 'a') + 10;
+}
+
+/* Next byte of a raw path, %XX decoded; advances *p. */
+static int next_decoded(const char **p, const char *end)
+{
+    const char *s = *p;
+
+    if (s[0] == '%' && end - s >= 3 && apr_isxdigit(s[1])
+        && apr_isxdigit(s[2])) {
+        *p = s + 3;
+        return hex_value(s[1]) * 16 + hex_value(s[2]);
+    }
+    *p = s + 1;
+    return (unsigned char)s[0];
+}
+
+/* 1 when a segment of the raw path s..end is "." or ".." (also spelt
+ * %2e): the backend would resolve it, possibly above the mapping's base. */
+static int has_dot_segment(const char *s, const char *end)
+{
+    while (s < end) {
+        const char *seg = s, *p = s;
+        int dots = 0, other = 0;
+
+        while (p < end && *p != '/') {
+            if (next_decoded(&p, end) == '.')
+                dots++;
+            else
+                other++;
+        }
+        if (p > seg && !other && dots <= 2)
+            return 1;
+        s = p < end ? p + 1 : p;
+    }
+    return 0;
+}
+
+/* The path part of r->unparsed_uri (origin-form, or absolute-form
+ * "http://host/..."): start and end (at '?' or '#'). */
+static const char *raw_path(const char *u, const char **end)
+{
+    const char *p = u;
+
+    if (*u != '/') {
+        const char *scheme_end = strstr(u, "://");
+
+        if (scheme_end) {
+            p = scheme_end + 3;
+            p += strcspn(p, "/?#");
+        }
+    }
+    *end = p + strcspn(p, "?#");
+    return p;
+}
+
+/* What follows the mapping's prefix in the raw path, bytes unchanged; NULL
+ * when the raw path does not spell the prefix byte for byte once decoded
+ * (httpd merged slashes or removed dot segments), or when the rest holds a
+ * dot segment. */
+static const char *raw_rest(apr_pool_t *p, const char *path, const char *end,
+                            const char *prefix, apr_size_t len)
+{
+    const char *s = path;
+    apr_size_t i;
+
+    for (i = 0; i < len; i++) {
+        if (s >= end || next_decoded(&s, end) != (unsigned char)prefix[i])
+            return NULL;
+    }
+    if (has_dot_segment(s, end))
+        return NULL;
+    return apr_pstrmemdup(p, s, end - s);
+}
+
+/* The request target for the backend: the mapping's base, the rest of the
+ * client's path after the prefix (raw bytes: percent-encoding unchanged),
+ * and the raw query. */
+const char *apx_proxy_target(request_rec *r, const apx_mapping *m)
+{
+    const char *end, *path = raw_path(r->unparsed_uri, &end);
+    const char *rest, *query = NULL, *base = m->base;
+    apr_size_t blen = strlen(base);
+
+    rest = raw_rest(r->pool, path, end, m->path, m->path_len);
+    if (!rest) {
+        /* Fall back on httpd's normalised path, re-encoded. */
+        const char *u = r->uri;
+
+        if (!strncmp(u, m->path, m->path_len))
+            u += m->path_len;
+        rest = ap_escape_uri(r->pool, u);
+    }
+    if (*end == '?') {
+        query = end + 1;
+        query = apr_pstrmemdup(r->pool, query, strcspn(query, "#"));
+    }
+    if (blen && base[blen - 1] == '/' && *rest == '/')
+        rest++;
+    return apr_pstrcat(r->pool, base, rest, query ? "?" : "", query, NULL);
+}
+
+/* Marks r as ours (mod_proxy does the same with PROXYREQ_REVERSE, which
+ * also makes httpd keep the backend's Date and Server fields). */
+static void claim_request(request_rec *r, const apx_mapping *m)
+{
+    ap_set_module_config(r->request_config, &asyncproxy_module, (void *)m);
+    r->handler = "asyncproxy";
+    r->proxyreq = PROXYREQ_REVERSE;
+    r->filename = apr_pstrcat(r->pool, "asyncproxy:http://",
+                              m->backend->hostport, apx_proxy_target(r, m),
+                              NULL);
+}
+
+static int asyncproxy_translate(request_rec *r)
+{
+    const apx_dir_conf *dc;
+    const apx_srv_conf *sc;
+    const apx_mapping *m;
+
+    if (r->proxyreq || !r->uri || r->uri[0] != '/')
+        return DECLINED;
+    /* httpd walked the <Location>s before translate_name: an
+     * AsyncProxyPass inside one wins over the server's list, as
+     * ProxyPass does. */
+    dc = ap_get_module_config(r->per_dir_config, &asyncproxy_module);
+    m = dc ? dc->map : NULL;
+    if (!m) {
+        sc = ap_get_module_config(r->server->module_config,
+                                  &asyncproxy_module);
+        m = sc ? find_map(sc->maps, r->uri) : NULL;
+    }
+    if (!m || m->excluded)
+        return DECLINED;
+    claim_request(r, m);
+    return OK;
+}
+
+/* No file walk for a proxied request. */
+static int asyncproxy_map_to_storage(request_rec *r)
+{
+    return ap_get_module_config(r->request_config, &asyncproxy_module)
+           ? OK : DECLINED;
+}
+
+/* A <Location> AsyncProxyPass that translate_name did not see (another
+ * module translated first): claim the request now. */
+static int asyncproxy_fixups(request_rec *r)
+{
+    const apx_dir_conf *dc;
+
+    if (r->proxyreq
+        || ap_get_module_config(r->request_config, &asyncproxy_module))
+        return DECLINED;
+    dc = ap_get_module_config(r->per_dir_config, &asyncproxy_module);
+    if (!dc || !dc->map || dc->map->excluded)
+        return DECLINED;
+    claim_request(r, dc->map);
+    return OK;
+}
+
+const apx_mapping *apx_proxy_match(request_rec *r)
+{
+    const apx_mapping *m;
+    const apx_dir_conf *dc;
+
+    m = ap_get_module_config(r->request_config, &asyncproxy_module);
+    if (m)
+        return m;
+    dc = ap_get_module_config(r->per_dir_config, &asyncproxy_module);
+    if (dc && dc->map && !dc->map->excluded)
+        return dc->map;
+    return NULL;
+}
+
+void apx_proxy_register_hooks(apr_pool_t *p)
+{
+    ap_hook_translate_name(asyncproxy_translate, NULL, NULL, APR_HOOK_FIRST);
+    ap_hook_map_to_storage(asyncproxy_map_to_storage, NULL, NULL,
+                           APR_HOOK_FIRST);
+    ap_hook_fixups(asyncproxy_fixups, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
