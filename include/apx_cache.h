@@ -96,6 +96,9 @@ void apx_cache_ref(apx_cache_entry *e);
 void apx_cache_unref(apx_cache *c, apx_cache_entry *e);
 /* Unlinks key's entry; 1 when there was one. */
 int apx_cache_invalidate(apx_cache *c, const void *key, size_t klen);
+/* Unlinks this very entry if it is still linked (whatever now holds its
+ * key is left alone); 1 when it was. The caller's reference stays. */
+int apx_cache_remove(apx_cache *c, apx_cache_entry *e);
 /* Unlinks every expired entry; returns how many. */
 unsigned apx_cache_prune(apx_cache *c, apr_time_t now);
 int apx_cache_entry_is_fresh(const apx_cache_entry *e, apr_time_t now);

@@ -314,6 +314,21 @@ apr_status_t apx_cache_put(apx_cache *c, apx_cache_entry *e, const void *key,
     return APR_SUCCESS;
 }
 
+int apx_cache_remove(apx_cache *c, apx_cache_entry *e)
+{
+    int was_linked, last = 0;
+
+    pthread_rwlock_wrlock(&c->lock);
+    /* the flag only changes under the write lock */
+    was_linked = (e->flags & APX_CACHE_E_LINKED) != 0;
+    if (was_linked)
+        last = unlink_locked(c, e);
+    pthread_rwlock_unlock(&c->lock);
+    if (last)
+        free_entry(c, e);
+    return was_linked;
+}
+
 int apx_cache_invalidate(apx_cache *c, const void *key, size_t klen)
 {
     apr_uint32_t h = hash_key(key, klen);

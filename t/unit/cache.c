@@ -154,6 +154,37 @@ static void test_put(void)
     is_int(destroyed, created, "no leak after put");
 }
 
+/* apx_cache_remove() unlinks that very entry, never whatever replaced it
+ * under the same key. */
+static void test_remove(void)
+{
+    apx_cache *c = new_cache(0);
+    apr_status_t err;
+    apx_cache_entry *a, *b, *e;
+    item *other = calloc(1, sizeof(*other));
+
+    a = apx_cache_get_ref(c, "r", 1, NOW(0), 0, &err);
+    ok(a != NULL, "entry created");
+    apr_atomic_inc32(&created);
+    other->e.refs = 1;
+    other->e.size = 10;
+    ok(apx_cache_put(c, &other->e, "r", 1, NOW(0), 0) == APR_SUCCESS,
+       "another entry replaces it under the key");
+    b = &other->e;
+    is_int(apx_cache_remove(c, a), 0, "removing the replaced one: not linked");
+    e = apx_cache_get_ref(c, "r", 1, NOW(1), APX_CACHE_LOOKUP_ONLY, &err);
+    ok(e == b, "the replacement is still there");
+    apx_cache_unref(c, e);
+    is_int(apx_cache_remove(c, b), 1, "removing the linked one");
+    e = apx_cache_get_ref(c, "r", 1, NOW(1), APX_CACHE_LOOKUP_ONLY, &err);
+    ok(e == NULL, "key now empty");
+    is_int(apx_cache_remove(c, b), 0, "second remove: nothing");
+    apx_cache_unref(c, a);
+    apx_cache_unref(c, b);
+    apx_cache_destroy(c);
+    is_int(destroyed, created, "no leak after remove");
+}
+
 static apx_cache *lock_cache;
 static pthread_barrier_t lock_barrier;
 
@@ -252,6 +283,7 @@ int main(void)
     test_expiry();
     test_lru_budget();
     test_put();
+    test_remove();
     test_trylock();
     test_race();
     return done_testing();
