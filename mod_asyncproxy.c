@@ -106,6 +106,7 @@ static void *create_srv_conf(apr_pool_t *p, server_rec *s)
     sc->preserve_host = -1;
     sc->add_forwarded = -1;
     sc->park_delay = -1;
+    apx_hc_set_init(&sc->cache);
     return sc;
 }
 
@@ -127,6 +128,7 @@ static void *merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
                                                : base->connect_timeout;
     sc->park_delay = add->park_delay != -1 ? add->park_delay
                                            : base->park_delay;
+    apx_hc_set_merge(&sc->cache, &base->cache, &add->cache);
     return sc;
 }
 
@@ -135,6 +137,7 @@ static void *create_dir_conf(apr_pool_t *p, char *dir)
     apx_dir_conf *dc = apr_pcalloc(p, sizeof(*dc));
 
     dc->reverses = apr_array_make(p, 2, sizeof(apx_reverse));
+    apx_hc_set_init(&dc->cache);
     return dc;
 }
 
@@ -145,6 +148,7 @@ static void *merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
 
     dc->map = add->map ? add->map : base->map;
     dc->reverses = apr_array_append(p, add->reverses, base->reverses);
+    apx_hc_set_merge(&dc->cache, &base->cache, &add->cache);
     return dc;
 }
 
@@ -225,10 +229,22 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
             return apr_pstrcat(cmd->pool, err, " (option ttl=)", NULL);
         m->backend->pool_ttl = t;
     }
+    else if (!strcasecmp(key, "cache")) {
+        if (!strcasecmp(val, "on"))
+            m->cache = 1;
+        else if (!strcasecmp(val, "off"))
+            m->cache = 0;
+        else
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                "option cache= (on or off)", cmd->cmd->name,
+                                val);
+        if (m->cache)
+            apx_gconf.cache_used = 1;
+    }
     else {
         return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
-                            "timeout, connecttimeout, parkdelay, max, ttl)",
-                            cmd->cmd->name, key);
+                            "timeout, connecttimeout, parkdelay, max, ttl, "
+                            "cache)", cmd->cmd->name, key);
     }
     return NULL;
 }
@@ -241,6 +257,7 @@ static const char *set_pass(cmd_parms *cmd, void *dconf, const char *args)
     const char *path, *url, *opt, *err;
 
     m->park_delay = -1;
+    m->cache = -1;
     if (cmd->path) {
         path = cmd->path;
         url = ap_getword_conf(cmd->pool, &args);
@@ -384,6 +401,28 @@ static const command_rec asyncproxy_cmds[] = {
     AP_INIT_TAKE1("AsyncProxyStackSize", set_stack_size, NULL, RSRC_CONF,
                   "coroutine stack size per in-flight request, e.g. 128K "
                   "(32K..8M; only touched pages are resident)"),
+    AP_INIT_FLAG("AsyncProxyCache", apx_hc_cmd_flag, NULL,
+                 RSRC_CONF | ACCESS_CONF,
+                 "On: store cacheable responses of this scope in memory "
+                 "(default Off)"),
+    AP_INIT_FLAG("AsyncProxyCacheGzip", apx_hc_cmd_flag, NULL,
+                 RSRC_CONF | ACCESS_CONF,
+                 "Off: store compressible bodies as they came (default On: "
+                 "one gzip copy, served decompressed where not accepted)"),
+    AP_INIT_TAKE1("AsyncProxyCacheTTL", apx_hc_cmd_take1, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "lifetime of responses without explicit freshness, e.g. "
+                  "500ms or 10s; off (default): such responses are not "
+                  "stored"),
+    AP_INIT_TAKE1("AsyncProxyCacheSize", apx_hc_cmd_take1, NULL, RSRC_CONF,
+                  "memory budget of the response cache per child, e.g. 64M "
+                  "(default)"),
+    AP_INIT_TAKE1("AsyncProxyCacheMaxObject", apx_hc_cmd_take1, NULL,
+                  RSRC_CONF, "largest body stored, e.g. 1M (default)"),
+    AP_INIT_TAKE1("AsyncProxyCacheWait", apx_hc_cmd_take1, NULL, RSRC_CONF,
+                  "longest a request waits for another request's fetch of "
+                  "the same object before going to the backend itself "
+                  "(default 10s)"),
     { NULL }
 };
 
@@ -448,6 +487,7 @@ static void asyncproxy_child_init(apr_pool_t *pchild, server_rec *s)
     }
     apx_ch = ch;
     apx_backends_child_init(pchild);
+    apx_hc_child_init(pchild, s);
     apr_pool_pre_cleanup_register(pchild, ch, child_cleanup);
 
     if (!ch->mpm_async) {
@@ -500,6 +540,10 @@ static int asyncproxy_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     apx_gconf.max_parked = APX_DEFAULT_MAX_PARKED;
     apx_gconf.retry_after = APX_DEFAULT_RETRY_AFTER;
     apx_gconf.backends = apr_array_make(pconf, 8, sizeof(apx_backend *));
+    apx_gconf.cache_size = APX_DEFAULT_CACHE_SIZE;
+    apx_gconf.cache_max_object = APX_DEFAULT_CACHE_MAX_OBJ;
+    apx_gconf.cache_wait = APX_DEFAULT_CACHE_WAIT;
+    apx_gconf.cache_used = 0;
     return OK;
 }
 

@@ -42,6 +42,10 @@
 #define APX_DEFAULT_POOL_MAX        256
 #define APX_DEFAULT_POOL_TTL        apr_time_from_sec(5)
 #define APX_DEFAULT_RETRY_AFTER     1
+/* Response cache (mod_asyncproxy_cache.c) */
+#define APX_DEFAULT_CACHE_SIZE      (64 * 1024 * 1024)
+#define APX_DEFAULT_CACHE_MAX_OBJ   (1024 * 1024)
+#define APX_DEFAULT_CACHE_WAIT      apr_time_from_sec(10)
 
 /* Engine settings: one engine per child, so these are global (main server
  * only). */
@@ -51,7 +55,19 @@ typedef struct apx_global_conf {
     unsigned max_parked;            /* in-flight parked requests per child */
     unsigned retry_after;           /* seconds, on 503 */
     apr_array_header_t *backends;   /* apx_backend *, every origin configured */
+    apr_size_t cache_size;          /* response cache budget per child */
+    apr_size_t cache_max_object;    /* largest body stored */
+    apr_interval_time_t cache_wait; /* longest wait on another's fetch */
+    int cache_used;                 /* some scope enables the cache */
 } apx_global_conf;
+
+/* The response cache settings of a scope (server, <Location>, mapping);
+ * -1 / unset values are inherited. */
+typedef struct apx_cache_set {
+    int on;                         /* AsyncProxyCache, -1 unset */
+    int gzip;                       /* AsyncProxyCacheGzip, -1 unset */
+    apr_interval_time_t ttl;        /* AsyncProxyCacheTTL, -1 unset, 0 off */
+} apx_cache_set;
 
 /* One backend origin (scheme http, host, port) and, per child, its pool
  * of idle keep-alive connections (mod_asyncproxy_backend.c). Created at
@@ -82,6 +98,7 @@ typedef struct apx_mapping {
                                            * each later read or write */
     apr_interval_time_t connect_timeout;
     apr_interval_time_t park_delay;       /* -1: inherit */
+    int cache;                            /* cache=on|off, -1: inherit */
 } apx_mapping;
 
 /* AsyncProxyPassReverse PATH URL: Location / Content-Location / URI
@@ -101,6 +118,7 @@ typedef struct apx_srv_conf {
     apr_interval_time_t timeout;    /* 0 unset: the server's Timeout */
     apr_interval_time_t connect_timeout;
     apr_interval_time_t park_delay; /* -1 unset */
+    apx_cache_set cache;
 } apx_srv_conf;
 
 /* Per directory (<Location>): AsyncProxyPass URL with the location as
@@ -108,6 +126,7 @@ typedef struct apx_srv_conf {
 typedef struct apx_dir_conf {
     apx_mapping *map;
     apr_array_header_t *reverses;
+    apx_cache_set cache;
 } apx_dir_conf;
 
 /* Figures of this child, for the status page and mod_status. */
@@ -134,6 +153,12 @@ typedef struct apx_counters {
     volatile apr_uint32_t backend_retries; /* idempotent retry on a fresh one */
     volatile apr_uint32_t keepalive_closed;/* idle adopted closed (timeout/stop) */
     volatile apr_uint32_t head_waits;      /* partial request head re-parked */
+    volatile apr_uint32_t cache_hits;      /* served from the cache */
+    volatile apr_uint32_t cache_misses;    /* fetched to be stored */
+    volatile apr_uint32_t cache_stale;     /* served stale */
+    volatile apr_uint32_t cache_bypass;    /* not cacheable */
+    volatile apr_uint32_t cache_coalesced; /* waited for another's fetch */
+    volatile apr_uint32_t cache_not_modified; /* 304 from the cache */
 } apx_counters;
 
 /* Per-child state. */
@@ -179,6 +204,9 @@ typedef struct apx_req {
     unsigned wait_events;
     apr_time_t wait_deadline;
     unsigned wait_got;
+    int wait_wake;              /* the wait is apx_wait_wake()'s */
+    int detached;               /* waits ignore the client (a background
+                                 * refresh after the response went out) */
     int outcome;                /* APX_OUT_* */
     int status;                 /* with APX_OUT_ERROR */
     const char *note;           /* outcome for the log: "client-abort", ... */
@@ -239,6 +267,30 @@ int apx_backend_take(apx_backend *be, apr_time_t now);
  * holds pool_max the oldest is closed; closes fd instead when the child is
  * stopping or the origin has no pool. Any request thread. */
 void apx_backend_release(apx_backend *be, int fd, apr_time_t now);
+
+/* mod_asyncproxy_conn.c: waits, parked, until another thread wakes the
+ * request's record (the response cache's miss coalescing). enlist() runs
+ * on the calling thread with the record armed: it returns 1 when it
+ * enlisted the record where a waker will find it, 0 when there is nothing
+ * to wait for any more (then no wait happens). The caller must delist the
+ * record under the waker's lock after the wait, whatever ended it.
+ * Returns APX_EV_WAKE, APX_EV_TIMEOUT, APX_EV_SHUTDOWN and/or
+ * APX_EV_CLIENT_GONE; 0 when the request cannot park (sync driver). */
+unsigned apx_wait_wake(apx_req *rq, int (*enlist)(void *baton, apx_park *p),
+                       void *baton, apr_time_t deadline);
+
+/* mod_asyncproxy_cache.c: the response cache. Directives (pconf), the
+ * per-child store (child_init) and the figures; the request path is in
+ * apx_hc_run(), called from the proxy coroutine. */
+const char *apx_hc_cmd_flag(cmd_parms *cmd, void *dconf, int on);
+const char *apx_hc_cmd_take1(cmd_parms *cmd, void *dconf, const char *arg);
+void apx_hc_set_init(apx_cache_set *cs);
+void apx_hc_set_merge(apx_cache_set *to, const apx_cache_set *base,
+                      const apx_cache_set *add);
+void apx_hc_child_init(apr_pool_t *pchild, server_rec *s);
+/* For the status page: entries, bytes, evictions of this child's cache. */
+void apx_hc_figures(apr_uint64_t *entries, apr_uint64_t *bytes,
+                    apr_uint64_t *evictions);
 
 /* mod_asyncproxy_status.c */
 void apx_status_register(apr_pool_t *p);

@@ -264,7 +264,7 @@ static unsigned poll_in_place(apx_req *rq, int fd, unsigned events,
     pfd[0].events = ((events & APX_EV_IN) ? POLLIN : 0)
                     | ((events & APX_EV_OUT) ? POLLOUT : 0);
     pfd[0].revents = 0;
-    if (rq->client_fd >= 0 && rq->client_fd != fd) {
+    if (rq->client_fd >= 0 && rq->client_fd != fd && !rq->detached) {
         pfd[1].fd = rq->client_fd;
         pfd[1].events = POLLRDHUP;
         pfd[1].revents = 0;
@@ -321,10 +321,35 @@ unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline)
     return got ? got : APX_EV_TIMEOUT;
 }
 
+static void conn_dispatch(apx_park *p, apr_thread_t *thd);
+
+unsigned apx_wait_wake(apx_req *rq, int (*enlist)(void *baton, apx_park *p),
+                       void *baton, apr_time_t deadline)
+{
+    apx_conn *ac;
+
+    if (!rq->async || rq->client_fd < 0)
+        return 0;
+    ac = conn_get(rq->c);
+    /* The record is ours while the request runs: make its next park
+     * wakeable before a waker can reach it. */
+    apx_park_init(&ac->park, conn_dispatch, ac);
+    apx_park_arm_wake(&ac->park);
+    if (!enlist(baton, &ac->park))
+        return APX_EV_WAKE;
+    rq->wait_wake = 1;
+    rq->wait_fd = -1;
+    rq->wait_events = 0;
+    rq->wait_deadline = deadline;
+    rq->wait_got = 0;
+    apx_coro_yield(rq->coro, 1);
+    rq->wait_wake = 0;
+    return rq->wait_got;
+}
+
 /* ------------------------------------------------------------------ */
 /* parking                                                              */
 
-static void conn_dispatch(apx_park *p, apr_thread_t *thd);
 static void drive(apx_conn *ac, int step);
 static void close_conn(apx_conn *ac);
 static void resume_request(apx_conn *ac);
@@ -336,7 +361,9 @@ static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
 {
     apx_park *p = &ac->park;
 
-    apx_park_init(p, conn_dispatch, ac);
+    /* an armed record keeps its wake word: set the fields one by one */
+    if (!(ac->rq && ac->rq->wait_wake && phase == PH_REQUEST))
+        apx_park_init(p, conn_dispatch, ac);
     ac->phase = phase;
     p->fd[0] = fd0;
     p->want[0] = want0;
@@ -362,8 +389,10 @@ static void park_request(apx_conn *ac)
         if (timeout < 1000)
             timeout = 1000;
     }
+    /* A wakeable wait has no fd of its own: only the client's hangup
+     * (fd[1]) is watched. */
     park(ac, PH_REQUEST, rq->wait_fd, rq->wait_events,
-         rq->wait_fd != ac->fd ? ac->fd : -1, timeout, 0);
+         rq->wait_fd != ac->fd && !rq->detached ? ac->fd : -1, timeout, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -745,6 +774,8 @@ static void conn_dispatch(apx_park *p, apr_thread_t *thd)
             got |= APX_EV_TIMEOUT;
         if (why & APX_EV_SHUTDOWN)
             got |= APX_EV_SHUTDOWN;
+        if (why & APX_EV_WAKE)
+            got |= APX_EV_WAKE;
         rq->wait_got = got;
         resume_request(ac);
         break;

@@ -50,89 +50,17 @@
 #include "apr_lib.h"
 #include "apr_strings.h"
 
-#include "apx_http.h"
-#include "mod_asyncproxy.h"
+#include "mod_asyncproxy_proxy.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
-
-/* Backend reads: 32 KiB per recv, and so at most 32 KiB per brigade passed
- * to the client, half the core output filter's 64 KiB blocking threshold. */
-#define RBUF_SIZE       (32 * 1024)
-/* Request body: one non-blocking read of the client at a time. */
-#define BODY_READ_MAX   (64 * 1024)
-/* Response head: at least 16 KiB, or two LimitRequestFieldSize lines'
- * worth when that is larger, never more than 64 KiB. */
-#define HEAD_MIN        (16 * 1024)
-#define HEAD_CAP        (64 * 1024)
-#define HEAD_FIELDS     100
-/* Interim (1xx) responses before the final one: a backend sending more is
- * stuck in a loop. */
-#define MAX_INTERIM     16
-/* Trailers of a chunked response are checked and dropped (httpd 2.4 cannot
- * send trailers to the client); bounded like a small head. */
-#define TRAILER_MAX     4096
-#define TRAILER_FIELDS  32
-/* Slices of request body per sendmsg(). */
-#define BODY_IOV        64
-
-/* Results of the steps below. A step that fails has set rq->outcome,
- * rq->status and rq->note. */
-enum {
-    STEP_OK = 0,
-    STEP_FAIL = -1,
-    STEP_RETRY = 1      /* pooled connection died first: try a fresh one */
-};
-
-enum { REQ_BODY_NONE, REQ_BODY_LENGTH, REQ_BODY_CHUNKED };
-
-typedef struct proxy_ctx {
-    apx_req *rq;
-    request_rec *r;
-    conn_rec *c;
-    const apx_mapping *map;
-    apx_backend *be;
-    apx_defer *defer;
-    int fd;                         /* backend socket, -1 when none */
-    int reused;                     /* fd came from the pool */
-    int idempotent;
-    apr_interval_time_t timeout;    /* backend response head, each I/O */
-    apr_interval_time_t connect_timeout;
-    apr_interval_time_t client_timeout;
-    const char *target;             /* origin-form request target */
-    const char *url;                /* for log lines */
-    apx_http_writer head;           /* the request head */
-
-    /* request body */
-    int body_kind;
-    apr_off_t body_length;          /* REQ_BODY_LENGTH */
-    apr_off_t body_limit;           /* LimitRequestBody, 0: none */
-    apr_off_t body_bytes;
-    unsigned body_started:1;        /* a byte of it was read from the client */
-    unsigned body_done:1;           /* all of it went to the backend */
-    int send_errno;                 /* backend stopped taking the body */
-    int recv_errno;                 /* RECV_ERROR's cause */
-
-    /* response */
-    apx_http_resp resp;
-    apx_http_conn_tokens conn;      /* the backend's Connection tokens */
-    char *rbuf;                     /* RBUF_SIZE bytes from the backend */
-    apr_size_t rlen, roff;          /* bytes in rbuf, bytes used */
-    unsigned got_bytes:1;           /* a byte came back on this attempt */
-    unsigned head_applied:1;        /* r carries the backend's head */
-    unsigned response_started:1;    /* something went to the output filters */
-    apx_http_framing framing;
-    int64_t remaining;              /* APX_HTTP_BODY_LENGTH */
-    apx_http_chunked chunked;
-    apr_bucket_brigade *bb;
-} proxy_ctx;
 
 /* ------------------------------------------------------------------ */
 /* outcomes                                                             */
 
 /* Puts r back as it was before the backend's head was applied, so that
  * ap_die() sends a clean error page. */
-static void unapply_head(proxy_ctx *px)
+void apx_px_unapply_head(proxy_ctx *px)
 {
     request_rec *r = px->r;
 
@@ -148,7 +76,7 @@ static void unapply_head(proxy_ctx *px)
 
 /* The backend failed: an error page while nothing went to the client yet,
  * otherwise an aborted connection. */
-static int backend_failed(proxy_ctx *px, int status, const char *note)
+int apx_px_backend_failed(proxy_ctx *px, int status, const char *note)
 {
     apx_req *rq = px->rq;
 
@@ -157,14 +85,14 @@ static int backend_failed(proxy_ctx *px, int status, const char *note)
         rq->outcome = APX_OUT_ABORT;
     }
     else {
-        unapply_head(px);
+        apx_px_unapply_head(px);
         rq->outcome = APX_OUT_ERROR;
         rq->status = status;
     }
     return STEP_FAIL;
 }
 
-static int client_gone(proxy_ctx *px)
+int apx_px_client_gone(proxy_ctx *px)
 {
     apx_req *rq = px->rq;
 
@@ -179,10 +107,10 @@ static int client_gone(proxy_ctx *px)
 }
 
 /* Client hung up, or the child is going away: nothing to answer. */
-static int wait_interrupted(proxy_ctx *px, unsigned ev)
+int apx_px_wait_interrupted(proxy_ctx *px, unsigned ev)
 {
     if (ev & APX_EV_CLIENT_GONE) {
-        client_gone(px);
+        apx_px_client_gone(px);
         return 1;
     }
     if (ev & APX_EV_SHUTDOWN) {
@@ -208,7 +136,7 @@ static void close_backend_deferred(void *arg)
 
 /* Ends the use of the backend connection: back to the pool only after a
  * clean exchange, else closed. */
-static void finish_backend(proxy_ctx *px, int reusable)
+void apx_px_finish_backend(proxy_ctx *px, int reusable)
 {
     if (px->fd < 0)
         return;
@@ -245,23 +173,23 @@ static int connect_addr(proxy_ctx *px, const apr_sockaddr_t *sa,
         return 0;
     err = errno;
     if (err != EINPROGRESS) {
-        finish_backend(px, 0);
+        apx_px_finish_backend(px, 0);
         return err;
     }
     ev = apx_wait(px->rq, fd, APX_EV_OUT, deadline);
-    if (wait_interrupted(px, ev)) {
-        finish_backend(px, 0);
+    if (apx_px_wait_interrupted(px, ev)) {
+        apx_px_finish_backend(px, 0);
         return -1;
     }
     if (!(ev & (APX_EV_OUT | APX_EV_HUP | APX_EV_ERR))) {
-        finish_backend(px, 0);
+        apx_px_finish_backend(px, 0);
         return ETIMEDOUT;
     }
     err = 0;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err)
-        finish_backend(px, 0);
+        apx_px_finish_backend(px, 0);
     return err;
 }
 
@@ -287,19 +215,19 @@ static int connect_backend(proxy_ctx *px)
                       "connect to backend %s timed out after %" APR_TIME_T_FMT
                       " ms", px->be->hostport,
                       apr_time_as_msec(px->connect_timeout));
-        return backend_failed(px, HTTP_GATEWAY_TIME_OUT, "connect-timeout");
+        return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT, "connect-timeout");
     }
     if (err == EMFILE || err == ENFILE) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
                       APXLOGNO(00102) "cannot open a connection to backend "
                       "%s: out of file descriptors (raise the open files "
                       "limit, ulimit -n)", px->be->hostport);
-        return backend_failed(px, HTTP_SERVICE_UNAVAILABLE, "out-of-fds");
+        return apx_px_backend_failed(px, HTTP_SERVICE_UNAVAILABLE, "out-of-fds");
     }
     ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
                   APXLOGNO(00100) "connect to backend %s failed",
                   px->be->hostport);
-    return backend_failed(px, HTTP_BAD_GATEWAY, err == ECONNREFUSED
+    return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, err == ECONNREFUSED
                           ? "connect-refused" : "connect-failed");
 }
 
@@ -357,14 +285,14 @@ static int send_iov(proxy_ctx *px, struct iovec *iov, int n)
             return EPIPE;
         ev = apx_wait(px->rq, px->fd, APX_EV_OUT,
                       apr_time_now() + px->timeout);
-        if (wait_interrupted(px, ev))
+        if (apx_px_wait_interrupted(px, ev))
             return STEP_FAIL;
         if (ev & APX_EV_TIMEOUT) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00109)
                           "backend %s did not take the request for %s "
                           "within %" APR_TIME_T_FMT " ms", px->be->hostport,
                           px->url, apr_time_as_msec(px->timeout));
-            return backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+            return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
                                   "backend-timeout");
         }
         hup = !(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR));
@@ -411,6 +339,8 @@ static int skip_request_field(const head_ctx *hc, const char *name)
     for (i = 0; ours[i]; i++)
         if (!strcasecmp(name, ours[i]))
             return 1;
+    if (hc->px->hc && apx_hc_skip_request_field(hc->px->hc, name))
+        return 1;
     if (hc->add_forwarded)
         for (i = 0; forwarded[i]; i++)
             if (!strcasecmp(name, forwarded[i]))
@@ -442,7 +372,7 @@ static int collect_conn_tokens(void *data, const char *key, const char *val)
 }
 
 /* Builds the request head into px->head (r->pool). */
-static int build_head(proxy_ctx *px)
+int apx_px_build_head(proxy_ctx *px)
 {
     request_rec *r = px->r;
     const apx_srv_conf *sc = px->rq->sconf;
@@ -545,7 +475,7 @@ static int client_body_failed(proxy_ctx *px, apr_status_t rv)
     px->c->keepalive = AP_CONN_CLOSE;
     if (px->c->aborted || APR_STATUS_IS_ECONNRESET(rv)
         || APR_STATUS_IS_ECONNABORTED(rv) || APR_STATUS_IS_EPIPE(rv))
-        return client_gone(px);
+        return apx_px_client_gone(px);
     /* AP_FILTER_ERROR: httpd's input filter has answered (400, 413)
      * itself; handing it back to ap_die() is the convention */
     status = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
@@ -634,7 +564,7 @@ static int send_body(proxy_ctx *px)
             apr_brigade_cleanup(px->bb);
             ev = apx_wait(px->rq, client_fd, APX_EV_IN,
                           apr_time_now() + px->client_timeout);
-            if (wait_interrupted(px, ev))
+            if (apx_px_wait_interrupted(px, ev))
                 return STEP_FAIL;
             if (ev & APX_EV_TIMEOUT)
                 return client_body_failed(px, APR_TIMEUP);
@@ -688,7 +618,7 @@ static int send_request(proxy_ctx *px)
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(rc), px->r,
                       APXLOGNO(00119) "sending the request for %s to "
                       "backend %s failed", px->url, px->be->hostport);
-        return backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
+        return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
     }
     if (rc != STEP_OK || px->body_done)
         return rc;
@@ -703,17 +633,13 @@ static int bad_response(proxy_ctx *px, const char *why)
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00103)
                   "bad response from backend %s for %s: %s",
                   px->be->hostport, px->url, why);
-    return backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+    return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
 }
-
-/* What recv_some() found (or STEP_FAIL: timeout or interrupted wait, the
- * outcome is set). */
-enum { RECV_EOF = 0, RECV_DATA = 1, RECV_ERROR = 2 };
 
 /* Reads more of the response into rbuf (emptied first). On RECV_ERROR the
  * errno is in px->recv_errno. deadline 0: one backend timeout from now.
  * phase names what timed out in the log line. */
-static int recv_some(proxy_ctx *px, apr_time_t deadline, const char *phase)
+int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
 {
     ssize_t n;
     unsigned ev;
@@ -738,14 +664,14 @@ static int recv_some(proxy_ctx *px, apr_time_t deadline, const char *phase)
         }
         ev = apx_wait(px->rq, px->fd, APX_EV_IN,
                       deadline ? deadline : apr_time_now() + px->timeout);
-        if (wait_interrupted(px, ev))
+        if (apx_px_wait_interrupted(px, ev))
             return STEP_FAIL;
         if (ev & APX_EV_TIMEOUT) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00106)
                           "backend %s timed out (%" APR_TIME_T_FMT " ms) "
                           "%s for %s", px->be->hostport,
                           apr_time_as_msec(px->timeout), phase, px->url);
-            return backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+            return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
                                   "backend-timeout");
         }
     }
@@ -799,14 +725,14 @@ static int head_cut_short(proxy_ctx *px, int err)
                       APXLOGNO(00120) "backend %s stopped reading the "
                       "request body for %s and sent no response",
                       px->be->hostport, px->url);
-        return backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
+        return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
     }
     ap_log_rerror(APLOG_MARK, APLOG_ERR, err ? APR_FROM_OS_ERROR(err) : 0,
                   px->r, APXLOGNO(00104) "backend %s closed the connection "
                   "before a complete response head for %s (%s)",
                   px->be->hostport, px->url,
                   px->got_bytes ? "after part of it" : "nothing received");
-    return backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+    return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
 }
 
 /* Reads and checks the final response head; interim ones are swallowed
@@ -843,7 +769,7 @@ static int read_head(proxy_ctx *px)
                 return bad_response(px, h->errstr ? h->errstr
                                                   : "malformed head");
         }
-        rc = recv_some(px, deadline, "waiting for the response head");
+        rc = apx_px_recv(px, deadline, "waiting for the response head");
         if (rc == STEP_FAIL)
             return STEP_FAIL;
         if (rc != RECV_DATA)
@@ -853,9 +779,31 @@ static int read_head(proxy_ctx *px)
 
 /* Connect (or reuse), send, read the head; a pooled connection the
  * backend had closed is replaced once (DESIGN.md §4 step 2). */
-static int exchange(proxy_ctx *px)
+/* The response head and receive buffers, made on the first exchange only
+ * (a cache hit never needs them). */
+static void alloc_buffers(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+    apr_size_t head_max;
+
+    head_max = (apr_size_t)r->server->limit_req_fieldsize * 2;
+    if (head_max < HEAD_MIN)
+        head_max = HEAD_MIN;
+    if (head_max > HEAD_CAP)
+        head_max = HEAD_CAP;
+    apx_http_resp_init(&px->resp, apr_palloc(r->pool, head_max), head_max,
+                       apr_palloc(r->pool,
+                                  HEAD_FIELDS * sizeof(apx_http_field)),
+                       HEAD_FIELDS);
+    px->rbuf = apr_palloc(r->pool, RBUF_SIZE);
+}
+
+int apx_px_exchange(proxy_ctx *px)
 {
     int fresh_only = 0, rc;
+
+    if (!px->rbuf)
+        alloc_buffers(px);
 
     for (;;) {
         px->rlen = px->roff = 0;
@@ -868,7 +816,7 @@ static int exchange(proxy_ctx *px)
             rc = read_head(px);
         if (rc != STEP_RETRY)
             return rc;
-        finish_backend(px, 0);
+        apx_px_finish_backend(px, 0);
         apr_atomic_inc32(&apx_ch->n.backend_retries);
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, px->r, APXLOGNO(00114)
                       "pooled connection to %s was closed by the backend; "
@@ -921,14 +869,72 @@ static const char *reverse_location(proxy_ctx *px, const char *value)
     return mapped ? mapped : value;
 }
 
-/* Copies the checked head into r: status, fields minus hop-by-hop and
- * framing (httpd frames the body for the client itself). */
-static int apply_head(proxy_ctx *px)
+void apx_px_each_field(proxy_ctx *px,
+                       void (*fn)(void *baton, const char *name,
+                                  const char *value),
+                       void *baton)
+{
+    request_rec *r = px->r;
+    const apx_http_resp *h = &px->resp;
+    unsigned i;
+
+    for (i = 0; i < h->nfields; i++) {
+        const apx_http_field *f = &h->fields[i];
+        char *name, *value;
+
+        if (apx_http_is_hop_by_hop(f->name, f->name_len, &px->conn)
+            || apx_http_token_eqs(f->name, f->name_len, "Content-Length")
+            || apx_http_token_eqs(f->name, f->name_len, "Transfer-Encoding")
+            || apx_http_token_eqs(f->name, f->name_len, "Via"))
+            continue;
+        value = apr_pstrmemdup(r->pool, f->value, f->value_len);
+        name = apr_pstrmemdup(r->pool, f->name, f->name_len);
+        if (!strcasecmp(name, "Location")
+            || !strcasecmp(name, "Content-Location")
+            || !strcasecmp(name, "URI"))
+            value = (char *)reverse_location(px, value);
+        fn(baton, name, value);
+    }
+}
+
+const char *apx_px_via(proxy_ctx *px)
 {
     request_rec *r = px->r;
     const apx_http_resp *h = &px->resp;
     const char *via = NULL;
     unsigned i;
+
+    for (i = 0; i < h->nfields; i++) {
+        const apx_http_field *f = &h->fields[i];
+
+        if (apx_http_token_eqs(f->name, f->name_len, "Via"))
+            via = append_value(r->pool, via,
+                               apr_pstrmemdup(r->pool, f->value,
+                                              f->value_len));
+    }
+    return append_value(r->pool, via,
+                        apr_pstrcat(r->pool, "1.1 ",
+                                    r->server->server_hostname, NULL));
+}
+
+static void apply_field(void *baton, const char *name, const char *value)
+{
+    request_rec *r = baton;
+
+    if (!strcasecmp(name, "Content-Type")) {
+        if (!r->content_type)
+            ap_set_content_type(r, value);
+        return;
+    }
+    apr_table_addn(r->headers_out, name, value);
+}
+
+int apx_px_check_head(proxy_ctx *px)
+{
+    const apx_http_resp *h = &px->resp;
+    unsigned i;
+
+    px->framing = apx_http_resp_framing(h, px->r->method, &px->remaining);
 
     apx_http_conn_tokens_init(&px->conn);
     for (i = 0; i < h->nfields; i++) {
@@ -940,7 +946,18 @@ static int apply_head(proxy_ctx *px)
             return bad_response(px, "Connection header with more tokens "
                                 "than can be stripped, or not a token list");
     }
+    return STEP_OK;
+}
 
+/* Copies the checked head into r: status, fields minus hop-by-hop and
+ * framing (httpd frames the body for the client itself). */
+int apx_px_apply_head(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+    const apx_http_resp *h = &px->resp;
+
+    if (apx_px_check_head(px) != STEP_OK)
+        return STEP_FAIL;
     px->head_applied = 1;
     r->status = h->status;
     r->status_line = h->reason_len
@@ -952,37 +969,8 @@ static int apply_head(proxy_ctx *px)
     r->content_type = NULL;
     r->content_encoding = NULL;
     r->content_languages = NULL;
-    for (i = 0; i < h->nfields; i++) {
-        const apx_http_field *f = &h->fields[i];
-        char *name, *value;
-
-        if (apx_http_is_hop_by_hop(f->name, f->name_len, &px->conn)
-            || apx_http_token_eqs(f->name, f->name_len, "Content-Length")
-            || apx_http_token_eqs(f->name, f->name_len, "Transfer-Encoding"))
-            continue;
-        value = apr_pstrmemdup(r->pool, f->value, f->value_len);
-        if (apx_http_token_eqs(f->name, f->name_len, "Content-Type")) {
-            if (!r->content_type)
-                ap_set_content_type(r, value);
-            continue;
-        }
-        if (apx_http_token_eqs(f->name, f->name_len, "Via")) {
-            via = append_value(r->pool, via, value);
-            continue;
-        }
-        name = apr_pstrmemdup(r->pool, f->name, f->name_len);
-        if (!strcasecmp(name, "Location")
-            || !strcasecmp(name, "Content-Location")
-            || !strcasecmp(name, "URI"))
-            value = (char *)reverse_location(px, value);
-        apr_table_addn(r->headers_out, name, value);
-    }
-    apr_table_setn(r->headers_out, "Via",
-                   append_value(r->pool, via,
-                                apr_pstrcat(r->pool, "1.1 ",
-                                            r->server->server_hostname,
-                                            NULL)));
-    px->framing = apx_http_resp_framing(h, r->method, &px->remaining);
+    apx_px_each_field(px, apply_field, r);
+    apr_table_setn(r->headers_out, "Via", apx_px_via(px));
     /* The backend's length, also for HEAD (httpd leaves a HEAD's length
      * alone); filters that transform the body drop or recompute it. */
     if (h->content_length >= 0 && h->status >= 200 && h->status != 204
@@ -1002,7 +990,7 @@ static int apply_head(proxy_ctx *px)
 
 /* Writes what the core output filter holds without blocking; while some
  * is left, waits for the client to take it. */
-static int drain_output(proxy_ctx *px)
+int apx_px_drain_output(proxy_ctx *px)
 {
     conn_rec *c = px->c;
     ap_filter_t *f;
@@ -1020,13 +1008,13 @@ static int drain_output(proxy_ctx *px)
          * write completion calls it */
         rv = f->frec->filter_func.out_func(f, NULL);
         if (rv != APR_SUCCESS || c->aborted)
-            return client_gone(px);
+            return apx_px_client_gone(px);
         if (!c->data_in_output_filters)
             break;
         ev = apx_wait(px->rq, px->rq->client_fd, APX_EV_OUT,
                       apr_time_now() + px->client_timeout);
         if (ev & APX_EV_SHUTDOWN) {
-            wait_interrupted(px, ev);
+            apx_px_wait_interrupted(px, ev);
             return STEP_FAIL;
         }
         if (ev & APX_EV_TIMEOUT) {
@@ -1036,14 +1024,14 @@ static int drain_output(proxy_ctx *px)
         }
         /* hung up without being writable: it will never read the rest */
         if (!(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR)))
-            return client_gone(px);
+            return apx_px_client_gone(px);
     }
     return STEP_OK;
 }
 
 /* Hands px->bb (plus EOS when last) to the output filters, then lets the
  * client take it before more is read from the backend. */
-static int pass_out(proxy_ctx *px, int last)
+int apx_px_pass_out(proxy_ctx *px, int last)
 {
     conn_rec *c = px->c;
     apr_status_t rv;
@@ -1056,8 +1044,8 @@ static int pass_out(proxy_ctx *px, int last)
     rv = ap_pass_brigade(px->r->output_filters, px->bb);
     apr_brigade_cleanup(px->bb);
     if (rv != APR_SUCCESS || c->aborted)
-        return client_gone(px);
-    return last ? STEP_OK : drain_output(px);
+        return apx_px_client_gone(px);
+    return last ? STEP_OK : apx_px_drain_output(px);
 }
 
 static void add_transient(proxy_ctx *px, const char *data, apr_size_t len)
@@ -1069,7 +1057,7 @@ static void add_transient(proxy_ctx *px, const char *data, apr_size_t len)
 
 /* Moves the body bytes of rbuf into px->bb. Returns 1 when the body is
  * complete, 0 when more is expected, STEP_FAIL on a chunked error. */
-static int take_body_bytes(proxy_ctx *px)
+int apx_px_take_body(proxy_ctx *px)
 {
     apr_size_t avail = px->rlen - px->roff;
     const char *data;
@@ -1103,7 +1091,7 @@ static int take_body_bytes(proxy_ctx *px)
                               " bytes: %s", px->be->hostport, px->url,
                               (apr_uint64_t)px->chunked.body_bytes,
                               px->chunked.errstr ? px->chunked.errstr : "?");
-                return backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+                return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
             }
         }
         return 0;
@@ -1118,7 +1106,7 @@ static int take_body_bytes(proxy_ctx *px)
 /* The body ended where its framing said: the connection may be reused if
  * the backend allows it and nothing else came (and the request went out
  * whole). */
-static int exchange_is_clean(const proxy_ctx *px)
+int apx_px_exchange_is_clean(const proxy_ctx *px)
 {
     return px->framing != APX_HTTP_BODY_CLOSE
            && apx_http_resp_keepalive(&px->resp)
@@ -1126,10 +1114,8 @@ static int exchange_is_clean(const proxy_ctx *px)
            && px->body_done && !px->send_errno;
 }
 
-static int relay_body(proxy_ctx *px)
+int apx_px_relay_init(proxy_ctx *px)
 {
-    int done, rc;
-
     if (px->framing == APX_HTTP_BODY_CHUNKED) {
         char *tbuf = apr_palloc(px->r->pool, TRAILER_MAX);
         apx_http_field *tf = apr_palloc(px->r->pool,
@@ -1138,11 +1124,17 @@ static int relay_body(proxy_ctx *px)
         apx_http_chunked_init(&px->chunked, tbuf, TRAILER_MAX, tf,
                               TRAILER_FIELDS);
     }
-    done = px->framing == APX_HTTP_BODY_NONE
+    return px->framing == APX_HTTP_BODY_NONE
            || (px->framing == APX_HTTP_BODY_LENGTH && px->remaining == 0);
+}
+
+int apx_px_relay(proxy_ctx *px, int done)
+{
+    int rc;
+
     for (;;) {
         if (!done && px->roff < px->rlen) {
-            done = take_body_bytes(px);
+            done = apx_px_take_body(px);
             if (done == STEP_FAIL)
                 return STEP_FAIL;
         }
@@ -1154,17 +1146,17 @@ static int relay_body(proxy_ctx *px)
                               "%s; closing that connection",
                               px->be->hostport, px->rlen - px->roff, px->url);
             /* the backend is free before the client has everything */
-            finish_backend(px, exchange_is_clean(px));
-            return pass_out(px, 1);
+            apx_px_finish_backend(px, apx_px_exchange_is_clean(px));
+            return apx_px_pass_out(px, 1);
         }
-        if ((rc = pass_out(px, 0)) != STEP_OK)
+        if ((rc = apx_px_pass_out(px, 0)) != STEP_OK)
             return rc;
-        rc = recv_some(px, 0, "reading the response body");
+        rc = apx_px_recv(px, 0, "reading the response body");
         if (rc == STEP_FAIL)
             return STEP_FAIL;
         if (rc == RECV_EOF && px->framing == APX_HTTP_BODY_CLOSE) {
-            finish_backend(px, 0);
-            return pass_out(px, 1);
+            apx_px_finish_backend(px, 0);
+            return apx_px_pass_out(px, 1);
         }
         if (rc != RECV_DATA) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR,
@@ -1173,7 +1165,7 @@ static int relay_body(proxy_ctx *px)
                           APXLOGNO(00107) "backend %s closed the connection "
                           "before the end of the response body for %s",
                           px->be->hostport, px->url);
-            return backend_failed(px, HTTP_BAD_GATEWAY, "backend-truncated");
+            return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "backend-truncated");
         }
     }
 }
@@ -1189,7 +1181,6 @@ static int setup(proxy_ctx *px)
     const apx_srv_conf *sc = rq->sconf;
     const char *te = apr_table_get(r->headers_in, "Transfer-Encoding");
     const char *cl = apr_table_get(r->headers_in, "Content-Length");
-    apr_size_t head_max;
     apr_off_t len = 0;
 
     px->map = m;
@@ -1241,17 +1232,8 @@ static int setup(proxy_ctx *px)
         return STEP_FAIL;
     }
 
-    head_max = (apr_size_t)r->server->limit_req_fieldsize * 2;
-    if (head_max < HEAD_MIN)
-        head_max = HEAD_MIN;
-    if (head_max > HEAD_CAP)
-        head_max = HEAD_CAP;
-    apx_http_resp_init(&px->resp, apr_palloc(r->pool, head_max), head_max,
-                       apr_palloc(r->pool,
-                                  HEAD_FIELDS * sizeof(apx_http_field)),
-                       HEAD_FIELDS);
-    px->rbuf = apr_palloc(r->pool, RBUF_SIZE);
-    return build_head(px);
+    px->hc = apx_hc_create(px);
+    return STEP_OK;
 }
 
 intptr_t apx_proxy_run(apx_coro *coro, void *data)
@@ -1269,16 +1251,22 @@ intptr_t apx_proxy_run(apx_coro *coro, void *data)
     px->defer = apx_coro_defer(coro, close_backend_deferred, px);
 
     rc = setup(px);
-    if (rc == STEP_OK)
-        rc = exchange(px);
-    if (rc == STEP_OK)
-        rc = apply_head(px);
-    if (rc == STEP_OK)
-        rc = relay_body(px);
+    if (rc == STEP_OK && px->hc) {
+        rc = apx_hc_run(px);
+    }
+    else if (rc == STEP_OK) {
+        rc = apx_px_build_head(px);
+        if (rc == STEP_OK)
+            rc = apx_px_exchange(px);
+        if (rc == STEP_OK)
+            rc = apx_px_apply_head(px);
+        if (rc == STEP_OK)
+            rc = apx_px_relay(px, apx_px_relay_init(px));
+    }
     if (rc == STEP_OK)
         rq->outcome = APX_OUT_DONE;
     /* every failure path closes: nothing half-read goes back to the pool */
-    finish_backend(px, 0);
+    apx_px_finish_backend(px, 0);
     if (px->defer)
         apx_coro_defer_disarm(coro, px->defer);
     return 0;

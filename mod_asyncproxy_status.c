@@ -25,7 +25,7 @@ typedef struct figure {
     apr_uint64_t value;
 } figure;
 
-#define MAX_FIGURES 48
+#define MAX_FIGURES 64
 
 static int collect(figure *f, const char **mode)
 {
@@ -75,6 +75,21 @@ static int collect(figure *f, const char **mode)
     FIG("GateBoundHits", apr_atomic_read32(&ch->n.gate_bound_hits));
     FIG("StacksInUse", in_use);
     FIG("StacksFree", free_stacks);
+    FIG("WakesTotal", es.wakes_total);
+    {
+        apr_uint64_t entries, bytes, evictions;
+
+        apx_hc_figures(&entries, &bytes, &evictions);
+        FIG("CacheHits", apr_atomic_read32(&ch->n.cache_hits));
+        FIG("CacheMisses", apr_atomic_read32(&ch->n.cache_misses));
+        FIG("CacheStale", apr_atomic_read32(&ch->n.cache_stale));
+        FIG("CacheBypass", apr_atomic_read32(&ch->n.cache_bypass));
+        FIG("CacheCoalesced", apr_atomic_read32(&ch->n.cache_coalesced));
+        FIG("CacheNotModified", apr_atomic_read32(&ch->n.cache_not_modified));
+        FIG("CacheEntries", entries);
+        FIG("CacheBytes", bytes);
+        FIG("CacheEvictions", evictions);
+    }
 #undef FIG
     return n;
 }

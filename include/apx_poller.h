@@ -17,12 +17,24 @@
  * epoll batch, so a later event of the same batch never refers to a record a
  * worker already freed.
  *
+ * A record may also be made *wakeable* for one park: another thread then
+ * ends the park early with apx_park_wake() (the response cache's coalesced
+ * misses: waiters park on the pending entry and the fetching thread wakes
+ * them). Whatever comes first — wake, readiness, hangup/error, deadline,
+ * stopping, engine destroy — dispatches (or abandons) the record, exactly
+ * once per park.
+ *
  * Calling threads:
  *   apx_engine_create(), _start(), _destroy()   the child's main thread
  *   apx_engine_stopping()                       any thread
+ *   apx_park_init(), apx_park_arm_wake()        the thread that owns the
+ *                                               record (not submitted)
  *   apx_park_submit(), apx_run_submit()         the thread that currently
  *                                               owns the record; ownership
  *                                               passes to the engine
+ *   apx_park_wake()                             any thread, under the lock
+ *                                               that keeps the record alive
+ *                                               (see its comment)
  *   apx_engine_stats()                          any thread
  *   record->dispatch()                          runs on a worker thread
  */
@@ -51,7 +63,9 @@ enum {
     APX_EV_TIMEOUT  = 0x10,  /* deadline passed */
     APX_EV_SHUTDOWN = 0x20,  /* child stopping and the record is APX_PARK_IDLE,
                               * or the engine is being destroyed */
-    APX_EV_RUN      = 0x40   /* handed over with apx_run_submit() */
+    APX_EV_RUN      = 0x40,  /* handed over with apx_run_submit() */
+    APX_EV_WAKE     = 0x80   /* ended by apx_park_wake(); got[] may still
+                              * hold what the fds reported before */
 };
 
 /* Record flags. */
@@ -84,6 +98,8 @@ struct apx_park {
     apx_tq_link tq;
     apx_park *next;
     unsigned state;
+    apx_park *wnext;                /* on the engine's woken list (in_mtx) */
+    unsigned wake;                  /* atomic: the wake word, see poller.c */
 };
 
 typedef struct apx_engine_conf {
@@ -101,6 +117,8 @@ typedef struct apx_engine_stats {
     unsigned workers, workers_busy;
     apr_uint64_t parks_total, dispatched_total, timeouts_total;
     apr_uint64_t runs_total;        /* apx_run_submit() hand-overs */
+    apr_uint64_t wakes_total;       /* parks ended by apx_park_wake() and
+                                     * handed to a worker with WAKE */
 } apx_engine_stats;
 
 /* Fills conf with the defaults (workers 2..16, idle 10 s, budget 256,
@@ -132,12 +150,18 @@ int apx_engine_is_stopping(const apx_engine *e);
  * sees why = APX_EV_SHUTDOWN and got[] = 0; the fds are already out of the
  * (closed) epoll set; apx_park_submit()/apx_run_submit() from there return
  * APR_EINVAL. Records parked by a dispatch during destroy are abandoned.
+ * A record woken (apx_park_wake() returned 1) but not yet on the worker
+ * queue when the poller stopped is abandoned too, once, with why =
+ * APX_EV_SHUTDOWN; apx_park_wake() from the point where destroy takes the
+ * intake (after joining the workers) returns 0.
  * Must be called (the glue does it from a pchild pre-cleanup) before the
  * parent pool dies: the engine registers nothing on the parent. */
 void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned);
 
 /* Hands p to the poller. The caller must not touch p (nor what it guards)
  * afterwards: it may already be running on a worker when this returns.
+ * An armed record already woken goes straight to the worker queue (see
+ * apx_park_wake()).
  * Returns APR_EINVAL for a bad fd or when the engine is gone (the caller
  * still owns p then).
  * APR_EINVAL (synchronous) when: an fd other than -1 is not open
@@ -154,8 +178,43 @@ apr_status_t apx_park_submit(apx_engine *e, apx_park *p);
  * apx_engine_start() records wait in the queue. */
 apr_status_t apx_run_submit(apx_engine *e, apx_park *p);
 
-/* Initialises the record fields to "nothing wanted" (fds -1). */
+/* Initialises the record fields to "nothing wanted" (fds -1), not
+ * wakeable. It rewrites every field, the wake word too: never call it on a
+ * record that is armed (apx_park_arm_wake() called and the park it covers
+ * not yet dispatched) or that a waker may still reach — set the fields of
+ * the next park one by one instead. */
 void apx_park_init(apx_park *p, apx_park_fn dispatch, void *baton);
+
+/* Makes the record's *next* park wakeable. Owner thread, while it owns p,
+ * before it makes p reachable to wakers (enlists it); p must have been
+ * apx_park_init()ed once. One arm covers one park: the park's dispatch (or
+ * abandon) disarms it, so re-arm before enlisting for another park; a park
+ * submitted without arming is not wakeable (apx_park_wake() returns 0).
+ * apx_run_submit() neither uses nor clears an arm. */
+void apx_park_arm_wake(apx_park *p);
+
+/* Ends the park of an armed record: it is handed to a worker with why =
+ * APX_EV_WAKE (| got[] bits its fds reported before the wake won; never
+ * TIMEOUT or SHUTDOWN). Any thread; never blocks beyond the engine's intake
+ * lock. Returns 1 when this call won: exactly one dispatch with WAKE follows
+ * (or the record is abandoned by apx_engine_destroy(), which wins too):
+ *   - armed and already submitted: taken off the poller at once;
+ *   - armed, not yet submitted: nothing happens now; the owner's next
+ *     apx_park_submit() puts it straight onto the worker queue (why = WAKE,
+ *     got[] = 0, no fd registered). If that submit fails (APR_EINVAL) the
+ *     owner keeps p and no dispatch follows, as for any failed submit.
+ * Returns 0 and changes nothing when the record is not armed, was already
+ * woken, another cause (event, deadline, stopping) already claimed the park,
+ * it was dispatched, or the engine is being destroyed (destroy then abandons
+ * a submitted record itself).
+ * Lifetime contract: the caller guarantees p stays alive for the whole call.
+ * The intended pattern: the waker holds the lock of the list p is enlisted
+ * on (the cache entry's waiter list) while calling this, and the owner, once
+ * dispatched for whatever reason, takes that lock to delist p before it
+ * frees, re-inits or re-arms p. This function touches p only before it
+ * returns: after a win the engine alone touches p until dispatch. e must be
+ * alive: never call it after apx_engine_destroy() returned. */
+int apx_park_wake(apx_engine *e, apx_park *p);
 
 void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st);
 

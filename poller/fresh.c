@@ -406,8 +406,19 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
     }
     if (pol->max_ttl > 0 && lifetime > pol->max_ttl)
         lifetime = pol->max_ttl;
-    if (lifetime <= age)
-        return APX_STORE_EXPIRED;
+    if (lifetime <= age) {
+        /* Stale on arrival: still worth storing while a stale window
+         * lets it be served (a slow backend's max-age=1 with
+         * stale-while-revalidate=30). */
+        int revalidate = (cc->flags & (APX_CC_MUST_REVALIDATE
+                                       | APX_CC_PROXY_REVALIDATE))
+                         || cc->s_maxage >= 0;
+        apr_int64_t window = cc->swr > cc->sie ? cc->swr : cc->sie;
+
+        if (revalidate || window <= 0
+            || lifetime + apr_time_from_sec(clamp_delta(window)) <= age)
+            return APX_STORE_EXPIRED;
+    }
 
     if (t) {
         t->response_time = clamp_time(rs->response_time);

@@ -17,7 +17,37 @@
  *   --readiness/deadline/stopping--> READY (in the poller's local batch)
  *   --push--> QUEUED --worker pops--> OWNED (dispatch runs).
  * apx_run_submit() goes OWNED -> QUEUED directly. p->next links a record on
- * exactly one of intake, batch or worker queue at a time.
+ * exactly one of intake, batch or worker queue at a time. A wakeable record
+ * whose park a wake won while the poller held it goes PARKED (or INTAKE)
+ * --> DETACHED (off epoll and its timeout queue, not dispatched) until the
+ * poller handles its wake message: --> READY.
+ *
+ * Wakeable parks: p->wake decides who ends a park (apx_park_wake() against
+ * every other cause). It moves only by atomics:
+ *   WK_NONE         not wakeable (apx_park_init(), or submitted unarmed)
+ *   WK_ARMED        apx_park_arm_wake(): the owner's, wakers may reach it
+ *   WK_WOKEN_EARLY  woken before its submit: the submit queues it at once
+ *   WK_SUBMITTED    handed over, nobody has won yet
+ *   WK_WOKEN        a waker won: p is on e->woken (p->wnext), or was
+ *   WK_CLAIMED      the poller (event, deadline, stopping, refused fd) or
+ *                   destroy won: a wake now returns 0
+ * Every move out of ARMED, and SUBMITTED -> WOKEN, happens under in_mtx
+ * (apx_park_wake() and apx_park_submit() hold it), and the waker pushes p
+ * onto e->woken in the same critical section as its CAS. So:
+ *   - a record on e->woken was pushed onto the intake before (ARMED ->
+ *     SUBMITTED goes with the intake push); the poller takes both lists in
+ *     one critical section and handles the woken ones after arming the
+ *     intake: it never meets a wake for a record it has not taken;
+ *   - the only lock-free move is the poller's SUBMITTED -> CLAIMED (claim());
+ *     when it loses, the wake message is on e->woken or in the poller's
+ *     hands already, and will dispatch the record with WAKE and the got[]
+ *     seen meanwhile;
+ *   - destroy sets in_gone under in_mtx: no wake wins afterwards and every
+ *     WOKEN record not yet dispatched is on the list destroy takes there, so
+ *     destroy abandons those from that list and skips them on the intake and
+ *     the timeout queues. Nothing is dispatched or abandoned twice.
+ * A successful waker touches p only inside in_mtx; it writes the eventfd
+ * there too, so destroy cannot have closed it yet.
  *
  * Invariants the poller keeps:
  *   - a record's fds are removed from epoll (EPOLL_CTL_DEL) and its timeout
@@ -51,7 +81,7 @@
  * thread may create or destroy one), freed after its join: growing and
  * shrinking for months does not grow the engine pool.
  *
- * Log numbers used here: APX00300 - APX00306.
+ * Log numbers used here: APX00300 - APX00307.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -71,7 +101,19 @@ enum {
     ST_INTAKE,
     ST_PARKED,
     ST_READY,
-    ST_QUEUED
+    ST_QUEUED,
+    ST_DETACHED         /* woken while the poller held it: waiting for its
+                         * wake message (on no list, no fd in epoll) */
+};
+
+/* The wake word (p->wake); see the top of the file. */
+enum {
+    WK_NONE = 0,
+    WK_ARMED,
+    WK_WOKEN_EARLY,
+    WK_SUBMITTED,
+    WK_WOKEN,
+    WK_CLAIMED
 };
 
 /* Tagging stores the fd index in bit 0 of the epoll data pointer. */
@@ -98,6 +140,7 @@ struct apx_engine {
     /* --- intake: any thread -> poller (in_mtx) --- */
     pthread_mutex_t in_mtx;
     park_list intake;
+    apx_park *woken, *woken_tail;   /* won by apx_park_wake(), via wnext */
     int stop_poller;            /* destroy began: the poller exits */
     int in_gone;                /* destroy joined everything: refuse */
 
@@ -134,6 +177,7 @@ struct apx_engine {
     /* --- statistics (atomics) --- */
     unsigned parked;
     apr_uint64_t parks_total, dispatched_total, timeouts_total, runs_total;
+    apr_uint64_t wakes_total;
 };
 
 static __thread apr_thread_t *current_thread;
@@ -152,6 +196,29 @@ static APR_INLINE unsigned get_state(const apx_park *p)
 static APR_INLINE void set_state(apx_park *p, unsigned st)
 {
     __atomic_store_n(&p->state, st, __ATOMIC_RELAXED);
+}
+
+static APR_INLINE unsigned get_wake(const apx_park *p)
+{
+    return __atomic_load_n(&p->wake, __ATOMIC_ACQUIRE);
+}
+
+static APR_INLINE void set_wake(apx_park *p, unsigned w)
+{
+    __atomic_store_n(&p->wake, w, __ATOMIC_RELEASE);
+}
+
+/* Every cause but a wake calls this before it dispatches a record it holds:
+ * 1 when the cause may dispatch, 0 when a wake already won the park (the
+ * wake message dispatches it). Records parked unarmed always pass. */
+static int claim(apx_park *p)
+{
+    unsigned w = WK_SUBMITTED;
+
+    if (__atomic_compare_exchange_n(&p->wake, &w, WK_CLAIMED, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return 1;
+    return w != WK_WOKEN;
 }
 
 /* ------------------------------------------------------------------ lists */
@@ -450,14 +517,51 @@ static void del_fds(apx_engine *e, apx_park *p, int upto)
     }
 }
 
-/* PARKED -> READY: out of epoll and the timeout queue, onto the batch. */
-static void take_off(apx_engine *e, apx_park *p, park_list *batch)
+/* Out of epoll and the timeout queue; p was PARKED. */
+static void detach(apx_engine *e, apx_park *p)
 {
     del_fds(e, p, 2);
     apx_tq_remove(&p->tq);
-    set_state(p, ST_READY);
     e->nparked--;
+}
+
+/* PARKED -> READY: out of epoll and the timeout queue, onto the batch.
+ * Returns 0 when a wake won the park: then PARKED -> DETACHED, and the
+ * caller adds no reason of its own. */
+static int take_off(apx_engine *e, apx_park *p, park_list *batch)
+{
+    detach(e, p);
+    if (!claim(p)) {
+        set_state(p, ST_DETACHED);
+        return 0;
+    }
+    set_state(p, ST_READY);
     list_push(batch, p);
+    return 1;
+}
+
+/* The wake messages of one take: PARKED or DETACHED -> READY, with WAKE. */
+static void wake_records(apx_engine *e, apx_park *w, park_list *batch)
+{
+    apx_park *next;
+
+    for (; w; w = next) {
+        next = w->wnext;
+        w->wnext = NULL;
+        if (get_state(w) == ST_PARKED)
+            detach(e, w);
+#ifdef APX_DEBUG
+        else if (get_state(w) != ST_DETACHED) {
+            apx_log(APX_LOG_CRIT, 0, "APX00307: wake message for record %p "
+                    "in state %u", (void *)w, get_state(w));
+            abort();
+        }
+#endif
+        w->why |= APX_EV_WAKE;
+        set_state(w, ST_READY);
+        list_push(batch, w);
+        ATOMIC_INC64(&e->wakes_total);
+    }
 }
 
 static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
@@ -472,6 +576,12 @@ static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
     p->parked_at = wall;
     apx_tq_link_init(&p->tq);
 
+    if (get_wake(p) == WK_WOKEN) {
+        /* woken since its submit: its message is on the list taken with
+         * it or on the next; registering it would only be undone */
+        set_state(p, ST_DETACHED);
+        return;
+    }
     if ((p->flags & APX_PARK_IDLE) && e->stopping_swept) {
         p->why = APX_EV_SHUTDOWN;
         goto ready;
@@ -511,6 +621,13 @@ static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
     return;
 
 ready:
+    if (!claim(p)) {
+        /* woken between the take and here: no fd is left registered; the
+         * wake message dispatches it, with a refused fd's ERR in got[] */
+        p->why = 0;
+        set_state(p, ST_DETACHED);
+        return;
+    }
     set_state(p, ST_READY);
     list_push(batch, p);
 }
@@ -526,9 +643,10 @@ static void expire_one(apx_tq_link *l, void *baton)
     apx_park *p = APX_CONTAINER_OF(l, apx_park, tq);
 
     /* already unlinked from the queue by apx_tq_set_expire() */
-    p->why |= APX_EV_TIMEOUT;
-    take_off(x->e, p, x->batch);
-    ATOMIC_INC64(&x->e->timeouts_total);
+    if (take_off(x->e, p, x->batch)) {
+        p->why |= APX_EV_TIMEOUT;
+        ATOMIC_INC64(&x->e->timeouts_total);
+    }
 }
 
 /* Child stopping: every parked idle record goes now. */
@@ -540,10 +658,8 @@ static void sweep_idle_queue(apx_engine *e, apx_tq *q, park_list *batch)
     for (l = q->head.next; l != &q->head; l = next) {
         next = l->next;
         p = APX_CONTAINER_OF(l, apx_park, tq);
-        if (p->flags & APX_PARK_IDLE) {
+        if ((p->flags & APX_PARK_IDLE) && take_off(e, p, batch))
             p->why |= APX_EV_SHUTDOWN;
-            take_off(e, p, batch);
-        }
     }
 }
 
@@ -581,7 +697,7 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
 {
     apx_engine *e = ((engine_thread *)data)->e;
     park_list batch, in;
-    apx_park *p;
+    apx_park *p, *woken;
     apr_time_t now, wall;
     uintptr_t tag;
     uint64_t counter;
@@ -612,7 +728,8 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
             if (get_state(p) == ST_PARKED)
                 take_off(e, p, &batch);
 #ifdef APX_DEBUG
-            else if (get_state(p) != ST_READY) {
+            else if (get_state(p) != ST_READY
+                     && get_state(p) != ST_DETACHED) {
                 /* an event for a record that is not ours: a broken
                  * invariant (an fd left in epoll past its dispatch) */
                 apx_log(APX_LOG_CRIT, 0, "APX00306: event for record %p in "
@@ -624,10 +741,14 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
         }
 
         /* Taken every pass, woken or not: one uncontended lock, and a
-         * submitter that saw a non-empty list did not write the eventfd. */
+         * submitter that saw a non-empty list did not write the eventfd.
+         * The woken list is taken with the intake: each record on it was
+         * pushed onto the intake earlier, so it is in `in` or already ours. */
         pthread_mutex_lock(&e->in_mtx);
         in = e->intake;
         list_init(&e->intake);
+        woken = e->woken;
+        e->woken = e->woken_tail = NULL;
         stop = e->stop_poller;
         pthread_mutex_unlock(&e->in_mtx);
 
@@ -643,6 +764,8 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
             while ((p = list_pop(&in)) != NULL)
                 arm(e, p, now, wall, &batch);
         }
+        /* after arming: every record on it is now PARKED or DETACHED */
+        wake_records(e, woken, &batch);
 
         x.e = e;
         x.batch = &batch;
@@ -678,6 +801,11 @@ void apx_park_init(apx_park *p, apx_park_fn dispatch, void *baton)
     p->baton = baton;
     apx_tq_link_init(&p->tq);
     set_state(p, ST_OWNED);
+}
+
+void apx_park_arm_wake(apx_park *p)
+{
+    set_wake(p, WK_ARMED);
 }
 
 apr_status_t apx_engine_create(apx_engine **pe, const apx_engine_conf *conf,
@@ -817,21 +945,26 @@ int apx_engine_is_stopping(const apx_engine *e)
     return __atomic_load_n(&e->stopping, __ATOMIC_ACQUIRE);
 }
 
+/* Empties q onto out, leaving out the woken records: destroy takes those
+ * from the woken list. */
 static void abandon_queue(apx_tq *q, park_list *out)
 {
     apx_tq_link *l;
+    apx_park *p;
 
     while ((l = q->head.next) != &q->head) {
         apx_tq_remove(l);
-        list_push(out, APX_CONTAINER_OF(l, apx_park, tq));
+        p = APX_CONTAINER_OF(l, apx_park, tq);
+        if (get_wake(p) != WK_WOKEN)
+            list_push(out, p);
     }
 }
 
 void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned)
 {
-    park_list left;
+    park_list left, in;
     engine_thread *reap;
-    apx_park *p, *next;
+    apx_park *p, *next, *woken;
     apx_tq *q;
 
     if (!e)
@@ -869,15 +1002,30 @@ void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned)
     e->wq_gone = 1;
     pthread_mutex_unlock(&e->wq_mtx);
 
-    /* 3. No engine thread runs any more. */
+    /* 3. No engine thread runs any more. From in_gone on no wake wins, so
+     * every woken record not yet dispatched is on `woken` (its waker pushed
+     * it with its CAS); it may also still sit on the intake or a timeout
+     * queue, or be DETACHED: it is abandoned from `woken` alone. */
     pthread_mutex_lock(&e->in_mtx);
     e->in_gone = 1;
-    list_init(&left);
-    list_splice(&left, &e->intake);
+    in = e->intake;
+    list_init(&e->intake);
+    woken = e->woken;
+    e->woken = e->woken_tail = NULL;
     pthread_mutex_unlock(&e->in_mtx);
+    list_init(&left);
+    while ((p = list_pop(&in)) != NULL) {
+        if (get_wake(p) != WK_WOKEN)
+            list_push(&left, p);
+    }
     for (q = apx_tq_set_first(e->tqs); q; q = q->next_in_set)
         abandon_queue(q, &left);
     abandon_queue(&e->untimed, &left);
+    for (p = woken; p; p = next) {
+        next = p->wnext;
+        p->wnext = NULL;
+        list_push(&left, p);
+    }
     list_splice(&left, &e->wq);
     close(e->epfd);
     close(e->evfd);
@@ -908,8 +1056,44 @@ static int fd_is_valid(int fd)
     return fd >= 0 && fcntl(fd, F_GETFD) != -1;
 }
 
+/* OWNED -> QUEUED for apx_run_submit() (why RUN) and for a record woken
+ * before its submit (why WAKE). */
+static apr_status_t queue_one(apx_engine *e, apx_park *p, unsigned why)
+{
+    park_list one;
+    int spawn;
+
+    p->got[0] = p->got[1] = 0;
+    p->why = why;
+    p->parked_at = apr_time_now();
+    set_state(p, ST_QUEUED);
+    list_init(&one);
+    list_push(&one, p);
+    pthread_mutex_lock(&e->wq_mtx);
+    spawn = enqueue_locked(e, &one, 1);
+    if (spawn >= 0) {
+        if (why == APX_EV_RUN) {
+            ATOMIC_INC64(&e->runs_total);
+        }
+        else {
+            ATOMIC_INC64(&e->parks_total);
+            ATOMIC_INC64(&e->wakes_total);
+        }
+    }
+    pthread_mutex_unlock(&e->wq_mtx);
+    if (spawn < 0) {
+        set_state(p, ST_OWNED);
+        return APR_EINVAL;
+    }
+    if (spawn > 0)
+        start_workers(e, (unsigned)spawn);
+    return APR_SUCCESS;
+}
+
 apr_status_t apx_park_submit(apx_engine *e, apx_park *p)
 {
+    apr_status_t rv;
+    unsigned w;
     int was_empty;
 
     if (!p->dispatch || get_state(p) != ST_OWNED
@@ -923,6 +1107,20 @@ apr_status_t apx_park_submit(apx_engine *e, apx_park *p)
         set_state(p, ST_OWNED);
         return APR_EINVAL;
     }
+    /* Wakers move the word under in_mtx too: ARMED -> SUBMITTED goes with
+     * the intake push, so a wake message never precedes its record. A word
+     * left over from an earlier park (WOKEN, CLAIMED) must not make this
+     * unarmed park look woken: it becomes NONE. */
+    w = get_wake(p);
+    if (w == WK_WOKEN_EARLY) {
+        set_wake(p, WK_WOKEN);
+        pthread_mutex_unlock(&e->in_mtx);
+        rv = queue_one(e, p, APX_EV_WAKE);
+        if (rv != APR_SUCCESS)
+            set_wake(p, WK_WOKEN_EARLY);    /* the owner's again, still woken */
+        return rv;
+    }
+    set_wake(p, w == WK_ARMED ? WK_SUBMITTED : WK_NONE);
     was_empty = e->intake.head == NULL;
     list_push(&e->intake, p);
     ATOMIC_INC64(&e->parks_total);
@@ -936,29 +1134,54 @@ apr_status_t apx_park_submit(apx_engine *e, apx_park *p)
 
 apr_status_t apx_run_submit(apx_engine *e, apx_park *p)
 {
-    park_list one;
-    int spawn;
-
     if (!p->dispatch || get_state(p) != ST_OWNED)
         return APR_EINVAL;
-    p->got[0] = p->got[1] = 0;
-    p->why = APX_EV_RUN;
-    p->parked_at = apr_time_now();
-    set_state(p, ST_QUEUED);
-    list_init(&one);
-    list_push(&one, p);
-    pthread_mutex_lock(&e->wq_mtx);
-    spawn = enqueue_locked(e, &one, 1);
-    if (spawn >= 0)
-        ATOMIC_INC64(&e->runs_total);
-    pthread_mutex_unlock(&e->wq_mtx);
-    if (spawn < 0) {
-        set_state(p, ST_OWNED);
-        return APR_EINVAL;
+    return queue_one(e, p, APX_EV_RUN);
+}
+
+int apx_park_wake(apx_engine *e, apx_park *p)
+{
+    unsigned w, to = WK_NONE;
+    int won = 0;
+
+    pthread_mutex_lock(&e->in_mtx);
+    if (!e->in_gone) {
+        w = get_wake(p);
+        for (;;) {
+            if (w == WK_ARMED)
+                to = WK_WOKEN_EARLY;
+            else if (w == WK_SUBMITTED)
+                to = WK_WOKEN;
+            else
+                break;
+            /* fails only against the poller's SUBMITTED -> CLAIMED (or an
+             * owner re-arming a record it left enlisted): look again */
+            if (__atomic_compare_exchange_n(&p->wake, &w, to, 0,
+                                            __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                won = 1;
+                break;
+            }
+        }
+        if (won && to == WK_WOKEN) {
+            /* In the CAS's critical section: destroy and the poller see the
+             * record on the list whenever they see WOKEN. The eventfd is
+             * written here too, before destroy can close it; only the
+             * waker that found the list empty writes it (the poller takes
+             * the whole list every pass). */
+            p->wnext = NULL;
+            if (e->woken_tail) {
+                e->woken_tail->wnext = p;
+            }
+            else {
+                e->woken = p;
+                wake_poller(e);
+            }
+            e->woken_tail = p;
+        }
     }
-    if (spawn > 0)
-        start_workers(e, (unsigned)spawn);
-    return APR_SUCCESS;
+    pthread_mutex_unlock(&e->in_mtx);
+    return won;
 }
 
 void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st)
@@ -973,6 +1196,7 @@ void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st)
     st->dispatched_total = __atomic_load_n(&e->dispatched_total, __ATOMIC_RELAXED);
     st->timeouts_total = __atomic_load_n(&e->timeouts_total, __ATOMIC_RELAXED);
     st->runs_total = __atomic_load_n(&e->runs_total, __ATOMIC_RELAXED);
+    st->wakes_total = __atomic_load_n(&e->wakes_total, __ATOMIC_RELAXED);
 }
 
 apr_thread_t *apx_engine_current_thread(void)

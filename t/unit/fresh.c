@@ -647,8 +647,28 @@ static void test_store_stale_windows(void)
     is_int(t.sie, SEC(DMAX), "huge sie clamped");
     store_cc(200, "max-age=60, max-stale=100, min-fresh=5", &no_default, &t);
     ok(t.swr == 0 && t.sie == 0, "request-only directives in a response: no effect");
+    /* stale on arrival, but a stale window makes it worth storing */
     is_int(store_cc(200, "max-age=0, stale-while-revalidate=60", &no_default, &t),
-           APX_STORE_EXPIRED, "stale on arrival even with swr");
+           APX_STORE_OK, "stale on arrival with swr: stored");
+    is_int(apx_fresh_state(&t, t.response_time), APX_STALE_REVALIDATE,
+           "... and served stale while revalidating at once");
+    is_int(store_cc(200, "max-age=0, stale-if-error=60", &no_default, &t),
+           APX_STORE_OK, "stale on arrival with sie: stored");
+    is_int(store_cc(200, "max-age=0, must-revalidate, stale-while-revalidate=60",
+                    &no_default, &t),
+           APX_STORE_EXPIRED, "stale on arrival, must-revalidate: expired");
+    is_int(store_cc(200, "max-age=0", &no_default, &t),
+           APX_STORE_EXPIRED, "stale on arrival without a window: expired");
+    {
+        apx_fresh_req rq2;
+        apx_fresh_resp rs2;
+
+        req_init(&rq2);
+        resp_init(&rs2, 200, "max-age=1, stale-while-revalidate=2");
+        rs2.age = 5;
+        is_int(apx_fresh_storable(&rq2, &rs2, &no_default, &t),
+               APX_STORE_EXPIRED, "age beyond max-age + swr: expired");
+    }
 }
 
 static void test_state(void)

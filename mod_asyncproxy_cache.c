@@ -1,0 +1,1404 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* mod_asyncproxy_cache.c — the response cache (AsyncProxyCache): an
+ * in-memory store per child on the engine's cache core, following RFC
+ * 9111's rules for a shared cache (poller/fresh.c).
+ *
+ * The request path (apx_hc_run(), inside the proxy coroutine):
+ *   lookup   key = virtual host + Host + backend URL (+ the request's
+ *            values of the fields a stored Vary names);
+ *   HIT      served from memory: the body goes out by reference (a bucket
+ *            holding a reference on the object), sliced and paced by the
+ *            client like any proxied body; 304 for a matching conditional;
+ *   WAIT     another request is fetching the key: this one *parks* on the
+ *            pending object (no thread, no polling interval) and is woken
+ *            when the fetch ends, then looks up again — a hit, or it goes
+ *            to the backend itself when the fetch failed or was not
+ *            storable; bounded by AsyncProxyCacheWait;
+ *   FILL     the first miss: fetch (conditionals, Range and, when this
+ *            cache compresses, Accept-Encoding are not forwarded), read the
+ *            whole body into memory (up to AsyncProxyCacheMaxObject),
+ *            store it once — gzip-compressed when that is smaller — wake the
+ *            waiters, then serve this request from the stored object;
+ *   STALE    within stale-while-revalidate: served at once; the first such
+ *            request refreshes the object after its own response went out.
+ *            Within stale-if-error: served when the refresh fails.
+ *   PASS     a key known not to be storable (a "pass" marker, kept
+ *            PASS_TTL): fetched without coalescing, stored if it has
+ *            become storable;
+ *   BYPASS   not cacheable at all: the plain proxy path.
+ *
+ * Threads: the store is shared by every thread of the child (the core's
+ * rwlock; refcounts are atomic). A pending object's waiter list is guarded
+ * by its mutex: the fetcher wakes the waiters under it, and a waiter,
+ * resumed for whatever reason, delists itself under it before it goes on —
+ * so the fetcher never touches a waiter that may be gone.
+ * Invariants:
+ *   - An object is never freed while a response is written from it: the
+ *     request holds a reference until r->pool goes, and each body bucket
+ *     holds its own.
+ *   - Nothing of an object changes once it is published; a refresh
+ *     publishes a new object.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "apr_buckets.h"
+#include "apr_date.h"
+#include "apr_lib.h"
+#include "apr_strings.h"
+
+#include "apx_cache.h"
+#include "apx_fresh.h"
+#include "apx_gz.h"
+#include "mod_asyncproxy_proxy.h"
+
+APLOG_USE_MODULE(asyncproxy);
+extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
+
+/* How long a key that gave an unstorable response is fetched without
+ * coalescing (as Varnish's hit-for-miss): waiting on a fetch that will
+ * not be shared only adds its latency to everyone's. */
+#define PASS_TTL        apr_time_from_sec(10)
+/* zlib level of the one compressed copy: 6 is within a few percent of 9's
+ * size at a third of its time. */
+#define GZIP_LEVEL      6
+/* Bodies shorter than this are stored as they came. */
+#define GZIP_MIN        256
+/* Hits go out in slices of this, each taken by the client before the next
+ * (half the core output filter's 64 KiB blocking threshold). */
+#define SERVE_SLICE     (32 * 1024)
+/* Lookups per request: marker -> variant, then again after a wait. */
+#define MAX_ROUNDS      4
+#define VARY_KEY_MIN    256
+
+#define HDR_LABEL       "X-AsyncProxy-Cache"
+
+enum { OBJ_PENDING = 1, OBJ_READY, OBJ_VARY, OBJ_PASS };
+
+enum {
+    ROLE_HIT = 1,
+    ROLE_STALE,         /* within stale-while-revalidate */
+    ROLE_WAIT,
+    ROLE_FILL,
+    ROLE_PASS,          /* fetch, store when storable, no coalescing */
+    ROLE_FETCH          /* fetch, never store (HEAD miss, fallbacks) */
+};
+
+typedef struct hc_waiter hc_waiter;
+struct hc_waiter {
+    apx_park *p;
+    hc_waiter *next, *prev;
+    int linked;
+};
+
+typedef struct hc_field {
+    const char *name, *value;
+} hc_field;
+
+typedef struct hc_obj {
+    apx_cache_entry ce;
+    int kind;                       /* OBJ_* */
+
+    /* OBJ_PENDING */
+    pthread_mutex_t mtx;
+    hc_waiter *waiters;
+    int done;                       /* fetch ended: waiters look again */
+    int stored;                     /* ... and stored something: else the
+                                     * waiters go to the backend themselves */
+    volatile apr_uint32_t claimed;  /* one request fetches */
+
+    /* OBJ_VARY: the field names of the variants' Vary */
+    const char *vary;
+    int skip_ae;                    /* Accept-Encoding is ours, not a key */
+
+    /* OBJ_READY */
+    int status;
+    const char *status_line;
+    hc_field *fields;
+    unsigned nfields;
+    const char *ctype;
+    const char *etag, *etag_gz;
+    apr_time_t last_modified;
+    apx_fresh_times ft;
+    char *body;                     /* malloc()ed */
+    apr_size_t body_len;            /* as stored */
+    apr_size_t plain_len;           /* decompressed, when gz */
+    int gz;                         /* body is our gzip copy */
+    volatile apr_uint32_t refreshing;
+} hc_obj;
+
+#define OBJ(e) APX_CONTAINER_OF((e), hc_obj, ce)
+
+/* The cache's part of one request (r->pool). */
+struct apx_hc {
+    proxy_ctx *px;
+    request_rec *r;
+    apx_cache_set set;              /* effective settings */
+    const char *key;                /* primary key */
+    apr_size_t klen;
+    const char *vkey;               /* variant key, when a marker said so */
+    apr_size_t vklen;
+    const char *vary_names;         /* the marker's Vary, if any */
+    int skip_ae;
+    int accept_gz;                  /* the client takes gzip */
+    int strip;                      /* fetch for the store: see skip */
+    hc_obj *obj;                    /* referenced: what we serve */
+    hc_obj *stale;                  /* referenced: stale-if-error fallback */
+    hc_obj *pending;                /* referenced: filled or waited on */
+    hc_waiter waiter;
+    const char *label;
+    const char *reason;             /* why not stored */
+    /* the body being captured */
+    char *cap;
+    apr_size_t cap_len, cap_size;
+};
+
+static apx_cache *store;
+
+/* ------------------------------------------------------------------ */
+/* configuration                                                        */
+
+void apx_hc_set_init(apx_cache_set *cs)
+{
+    cs->on = -1;
+    cs->gzip = -1;
+    cs->ttl = -1;
+}
+
+void apx_hc_set_merge(apx_cache_set *to, const apx_cache_set *base,
+                      const apx_cache_set *add)
+{
+    to->on = add->on != -1 ? add->on : base->on;
+    to->gzip = add->gzip != -1 ? add->gzip : base->gzip;
+    to->ttl = add->ttl != -1 ? add->ttl : base->ttl;
+}
+
+static apx_cache_set *scope_set(cmd_parms *cmd, void *dconf)
+{
+    apx_srv_conf *sc;
+
+    if (cmd->path)
+        return &((apx_dir_conf *)dconf)->cache;
+    sc = ap_get_module_config(cmd->server->module_config, &asyncproxy_module);
+    return &sc->cache;
+}
+
+const char *apx_hc_cmd_flag(cmd_parms *cmd, void *dconf, int on)
+{
+    apx_cache_set *cs = scope_set(cmd, dconf);
+
+    if (!strcasecmp(cmd->cmd->name, "AsyncProxyCache")) {
+        cs->on = on;
+        if (on)
+            apx_gconf.cache_used = 1;
+    }
+    else {
+        cs->gzip = on;
+    }
+    return NULL;
+}
+
+const char *apx_hc_cmd_take1(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    const char *name = cmd->cmd->name, *err;
+
+    if (!strcasecmp(name, "AsyncProxyCacheTTL")) {
+        apx_cache_set *cs = scope_set(cmd, dconf);
+
+        if (!strcasecmp(arg, "off")) {
+            cs->ttl = 0;
+            return NULL;
+        }
+        return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
+                                  apr_time_from_sec(365 * 86400), &cs->ttl);
+    }
+    if ((err = ap_check_cmd_context(cmd, GLOBAL_ONLY)))
+        return apr_psprintf(cmd->pool, "%s: the cache is one per child "
+                            "process, so it is set in the main server "
+                            "config only (%s)", name, err);
+    if (!strcasecmp(name, "AsyncProxyCacheSize"))
+        return apx_parse_size(cmd, arg, 0, (apr_size_t)1 << 40,
+                              &apx_gconf.cache_size);
+    if (!strcasecmp(name, "AsyncProxyCacheMaxObject"))
+        return apx_parse_size(cmd, arg, 1, (apr_size_t)1 << 32,
+                              &apx_gconf.cache_max_object);
+    return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
+                              apr_time_from_sec(3600), &apx_gconf.cache_wait);
+}
+
+/* ------------------------------------------------------------------ */
+/* the store                                                            */
+
+static hc_obj *obj_alloc(int kind)
+{
+    hc_obj *o = calloc(1, sizeof(*o));
+
+    if (!o)
+        return NULL;
+    o->kind = kind;
+    o->ce.size = sizeof(*o);
+    if (kind == OBJ_PENDING && pthread_mutex_init(&o->mtx, NULL) != 0) {
+        free(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* The core creates an entry on a miss: a pending object, whose expiry
+ * (the core's default TTL, AsyncProxyCacheWait) bounds how long later
+ * requests wait on it. */
+static apx_cache_entry *create_pending(const void *key, size_t klen,
+                                       void *baton)
+{
+    hc_obj *o = obj_alloc(OBJ_PENDING);
+
+    return o ? &o->ce : NULL;
+}
+
+static void destroy_obj(apx_cache_entry *e, void *baton)
+{
+    hc_obj *o = OBJ(e);
+
+    if (o->kind == OBJ_PENDING)
+        pthread_mutex_destroy(&o->mtx);
+    free(o->body);
+    free(o);
+}
+
+void apx_hc_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    apx_cache_conf cc;
+    apr_status_t rv;
+
+    if (!apx_gconf.cache_used || !apx_gconf.cache_size || store)
+        return;
+    memset(&cc, 0, sizeof(cc));
+    cc.create = create_pending;
+    cc.destroy = destroy_obj;
+    cc.budget = apx_gconf.cache_size;
+    cc.ttl = apx_gconf.cache_wait;
+    cc.buckets = 4096;
+    /* Never destroyed: body buckets may release their reference while
+     * the process exits; the memory goes with it. */
+    rv = apx_cache_create(&store, &cc);
+    if (rv != APR_SUCCESS) {
+        store = NULL;
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, APXLOGNO(00015)
+                     "cannot create the response cache; responses are "
+                     "proxied without it");
+    }
+}
+
+void apx_hc_figures(apr_uint64_t *entries, apr_uint64_t *bytes,
+                    apr_uint64_t *evictions)
+{
+    apx_cache_stats st;
+
+    *entries = *bytes = *evictions = 0;
+    if (!store)
+        return;
+    apx_cache_stats_get(store, &st);
+    *entries = st.entries;
+    *bytes = st.bytes;
+    *evictions = st.evictions;
+}
+
+static apr_status_t unref_cleanup(void *data)
+{
+    apx_cache_unref(store, data);
+    return APR_SUCCESS;
+}
+
+/* Keeps o alive until r->pool goes (its strings are in r's tables). */
+static void hold_for_request(request_rec *r, hc_obj *o)
+{
+    apx_cache_ref(&o->ce);
+    apr_pool_cleanup_register(r->pool, &o->ce, unref_cleanup,
+                              apr_pool_cleanup_null);
+}
+
+static void drop(hc_obj **po)
+{
+    if (*po) {
+        apx_cache_unref(store, &(*po)->ce);
+        *po = NULL;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* a body bucket that holds a reference on its object                   */
+
+typedef struct hc_bucket {
+    apr_bucket_refcount refcount;
+    hc_obj *o;
+} hc_bucket;
+
+static apr_status_t hcb_read(apr_bucket *b, const char **str,
+                             apr_size_t *len, apr_read_type_e block)
+{
+    hc_bucket *h = b->data;
+
+    *str = h->o->body + b->start;
+    *len = b->length;
+    return APR_SUCCESS;
+}
+
+static void hcb_destroy(void *data)
+{
+    hc_bucket *h = data;
+
+    if (apr_bucket_shared_destroy(h)) {
+        apx_cache_unref(store, &h->o->ce);
+        apr_bucket_free(h);
+    }
+}
+
+static const apr_bucket_type_t hc_bucket_type = {
+    "ASYNCPROXY-CACHE", 5, APR_BUCKET_DATA,
+    hcb_destroy,
+    hcb_read,
+    apr_bucket_setaside_noop,   /* the object outlives the bucket */
+    apr_bucket_shared_split,
+    apr_bucket_shared_copy
+};
+
+static apr_bucket *hcb_create(hc_obj *o, apr_size_t off, apr_size_t len,
+                              apr_bucket_alloc_t *list)
+{
+    apr_bucket *b = apr_bucket_alloc(sizeof(*b), list);
+    hc_bucket *h = apr_bucket_alloc(sizeof(*h), list);
+
+    APR_BUCKET_INIT(b);
+    b->free = apr_bucket_free;
+    b->list = list;
+    h->o = o;
+    apx_cache_ref(&o->ce);
+    b = apr_bucket_shared_make(b, h, off, len);
+    b->type = &hc_bucket_type;
+    return b;
+}
+
+/* ------------------------------------------------------------------ */
+/* the request's part                                                   */
+
+static void set_label(apx_hc *hc, const char *label)
+{
+    request_rec *r = hc->r;
+    apx_counters *n = &apx_ch->n;
+
+    hc->label = label;
+    apr_table_setn(r->err_headers_out, HDR_LABEL, label);
+    apr_table_setn(r->notes, "asyncproxy-cache", label);
+    if (hc->reason)
+        apr_table_setn(r->notes, "asyncproxy-cache-reason", hc->reason);
+    if (!strcmp(label, "HIT"))
+        apr_atomic_inc32(&n->cache_hits);
+    else if (!strcmp(label, "MISS"))
+        apr_atomic_inc32(&n->cache_misses);
+    else if (!strcmp(label, "STALE"))
+        apr_atomic_inc32(&n->cache_stale);
+    else
+        apr_atomic_inc32(&n->cache_bypass);
+}
+
+static const char *vary_get(void *baton, const char *name)
+{
+    return apr_table_get(((request_rec *)baton)->headers_in, name);
+}
+
+/* key + "\n" + the request's values of the marker's Vary fields. */
+static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae)
+{
+    static const char *const ae[] = { "accept-encoding", NULL };
+    request_rec *r = hc->r;
+    apr_size_t cap = VARY_KEY_MIN, need;
+    char *buf;
+
+    for (;;) {
+        buf = apr_palloc(r->pool, hc->klen + 1 + cap);
+        memcpy(buf, hc->key, hc->klen);
+        buf[hc->klen] = '\n';
+        need = apx_fresh_vary_key(vary, skip_ae ? ae : NULL, vary_get, r,
+                                  buf + hc->klen + 1, cap);
+        if (need == (apr_size_t)-1)
+            return 0;
+        if (need < cap)
+            break;
+        cap = need + 1;
+    }
+    hc->vkey = buf;
+    hc->vklen = hc->klen + 1 + need;
+    return 1;
+}
+
+static int method_is(const request_rec *r, int m)
+{
+    return r->method_number == m;
+}
+
+apx_hc *apx_hc_create(proxy_ctx *px)
+{
+    request_rec *r = px->r;
+    const apx_mapping *m = px->rq->map;
+    const apx_dir_conf *dc = ap_get_module_config(r->per_dir_config,
+                                                  &asyncproxy_module);
+    const apx_srv_conf *sc = px->rq->sconf;
+    apx_cache_set set;
+    const char *v;
+    apx_hc *hc;
+    apx_cc cc;
+
+    apx_hc_set_init(&set);
+    if (dc)
+        apx_hc_set_merge(&set, &sc->cache, &dc->cache);
+    else
+        set = sc->cache;
+    if (m->cache != -1)
+        set.on = m->cache;
+    if (set.on != 1 || !store || !apx_ch)
+        return NULL;
+
+    hc = apr_pcalloc(r->pool, sizeof(*hc));
+    hc->px = px;
+    hc->r = r;
+    hc->set = set;
+    if (hc->set.gzip == -1)
+        hc->set.gzip = 1;
+    if (hc->set.ttl == -1)
+        hc->set.ttl = 0;
+    if (!method_is(r, M_GET)) {
+        /* (HEAD is M_GET with header_only) */
+        hc->reason = "method";
+        set_label(hc, "BYPASS");
+        return NULL;
+    }
+    apx_cc_init(&cc);
+    v = apr_table_get(r->headers_in, "Cache-Control");
+    if (v)
+        apx_cc_parse(&cc, v, strlen(v));
+    if (cc.flags & APX_CC_NO_STORE) {
+        hc->reason = "request-no-store";
+        set_label(hc, "BYPASS");
+        return NULL;
+    }
+    hc->key = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s",
+                           r->server->defn_name ? r->server->defn_name : "",
+                           r->server->defn_line_number, ap_http_scheme(r),
+                           r->hostname ? r->hostname : "",
+                           px->be->hostport, px->target);
+    hc->klen = strlen(hc->key);
+    hc->accept_gz = apx_gz_accepts(apr_table_get(r->headers_in,
+                                                 "Accept-Encoding"));
+    return hc;
+}
+
+int apx_hc_skip_request_field(const apx_hc *hc, const char *name)
+{
+    static const char *const fill[] = {
+        "If-None-Match", "If-Modified-Since", "If-Match",
+        "If-Unmodified-Since", "If-Range", "Range", NULL
+    };
+    int i;
+
+    if (!hc->strip)
+        return 0;
+    for (i = 0; fill[i]; i++)
+        if (!strcasecmp(name, fill[i]))
+            return 1;
+    return hc->set.gzip && !strcasecmp(name, "Accept-Encoding");
+}
+
+/* ------------------------------------------------------------------ */
+/* lookup                                                               */
+
+/* Replaces an unusable object under key with a pending one we fill. */
+static int claim_fresh_pending(apx_hc *hc, const char *key, apr_size_t klen,
+                               apr_time_t now)
+{
+    hc_obj *p = obj_alloc(OBJ_PENDING);
+
+    if (!p)
+        return ROLE_FETCH;
+    p->ce.refs = 1;
+    p->claimed = 1;
+    if (apx_cache_put(store, &p->ce, key, klen, now, 0) != APR_SUCCESS) {
+        apx_cache_unref(store, &p->ce);
+        return ROLE_FETCH;
+    }
+    hc->pending = p;
+    return ROLE_FILL;
+}
+
+static int lookup(apx_hc *hc, apr_time_t now)
+{
+    request_rec *r = hc->r;
+    const char *key = hc->key;
+    apr_size_t klen = hc->klen;
+    apx_cache_entry *e;
+    apr_status_t err;
+    hc_obj *o;
+    int flags = r->header_only ? APX_CACHE_LOOKUP_ONLY : 0;
+
+    hc->vkey = NULL;
+    for (;;) {
+        e = apx_cache_get_ref(store, key, klen, now, flags, &err);
+        if (!e)
+            return r->header_only ? ROLE_FETCH : ROLE_PASS;
+        o = OBJ(e);
+        switch (o->kind) {
+        case OBJ_VARY:
+            if (hc->vkey || !make_variant_key(hc, o->vary, o->skip_ae)) {
+                apx_cache_unref(store, e);
+                return ROLE_FETCH;
+            }
+            hc->vary_names = o->vary;
+            hc->skip_ae = o->skip_ae;
+            apx_cache_unref(store, e);
+            key = hc->vkey;
+            klen = hc->vklen;
+            continue;
+        case OBJ_PASS:
+            apx_cache_unref(store, e);
+            return r->header_only ? ROLE_FETCH : ROLE_PASS;
+        case OBJ_PENDING:
+            hc->pending = o;
+            if (!r->header_only && apr_atomic_cas32(&o->claimed, 1, 0) == 0)
+                return ROLE_FILL;
+            return ROLE_WAIT;
+        default:
+            break;
+        }
+        switch (apx_fresh_state(&o->ft, now)) {
+        case APX_FRESH:
+            hc->obj = o;
+            return ROLE_HIT;
+        case APX_STALE_REVALIDATE:
+            hc->obj = o;
+            return ROLE_STALE;
+        case APX_STALE_IF_ERROR:
+            hc->stale = o;
+            return r->header_only ? ROLE_FETCH : ROLE_PASS;
+        default:
+            apx_cache_unref(store, e);
+            if (r->header_only)
+                return ROLE_FETCH;
+            return claim_fresh_pending(hc, key, klen, now);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* waiting for another request's fetch                                  */
+
+static int enlist(void *baton, apx_park *p)
+{
+    apx_hc *hc = baton;
+    hc_obj *o = hc->pending;
+    hc_waiter *w = &hc->waiter;
+    int ok;
+
+    pthread_mutex_lock(&o->mtx);
+    ok = !o->done;
+    if (ok) {
+        w->p = p;
+        w->prev = NULL;
+        w->next = o->waiters;
+        if (o->waiters)
+            o->waiters->prev = w;
+        o->waiters = w;
+        w->linked = 1;
+    }
+    pthread_mutex_unlock(&o->mtx);
+    return ok;
+}
+
+static void delist(void *arg)
+{
+    apx_hc *hc = arg;
+    hc_obj *o = hc->pending;
+    hc_waiter *w = &hc->waiter;
+
+    pthread_mutex_lock(&o->mtx);
+    if (w->linked) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            o->waiters = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        w->linked = 0;
+    }
+    pthread_mutex_unlock(&o->mtx);
+}
+
+/* The fetch of a pending object ended (stored or not): every waiter is
+ * woken to look again. */
+static void release_pending(apx_hc *hc, int stored)
+{
+    hc_obj *o = hc->pending;
+    hc_waiter *w;
+
+    if (!o)
+        return;
+    apx_cache_remove(store, &o->ce);
+    pthread_mutex_lock(&o->mtx);
+    o->done = 1;
+    o->stored = stored;
+    for (w = o->waiters; w; w = w->next) {
+        w->linked = 0;
+        if (apx_ch && apx_ch->engine)
+            apx_park_wake(apx_ch->engine, w->p);
+    }
+    o->waiters = NULL;
+    pthread_mutex_unlock(&o->mtx);
+    drop(&hc->pending);
+}
+
+static apr_status_t release_pending_cleanup(void *data)
+{
+    release_pending(data, 0);
+    return APR_SUCCESS;
+}
+
+/* Returns 1 when the fetch stored something (look again), 0 when this
+ * request goes to the backend itself (the fetch failed or was not
+ * storable, the wait bound passed, or it cannot park), -1 when the client
+ * left or the child stops (outcome set). */
+static int wait_for_fetch(apx_hc *hc)
+{
+    proxy_ctx *px = hc->px;
+    apx_coro *coro = px->rq->coro;
+    apx_defer *d;
+    unsigned ev;
+    int stored;
+
+    apr_atomic_inc32(&apx_ch->n.cache_coalesced);
+    d = apx_coro_defer(coro, delist, hc);
+    ev = apx_wait_wake(px->rq, enlist, hc,
+                       apr_time_now() + apx_gconf.cache_wait);
+    delist(hc);
+    if (d)
+        apx_coro_defer_disarm(coro, d);
+    stored = hc->pending->stored;   /* set under the mutex delist took */
+    drop(&hc->pending);
+    if (apx_px_wait_interrupted(px, ev))
+        return -1;
+    if (!ev || (ev & APX_EV_TIMEOUT) || !stored)
+        return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* serving a stored object                                              */
+
+static apr_status_t inflater_destroy(void *g)
+{
+    apx_gz_inflater_destroy(g);
+    return APR_SUCCESS;
+}
+
+static int serve_inflated(proxy_ctx *px, hc_obj *o)
+{
+    apx_gz_inflater *g;
+    apr_status_t rv;
+    apr_size_t got;
+    int rc;
+
+    if (apx_gz_inflater_create(&g, o->body, o->body_len) != APR_SUCCESS)
+        return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
+                                     "cache-inflate");
+    /* r->pool goes only after the coroutine, so this covers every exit */
+    apr_pool_cleanup_register(px->r->pool, g, inflater_destroy,
+                              apr_pool_cleanup_null);
+    do {
+        char *buf = malloc(SERVE_SLICE);
+
+        if (!buf)
+            return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
+                                         "cache-inflate");
+        rv = apx_gz_inflater_read(g, buf, SERVE_SLICE, &got);
+        if (rv != APR_SUCCESS && rv != APR_EOF) {
+            free(buf);
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, px->r, APXLOGNO(00123)
+                          "stored gzip copy of %s does not inflate",
+                          px->url);
+            return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
+                                         "cache-inflate");
+        }
+        if (got)
+            APR_BRIGADE_INSERT_TAIL(px->bb,
+                                    apr_bucket_heap_create(buf, got, free,
+                                                           px->c->bucket_alloc));
+        else
+            free(buf);
+        if (rv == APR_EOF)
+            break;
+        if ((rc = apx_px_pass_out(px, 0)) != STEP_OK)
+            return rc;
+    } while (1);
+    return apx_px_pass_out(px, 1);
+}
+
+static int serve_stored(proxy_ctx *px, hc_obj *o)
+{
+    apr_size_t off = 0, n;
+    int rc;
+
+    while (off < o->body_len) {
+        n = o->body_len - off;
+        if (n > SERVE_SLICE)
+            n = SERVE_SLICE;
+        APR_BRIGADE_INSERT_TAIL(px->bb,
+                                hcb_create(o, off, n, px->c->bucket_alloc));
+        off += n;
+        if (off < o->body_len && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
+            return rc;
+    }
+    return apx_px_pass_out(px, 1);
+}
+
+/* Sends o as the response to r. */
+static int serve(apx_hc *hc, hc_obj *o, const char *label)
+{
+    proxy_ctx *px = hc->px;
+    request_rec *r = hc->r;
+    int gz_out = o->gz && hc->accept_gz;
+    const char *etag = gz_out ? o->etag_gz : o->etag;
+    apr_int64_t age;
+    unsigned i;
+
+    hold_for_request(r, o);
+    set_label(hc, label);
+    apx_px_unapply_head(px);
+    px->head_applied = 1;
+    r->status = o->status;
+    r->status_line = o->status_line;
+    r->content_type = NULL;
+    r->content_encoding = NULL;
+    for (i = 0; i < o->nfields; i++)
+        apr_table_addn(r->headers_out, o->fields[i].name, o->fields[i].value);
+    if (o->ctype)
+        ap_set_content_type(r, o->ctype);
+    if (etag)
+        apr_table_setn(r->headers_out, "ETag", etag);
+    if (o->gz) {
+        const char *vary = apr_table_get(r->headers_out, "Vary");
+
+        if (!vary || !ap_find_token(r->pool, vary, "Accept-Encoding"))
+            apr_table_mergen(r->headers_out, "Vary", "Accept-Encoding");
+    }
+    if (gz_out)
+        apr_table_setn(r->headers_out, "Content-Encoding", "gzip");
+    age = apx_fresh_age(&o->ft, apr_time_now());
+    if (age > 0 || strcmp(label, "MISS"))
+        apr_table_setn(r->headers_out, "Age",
+                       apr_psprintf(r->pool, "%" APR_INT64_T_FMT, age));
+
+    if (o->status == HTTP_OK
+        && apx_fresh_not_modified(apr_table_get(r->headers_in,
+                                                "If-None-Match"),
+                                  apr_date_parse_http(
+                                      apr_table_get(r->headers_in,
+                                                    "If-Modified-Since")),
+                                  etag, o->last_modified)) {
+        apr_atomic_inc32(&apx_ch->n.cache_not_modified);
+        r->status = HTTP_NOT_MODIFIED;
+        r->status_line = NULL;
+        return apx_px_pass_out(px, 1);
+    }
+    if (o->status == HTTP_NO_CONTENT || o->status == HTTP_NOT_MODIFIED)
+        return apx_px_pass_out(px, 1);
+    ap_set_content_length(r, (apr_off_t)(o->gz && !gz_out ? o->plain_len
+                                                          : o->body_len));
+    if (r->header_only)
+        return apx_px_pass_out(px, 1);
+    if (o->gz && !gz_out)
+        return serve_inflated(px, o);
+    return serve_stored(px, o);
+}
+
+/* ------------------------------------------------------------------ */
+/* fetching into the store                                              */
+
+/* The first value of a response field, or NULL. */
+static const char *resp_field(proxy_ctx *px, const char *name)
+{
+    const apx_http_resp *h = &px->resp;
+    unsigned i;
+
+    for (i = 0; i < h->nfields; i++)
+        if (apx_http_token_eqs(h->fields[i].name, h->fields[i].name_len,
+                               name))
+            return apr_pstrmemdup(px->r->pool, h->fields[i].value,
+                                  h->fields[i].value_len);
+    return NULL;
+}
+
+/* All values of a list field, joined with ", ". */
+static const char *resp_list(proxy_ctx *px, const char *name)
+{
+    const apx_http_resp *h = &px->resp;
+    const char *all = NULL;
+    unsigned i;
+
+    for (i = 0; i < h->nfields; i++) {
+        const char *v;
+
+        if (!apx_http_token_eqs(h->fields[i].name, h->fields[i].name_len,
+                                name))
+            continue;
+        v = apr_pstrmemdup(px->r->pool, h->fields[i].value,
+                           h->fields[i].value_len);
+        all = all ? apr_pstrcat(px->r->pool, all, ", ", v, NULL) : v;
+    }
+    return all;
+}
+
+/* Whether the head in px->resp may be stored; fills *t when it may. */
+static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
+                  apx_fresh_times *t)
+{
+    proxy_ctx *px = hc->px;
+    request_rec *r = hc->r;
+    apx_fresh_req rq;
+    apx_fresh_resp rs;
+    apx_fresh_policy pol;
+    const char *v;
+    int why;
+
+    memset(&rq, 0, sizeof(rq));
+    memset(&rs, 0, sizeof(rs));
+    memset(&pol, 0, sizeof(pol));
+    rq.method_get = !r->header_only;
+    rq.method_head = r->header_only;
+    rq.authorization = apr_table_get(r->headers_in, "Authorization") != NULL;
+    apx_cc_init(&rq.cc);
+    if ((v = apr_table_get(r->headers_in, "Cache-Control")))
+        apx_cc_parse(&rq.cc, v, strlen(v));
+
+    rs.status = px->resp.status;
+    apx_cc_init(&rs.cc);
+    if ((v = resp_list(px, "Cache-Control")))
+        apx_cc_parse(&rs.cc, v, strlen(v));
+    if ((v = resp_field(px, "Expires"))) {
+        rs.has_expires = 1;
+        rs.expires = apr_date_parse_http(v);
+    }
+    if ((v = resp_field(px, "Date")))
+        rs.date = apr_date_parse_http(v);
+    if ((v = resp_field(px, "Last-Modified")))
+        rs.last_modified = apr_date_parse_http(v);
+    rs.age = -1;
+    if ((v = resp_field(px, "Age"))) {
+        apr_int64_t a;
+        char *end;
+
+        a = apr_strtoi64(v, &end, 10);
+        if (end != v && !*end && a >= 0)
+            rs.age = a;
+    }
+    rs.has_etag = resp_field(px, "ETag") != NULL;
+    rs.set_cookie = resp_field(px, "Set-Cookie") != NULL;
+    if ((v = resp_list(px, "Vary"))) {
+        const char *s = v;
+        char *tok;
+
+        while ((tok = ap_get_list_item(r->pool, &s)) != NULL)
+            if (!strcmp(tok, "*"))
+                rs.vary_star = 1;
+    }
+    if ((v = resp_field(px, "Pragma")) && ap_find_token(r->pool, v,
+                                                        "no-cache"))
+        rs.pragma_no_cache = 1;
+    rs.request_time = req_time;
+    rs.response_time = resp_time;
+    pol.default_ttl = hc->set.ttl > 0 ? hc->set.ttl : 0;
+
+    why = apx_fresh_storable(&rq, &rs, &pol, t);
+    if (why == APX_STORE_OK && px->resp.content_length >= 0
+        && (apr_uint64_t)px->resp.content_length
+           > (apr_uint64_t)apx_gconf.cache_max_object)
+        hc->reason = "too-large";
+    else if (why != APX_STORE_OK)
+        hc->reason = apx_fresh_reason(why);
+    return why == APX_STORE_OK && !hc->reason;
+}
+
+enum { CAP_DONE = 10, CAP_TOO_BIG };
+
+static int cap_append(apx_hc *hc, apr_bucket_brigade *bb)
+{
+    apr_off_t len = 0;
+    apr_size_t n;
+
+    apr_brigade_length(bb, 1, &len);
+    if (!len)
+        return STEP_OK;
+    if (hc->cap_len + (apr_size_t)len > apx_gconf.cache_max_object)
+        return CAP_TOO_BIG;
+    if (hc->cap_len + (apr_size_t)len > hc->cap_size) {
+        apr_int64_t cl = hc->px->resp.content_length;
+        /* a known length is allocated once */
+        apr_size_t size = hc->cap_size ? hc->cap_size * 2
+                          : cl > 0 ? (apr_size_t)cl : 16 * 1024;
+        char *nb;
+
+        while (size < hc->cap_len + (apr_size_t)len)
+            size *= 2;
+        if (size > apx_gconf.cache_max_object)
+            size = apx_gconf.cache_max_object;
+        nb = realloc(hc->cap, size);
+        if (!nb)
+            return CAP_TOO_BIG;
+        hc->cap = nb;
+        hc->cap_size = size;
+    }
+    n = (apr_size_t)len;
+    apr_brigade_flatten(bb, hc->cap + hc->cap_len, &n);
+    hc->cap_len += n;
+    apr_brigade_cleanup(bb);
+    return STEP_OK;
+}
+
+static apr_status_t cap_cleanup(void *data)
+{
+    apx_hc *hc = data;
+
+    free(hc->cap);
+    hc->cap = NULL;
+    return APR_SUCCESS;
+}
+
+/* Reads the whole body into hc->cap. CAP_DONE; CAP_TOO_BIG (what was read
+ * is in hc->cap, then px->bb; *pdone says whether the body ended);
+ * STEP_FAIL. */
+static int capture(apx_hc *hc, int *pdone)
+{
+    proxy_ctx *px = hc->px;
+    int done = *pdone, rc;
+
+    for (;;) {
+        if (!done && px->roff < px->rlen) {
+            done = apx_px_take_body(px);
+            if (done == STEP_FAIL)
+                return STEP_FAIL;
+            *pdone = done;
+            if (cap_append(hc, px->bb) == CAP_TOO_BIG)
+                return CAP_TOO_BIG;
+        }
+        if (done) {
+            apx_px_finish_backend(px, apx_px_exchange_is_clean(px));
+            return CAP_DONE;
+        }
+        rc = apx_px_recv(px, 0, "reading the response body");
+        if (rc == STEP_FAIL)
+            return STEP_FAIL;
+        if (rc == RECV_EOF && px->framing == APX_HTTP_BODY_CLOSE) {
+            apx_px_finish_backend(px, 0);
+            *pdone = 1;
+            return CAP_DONE;
+        }
+        if (rc != RECV_DATA) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR,
+                          rc == RECV_ERROR ? APR_FROM_OS_ERROR(px->recv_errno)
+                                           : 0, px->r,
+                          APXLOGNO(00124) "backend %s closed the connection "
+                          "before the end of the response body for %s",
+                          px->be->hostport, px->url);
+            return apx_px_backend_failed(px, HTTP_BAD_GATEWAY,
+                                         "backend-truncated");
+        }
+    }
+}
+
+typedef struct field_list {
+    apr_array_header_t *a;
+    apr_size_t bytes;
+} field_list;
+
+static void collect_field(void *baton, const char *name, const char *value)
+{
+    field_list *fl = baton;
+    hc_field *f;
+
+    /* kept apart, or computed on every response */
+    if (!strcasecmp(name, "Content-Type") || !strcasecmp(name, "ETag")
+        || !strcasecmp(name, "Age") || !strcasecmp(name, "Content-Encoding"))
+        return;
+    f = apr_array_push(fl->a);
+    f->name = name;
+    f->value = value;
+    fl->bytes += strlen(name) + strlen(value) + 2;
+}
+
+/* One malloc()ed block holds the object and its strings. */
+static char *put_str(char **pp, const char *s)
+{
+    char *d = *pp;
+    apr_size_t n;
+
+    if (!s)
+        return NULL;
+    n = strlen(s) + 1;
+    memcpy(d, s, n);
+    *pp += n;
+    return d;
+}
+
+/* Builds the stored object from the head in px->resp and the body in
+ * hc->cap (taken over). */
+static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
+{
+    proxy_ctx *px = hc->px;
+    request_rec *r = hc->r;
+    field_list fl;
+    const char *ctype = resp_field(px, "Content-Type");
+    const char *cenc = resp_field(px, "Content-Encoding");
+    const char *etag = resp_field(px, "ETag");
+    const char *lm = resp_field(px, "Last-Modified");
+    const char *status_line;
+    char etag_gz[512];
+    const char *etg = NULL;
+    apr_size_t bytes;
+    hc_obj *o;
+    char *p;
+    unsigned i;
+
+    fl.a = apr_array_make(r->pool, (int)px->resp.nfields + 2,
+                          sizeof(hc_field));
+    fl.bytes = 0;
+    apx_px_each_field(px, collect_field, &fl);
+    collect_field(&fl, "Via", apx_px_via(px));
+    if (cenc) {
+        /* the backend's own coding: stored and served as it came */
+        collect_field(&fl, "Content-Encoding", cenc);
+        APR_ARRAY_IDX(fl.a, fl.a->nelts - 1, hc_field).name =
+            "Content-Encoding";
+    }
+    status_line = px->resp.reason_len
+                  ? apr_psprintf(r->pool, "%d %.*s", px->resp.status,
+                                 (int)px->resp.reason_len, px->resp.reason)
+                  : NULL;
+    bytes = sizeof(*o) + fl.a->nelts * sizeof(hc_field) + fl.bytes
+            + (ctype ? strlen(ctype) + 1 : 0) + (etag ? strlen(etag) + 1 : 0)
+            + (status_line ? strlen(status_line) + 1 : 0)
+            + sizeof(etag_gz);
+    o = calloc(1, bytes);
+    if (!o)
+        return NULL;
+    o->kind = OBJ_READY;
+    o->fields = (hc_field *)(o + 1);
+    p = (char *)(o->fields + fl.a->nelts);
+    for (i = 0; i < (unsigned)fl.a->nelts; i++) {
+        hc_field *f = &APR_ARRAY_IDX(fl.a, i, hc_field);
+
+        o->fields[i].name = put_str(&p, f->name);
+        o->fields[i].value = put_str(&p, f->value);
+    }
+    o->nfields = (unsigned)fl.a->nelts;
+    o->ctype = put_str(&p, ctype);
+    o->etag = put_str(&p, etag);
+    o->status_line = put_str(&p, status_line);
+    o->status = px->resp.status;
+    o->last_modified = lm ? apr_date_parse_http(lm) : 0;
+    o->ft = *t;
+
+    o->body = hc->cap;
+    o->body_len = o->plain_len = hc->cap_len;
+    hc->cap = NULL;
+    hc->cap_len = hc->cap_size = 0;
+    if (hc->set.gzip && !cenc && o->body_len >= GZIP_MIN
+        && apx_gz_type_is_compressible(ctype)) {
+        void *z;
+        size_t zlen;
+
+        if (apx_gz_compress(o->body, o->body_len, GZIP_LEVEL, &z, &zlen)
+            == APR_SUCCESS) {
+            free(o->body);
+            o->body = z;
+            o->body_len = zlen;
+            o->gz = 1;
+            if (etag && apx_gz_etag(etag, etag_gz, sizeof(etag_gz))
+                        != (size_t)-1)
+                etg = etag_gz;
+        }
+    }
+    o->etag_gz = put_str(&p, etg);
+    o->ce.size = bytes + o->body_len;
+    o->ce.expires = apx_fresh_keep_until(t);
+    o->ce.refs = 1;
+    return o;
+}
+
+/* A marker under key: OBJ_PASS or OBJ_VARY. */
+static void put_marker(const char *key, apr_size_t klen, int kind,
+                       const char *vary, int skip_ae, apr_time_t expires,
+                       apr_time_t now)
+{
+    apr_size_t vlen = vary ? strlen(vary) + 1 : 0;
+    hc_obj *m = calloc(1, sizeof(*m) + vlen);
+
+    if (!m)
+        return;
+    m->kind = kind;
+    if (vary) {
+        memcpy(m + 1, vary, vlen);
+        m->vary = (const char *)(m + 1);
+    }
+    m->skip_ae = skip_ae;
+    m->ce.size = sizeof(*m) + vlen;
+    m->ce.expires = expires;
+    m->ce.refs = 1;
+    if (apx_cache_put(store, &m->ce, key, klen, now, 0) != APR_SUCCESS) {
+        destroy_obj(&m->ce, NULL);
+        return;
+    }
+    apx_cache_unref(store, &m->ce);
+}
+
+/* Publishes o under the key this request's variant has. */
+static void publish(apx_hc *hc, hc_obj *o)
+{
+    proxy_ctx *px = hc->px;
+    apr_time_t now = apr_time_now();
+    const char *vary = resp_list(px, "Vary");
+    const char *key = hc->key;
+    apr_size_t klen = hc->klen;
+
+    if (vary && *vary) {
+        int skip_ae = hc->set.gzip && !resp_field(px, "Content-Encoding");
+
+        /* the marker outlives no variant it points to */
+        put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, o->ce.expires,
+                   now);
+        if (make_variant_key(hc, vary, skip_ae)) {
+            key = hc->vkey;
+            klen = hc->vklen;
+        }
+    }
+    if (apx_cache_put(store, &o->ce, key, klen, now, 0) != APR_SUCCESS)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, hc->r, APXLOGNO(00125)
+                      "response for %s not stored (cache busy)", px->url);
+}
+
+/* The fetch will not be stored: later requests go straight through for
+ * a while (not after a plain failure: the next one may succeed). */
+static void mark_pass(apx_hc *hc)
+{
+    put_marker(hc->vkey ? hc->vkey : hc->key, hc->vkey ? hc->vklen : hc->klen,
+               OBJ_PASS, NULL, 0, apr_time_now() + PASS_TTL, apr_time_now());
+}
+
+/* A usable stale object when the backend failed (stale-if-error). */
+static int stale_usable(apx_hc *hc)
+{
+    int st;
+
+    if (!hc->stale)
+        return 0;
+    st = apx_fresh_state(&hc->stale->ft, apr_time_now());
+    return st == APX_STALE_REVALIDATE || st == APX_STALE_IF_ERROR
+           || st == APX_FRESH;
+}
+
+static int serve_stale_on_error(apx_hc *hc)
+{
+    apx_req *rq = hc->px->rq;
+
+    rq->outcome = APX_OUT_RUNNING;
+    rq->status = 0;
+    rq->note = NULL;
+    apx_px_finish_backend(hc->px, 0);
+    hc->reason = "stale-if-error";
+    return serve(hc, hc->stale, "STALE");
+}
+
+/* Fetches for the store (FILL, PASS) or not (FETCH), and answers. */
+static int fetch(apx_hc *hc, int role)
+{
+    proxy_ctx *px = hc->px;
+    apr_time_t req_time = apr_time_now();
+    apx_fresh_times t;
+    int rc, done;
+
+    hc->strip = role == ROLE_FILL || role == ROLE_PASS;
+    rc = apx_px_build_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_exchange(px);
+    if (rc != STEP_OK) {
+        release_pending(hc, 0);
+        if (px->rq->outcome == APX_OUT_ERROR && px->rq->status >= 500
+            && stale_usable(hc))
+            return serve_stale_on_error(hc);
+        set_label(hc, role == ROLE_FETCH ? "BYPASS" : "MISS");
+        return rc;
+    }
+    if (px->resp.status >= 500 && stale_usable(hc)) {
+        release_pending(hc, 0);
+        return serve_stale_on_error(hc);
+    }
+    if (role == ROLE_FETCH || !decide(hc, req_time, apr_time_now(), &t)) {
+        if (role != ROLE_FETCH && hc->reason)
+            mark_pass(hc);
+        release_pending(hc, 0);
+        set_label(hc, role == ROLE_FETCH && !hc->reason ? "MISS" : "BYPASS");
+        rc = apx_px_apply_head(px);
+        if (rc == STEP_OK)
+            rc = apx_px_relay(px, apx_px_relay_init(px));
+        return rc;
+    }
+
+    /* storable: the whole body first, then one object for everyone */
+    rc = apx_px_apply_head(px);
+    if (rc != STEP_OK) {
+        release_pending(hc, 0);
+        return rc;
+    }
+    apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
+                              apr_pool_cleanup_null);
+    done = apx_px_relay_init(px);
+    rc = capture(hc, &done);
+    if (rc == CAP_DONE) {
+        hc_obj *o = build_obj(hc, &t);
+
+        if (o) {
+            publish(hc, o);
+            release_pending(hc, 1);
+            rc = serve(hc, o, "MISS");
+            apx_cache_unref(store, &o->ce);
+            return rc;
+        }
+        release_pending(hc, 0);
+        hc->reason = "out-of-memory";
+        set_label(hc, "BYPASS");
+        if (hc->cap_len)
+            APR_BRIGADE_INSERT_HEAD(px->bb,
+                apr_bucket_transient_create(hc->cap, hc->cap_len,
+                                            px->c->bucket_alloc));
+        return apx_px_pass_out(px, 1);
+    }
+    if (rc == CAP_TOO_BIG) {
+        hc->reason = "too-large";
+        mark_pass(hc);
+        release_pending(hc, 0);
+        set_label(hc, "BYPASS");
+        /* what was read goes first; the body continues as a plain relay */
+        if (hc->cap_len) {
+            APR_BRIGADE_INSERT_HEAD(px->bb,
+                apr_bucket_heap_create(hc->cap, hc->cap_len, free,
+                                       px->c->bucket_alloc));
+            hc->cap = NULL;
+            hc->cap_len = hc->cap_size = 0;
+        }
+        if (!done && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
+            return rc;
+        return apx_px_relay(px, done);
+    }
+    release_pending(hc, 0);
+    return rc;
+}
+
+/* After a stale response went out whole: fetch a new copy for the store.
+ * Nothing of it reaches this client, whose leaving no longer matters; the
+ * request's outcome stays. The connection's next request waits for it
+ * (bounded by the backend timeouts), as with nginx's background update. */
+static void refresh(apx_hc *hc, hc_obj *old)
+{
+    proxy_ctx *px = hc->px;
+    apx_req *rq = px->rq;
+    int outcome = rq->outcome, status = rq->status;
+    const char *note = rq->note;
+    apr_time_t req_time = apr_time_now();
+    apx_fresh_times t;
+    int rc, done;
+
+    hc->strip = 1;
+    hc->reason = NULL;
+    /* the client may leave now: it has its response */
+    rq->detached = 1;
+    rc = apx_px_build_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_exchange(px);
+    if (rc == STEP_OK)
+        rc = apx_px_check_head(px);
+    if (rc == STEP_OK && decide(hc, req_time, apr_time_now(), &t)) {
+        apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
+                                  apr_pool_cleanup_null);
+        done = apx_px_relay_init(px);
+        if (capture(hc, &done) == CAP_DONE) {
+            hc_obj *o = build_obj(hc, &t);
+
+            if (o) {
+                publish(hc, o);
+                apx_cache_unref(store, &o->ce);
+            }
+        }
+    }
+    apx_px_finish_backend(px, 0);
+    apr_atomic_set32(&old->refreshing, 0);
+    rq->outcome = outcome;
+    rq->status = status;
+    rq->note = note;
+}
+
+int apx_hc_run(proxy_ctx *px)
+{
+    apx_hc *hc = px->hc;
+    int round, role = ROLE_FETCH, rc;
+
+    /* a coroutine destroyed mid-fetch still wakes its waiters */
+    apr_pool_cleanup_register(hc->r->pool, hc, release_pending_cleanup,
+                              apr_pool_cleanup_null);
+    for (round = 0; round < MAX_ROUNDS; round++) {
+        role = lookup(hc, apr_time_now());
+        if (role != ROLE_WAIT)
+            break;
+        rc = wait_for_fetch(hc);
+        if (rc < 0)
+            return STEP_FAIL;
+        if (rc == 0) {
+            role = ROLE_PASS;
+            break;
+        }
+        role = ROLE_FETCH;
+    }
+    switch (role) {
+    case ROLE_HIT:
+        rc = serve(hc, hc->obj, "HIT");
+        drop(&hc->obj);
+        return rc;
+    case ROLE_STALE: {
+        hc_obj *o = hc->obj;
+        int mine = apr_atomic_cas32(&o->refreshing, 1, 0) == 0;
+
+        hc->reason = "stale-while-revalidate";
+        rc = serve(hc, o, "STALE");
+        if (rc == STEP_OK && mine) {
+            px->rq->outcome = APX_OUT_DONE;
+            rc = apx_px_drain_output(px);
+            if (rc == STEP_OK)
+                refresh(hc, o);
+        }
+        else if (mine) {
+            apr_atomic_set32(&o->refreshing, 0);
+        }
+        drop(&hc->obj);
+        return rc;
+    }
+    default:
+        rc = fetch(hc, role);
+        drop(&hc->stale);
+        return rc;
+    }
+}

@@ -1,0 +1,135 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* mod_asyncproxy_proxy.h — the steps of the request path that the response
+ * cache (mod_asyncproxy_cache.c) reuses: the proxy coroutine's state and
+ * its exchange, head and body functions. Private to those two files.
+ *
+ * Threads: every function runs inside the request's coroutine, on the
+ * thread that currently owns the request.
+ */
+#ifndef MOD_ASYNCPROXY_PROXY_H
+#define MOD_ASYNCPROXY_PROXY_H
+
+#include "apx_http.h"
+#include "mod_asyncproxy.h"
+
+typedef struct apx_hc apx_hc;
+
+/* Backend reads: 32 KiB per recv, and so at most 32 KiB per brigade passed
+ * to the client, half the core output filter's 64 KiB blocking threshold. */
+#define RBUF_SIZE       (32 * 1024)
+/* Request body: one non-blocking read of the client at a time. */
+#define BODY_READ_MAX   (64 * 1024)
+/* Response head: at least 16 KiB, or two LimitRequestFieldSize lines'
+ * worth when that is larger, never more than 64 KiB. */
+#define HEAD_MIN        (16 * 1024)
+#define HEAD_CAP        (64 * 1024)
+#define HEAD_FIELDS     100
+/* Interim (1xx) responses before the final one: a backend sending more is
+ * stuck in a loop. */
+#define MAX_INTERIM     16
+/* Trailers of a chunked response are checked and dropped (httpd 2.4 cannot
+ * send trailers to the client); bounded like a small head. */
+#define TRAILER_MAX     4096
+#define TRAILER_FIELDS  32
+/* Slices of request body per sendmsg(). */
+#define BODY_IOV        64
+
+/* Results of the steps below. A step that fails has set rq->outcome,
+ * rq->status and rq->note. */
+enum {
+    STEP_OK = 0,
+    STEP_FAIL = -1,
+    STEP_RETRY = 1      /* pooled connection died first: try a fresh one */
+};
+
+enum { REQ_BODY_NONE, REQ_BODY_LENGTH, REQ_BODY_CHUNKED };
+
+typedef struct proxy_ctx {
+    apx_req *rq;
+    request_rec *r;
+    conn_rec *c;
+    const apx_mapping *map;
+    apx_backend *be;
+    apx_defer *defer;
+    int fd;                         /* backend socket, -1 when none */
+    int reused;                     /* fd came from the pool */
+    int idempotent;
+    apr_interval_time_t timeout;    /* backend response head, each I/O */
+    apr_interval_time_t connect_timeout;
+    apr_interval_time_t client_timeout;
+    const char *target;             /* origin-form request target */
+    const char *url;                /* for log lines */
+    apx_http_writer head;           /* the request head */
+
+    /* request body */
+    int body_kind;
+    apr_off_t body_length;          /* REQ_BODY_LENGTH */
+    apr_off_t body_limit;           /* LimitRequestBody, 0: none */
+    apr_off_t body_bytes;
+    unsigned body_started:1;        /* a byte of it was read from the client */
+    unsigned body_done:1;           /* all of it went to the backend */
+    int send_errno;                 /* backend stopped taking the body */
+    int recv_errno;                 /* RECV_ERROR's cause */
+
+    /* response */
+    apx_http_resp resp;
+    apx_http_conn_tokens conn;      /* the backend's Connection tokens */
+    char *rbuf;                     /* RBUF_SIZE bytes from the backend */
+    apr_size_t rlen, roff;          /* bytes in rbuf, bytes used */
+    unsigned got_bytes:1;           /* a byte came back on this attempt */
+    unsigned head_applied:1;        /* r carries the backend's head */
+    unsigned response_started:1;    /* something went to the output filters */
+    apx_http_framing framing;
+    int64_t remaining;              /* APX_HTTP_BODY_LENGTH */
+    apx_http_chunked chunked;
+    apr_bucket_brigade *bb;
+    apx_hc *hc;                     /* the response cache's part, or NULL */
+} proxy_ctx;
+
+/* What apx_px_recv() found (or STEP_FAIL: timeout or interrupted wait, the
+ * outcome is set). */
+enum { RECV_EOF = 0, RECV_DATA = 1, RECV_ERROR = 2 };
+
+int apx_px_backend_failed(proxy_ctx *px, int status, const char *note);
+int apx_px_client_gone(proxy_ctx *px);
+int apx_px_wait_interrupted(proxy_ctx *px, unsigned ev);
+void apx_px_unapply_head(proxy_ctx *px);
+void apx_px_finish_backend(proxy_ctx *px, int reusable);
+int apx_px_build_head(proxy_ctx *px);
+int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase);
+int apx_px_exchange(proxy_ctx *px);
+/* Checks the final head's Connection tokens and sets the body framing
+ * (apply_head does it too). */
+int apx_px_check_head(proxy_ctx *px);
+int apx_px_apply_head(proxy_ctx *px);
+/* Calls fn for each backend response field forwarded to the client (no
+ * hop-by-hop, framing or Via; Location & co. mapped back) in r->pool. */
+void apx_px_each_field(proxy_ctx *px,
+                       void (*fn)(void *baton, const char *name,
+                                  const char *value),
+                       void *baton);
+/* The Via value sent to the client (the backend's plus ours). */
+const char *apx_px_via(proxy_ctx *px);
+int apx_px_drain_output(proxy_ctx *px);
+int apx_px_pass_out(proxy_ctx *px, int last);
+int apx_px_take_body(proxy_ctx *px);
+int apx_px_exchange_is_clean(const proxy_ctx *px);
+/* Body relay: init returns 1 when there is no body left to read. */
+int apx_px_relay_init(proxy_ctx *px);
+int apx_px_relay(proxy_ctx *px, int done);
+
+/* mod_asyncproxy_cache.c */
+/* The cache's part of r, or NULL when r is not cached (sets the BYPASS
+ * label for a cache-enabled scope the request cannot use). */
+apx_hc *apx_hc_create(proxy_ctx *px);
+/* Request fields the backend must not see for this request (a fetch meant
+ * for the cache asks for the whole, identity-coded representation). */
+int apx_hc_skip_request_field(const apx_hc *hc, const char *name);
+/* The cached request path: hit, wait, or fetch and store. */
+int apx_hc_run(proxy_ctx *px);
+
+#endif /* MOD_ASYNCPROXY_PROXY_H */
