@@ -153,6 +153,7 @@ struct apx_hc {
     int skip_ae;
     int accept_gz;                  /* the client takes gzip */
     int strip;                      /* fetch for the store: see skip */
+    int only_if_cached;             /* the request's only-if-cached */
     hc_obj *obj;                    /* referenced: what we serve */
     hc_obj *stale;                  /* referenced: stale-if-error fallback */
     hc_obj *pending;                /* referenced: filled or waited on */
@@ -492,6 +493,14 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         set_label(hc, "BYPASS");
         return NULL;
     }
+    /* a GET with a body: its answer may depend on it, and a hit would
+     * leave it unread in the connection */
+    if (!px->body_done) {
+        hc->reason = "request-body";
+        set_label(hc, "BYPASS");
+        return NULL;
+    }
+    hc->only_if_cached = (cc.flags & APX_CC_ONLY_IF_CACHED) != 0;
     hc->key = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s",
                            r->server->defn_name ? r->server->defn_name : "",
                            r->server->defn_line_number, ap_http_scheme(r),
@@ -1372,6 +1381,17 @@ int apx_hc_run(proxy_ctx *px)
             break;
         }
         role = ROLE_FETCH;
+    }
+    if (hc->only_if_cached && role != ROLE_HIT && role != ROLE_STALE) {
+        /* RFC 9111 section 5.2.1.7: a stored response or 504 */
+        release_pending(hc, 0);
+        drop(&hc->stale);
+        hc->reason = "only-if-cached";
+        set_label(hc, "BYPASS");
+        px->rq->outcome = APX_OUT_ERROR;
+        px->rq->status = HTTP_GATEWAY_TIME_OUT;
+        px->rq->note = "cache-only-if-cached";
+        return STEP_FAIL;
     }
     switch (role) {
     case ROLE_HIT:

@@ -84,9 +84,30 @@ is(join(' ', map { word($_) } @l2), 'HIT HIT', '... then HITs on one keep-alive 
 is(scalar(grep { $_ && $_->{body} eq $LARGE } @l2), 2, '... each whole and correct');
 is(scalar(grep { $_->{target} eq '/large' } $b->requests), 1, '... one backend request');
 
+my $small_hits = 4;
+# request directives: only-if-cached (RFC 9111 5.2.1.7), a GET with a body
+my $o1 = tls_get('/c/cold', 'Cache-Control' => 'only-if-cached');
+is($o1 && $o1->{status}, 504, 'only-if-cached, nothing stored: 504');
+is(scalar(grep { $_->{target} eq '/cold' } $b->requests), 0, '... the backend was not asked');
+my $o2 = tls_get('/c/small', 'Cache-Control' => 'only-if-cached');
+is(word($o2), 'HIT', 'only-if-cached, stored: HIT');
+{
+    my $s = IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $h->port, Timeout => 10,
+                                 SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_NONE());
+    print $s "GET /c/small HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello" . get_req('/c/small');
+    my $buf = '';
+    my $r1 = read_response($s, \$buf, 10);
+    my $r2 = read_response($s, \$buf, 10);
+    close $s;
+    is(word($r1), 'BYPASS', 'a GET with a body: BYPASS (its body reaches the backend)');
+    is($r1 && $r1->{body}, $SMALL, '... answered');
+    ok(!$r2 || word($r2) eq 'HIT', '... and its body was never taken for the next request');
+    $small_hits = 5 + ($r2 ? 1 : 0);
+}
+
 my @log;
-wait_for(sub { @log = grep { m{/c/} } split /\n/, $h->slurp_log($h->dir . '/logs/cache_log'); @log >= 9 }, 3);
-is(scalar(grep { m{^200 \d+ "GET /c/small HTTP/1.1" HIT$} } @log), 4, 'access log: the four small HITs, 200 with a size');
+wait_for(sub { @log = grep { m{/c/} } split /\n/, $h->slurp_log($h->dir . '/logs/cache_log'); @log >= 9 + $small_hits - 4 }, 3);
+is(scalar(grep { m{^200 \d+ "GET /c/small HTTP/1.1" HIT$} } @log), $small_hits, "access log: the $small_hits small HITs, 200 with a size");
 is(scalar(grep { m{^200 (\d+) "GET /c/large HTTP/1.1" HIT$} && $1 == length $LARGE } @log), 2,
    'access log: the large HITs with their full size');
 is(scalar(grep { m{ MISS$} } @log), 2, 'access log: two MISS');
