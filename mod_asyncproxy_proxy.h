@@ -78,7 +78,11 @@ typedef struct proxy_ctx {
     /* response */
     apx_http_resp resp;
     apx_http_conn_tokens conn;      /* the backend's Connection tokens */
-    char *rbuf;                     /* RBUF_SIZE bytes from the backend */
+    apr_size_t head_max;            /* response head buffer size */
+    apx_defer *bufs_defer;          /* frees the buffers below (one malloc,
+                                     * made on the first readable byte) */
+    char *rbuf;                     /* RBUF_SIZE bytes from the backend;
+                                     * NULL until then */
     apr_size_t rlen, roff;          /* bytes in rbuf, bytes used */
     unsigned got_bytes:1;           /* a byte came back on this attempt */
     unsigned head_applied:1;        /* r carries the backend's head */
