@@ -6,7 +6,9 @@
 # bench/run.pl — the benchmark behind `make bench`: Apache + mod_asyncproxy
 # against Apache + mod_proxy_http (25 and 1,000 threads), nginx proxy_pass
 # (1 and 2 workers), Apache serving a static file, and the backend (slowd)
-# hit directly, in one run on this machine, all on 127.0.0.1.
+# hit directly, in one run on this machine, all on 127.0.0.1; plus the
+# response cache of mod_asyncproxy (hits against a static file, and a
+# stampede on a cold key counted at the backend).
 #
 #   bench/run.pl [--quick] [--duration S] [--warmup S] [--systems RE]
 #                [--scenarios RE] [--out DIR] [--keep]
@@ -96,12 +98,24 @@ my @SCENARIOS = (
     { id => 'slow-200',  title => "200 slow readers of $SLOW_MIB MiB (4 KiB/100 ms each) + wrk 64 conns on 0 ms, 1 KiB",
       delay => 0, bytes => 1024, conns => 64, procs => 1,
       slow => { conns => 200, bytes => $SLOW_MIB * 1048576, read => 4096, interval => 100 } },
+    # The response cache (issue #4). Hits: the warm-up stores the object
+    # (max-age from the backend), then every request is a hit; compared with
+    # Apache serving the same bytes as a file. Stampede: 1,000 connections
+    # ask for one cold key of a 1 s backend at once; slowd's /stats counts
+    # the fetches (1 expected: the rest park on it and are served from it).
+    { id => 'cache-hit', title => 'cache hits: 1 KiB with Cache-Control: max-age=3600, 64 conns (backend 0 ms, fetched once)',
+      delay => 0, bytes => 1024, conns => 64, procs => 1, query => '?max-age=3600', count_backend => 1 },
+    { id => 'stampede',  title => 'cold key, 1,000 conns at once on a 1 s backend with max-age=3600; backend fetches counted (1 expected)',
+      delay => 1000, bytes => 1024, conns => 1000, procs => 1, query => '?max-age=3600&key=stampede',
+      warm_query => '?max-age=3600&key=warm-up', duration => 3, count_backend => 1 },
 );
 my @SYSTEMS = (
     { id => 'direct',          kind => 'direct', label => 'slowd direct' },
     { id => 'static-25',       kind => 'httpd', part => 'static',     threads => 25,   label => 'Apache static file 25 thr' },
     { id => 'static-1000',     kind => 'httpd', part => 'static',     threads => 1000, label => 'Apache static file 1000 thr' },
     { id => 'asyncproxy',      kind => 'httpd', part => 'asyncproxy', threads => 25,   label => 'mod_asyncproxy' },
+    { id => 'asyncproxy-cache', kind => 'httpd', part => 'asyncproxy', extra => 'cache', threads => 25,
+      label => 'mod_asyncproxy + cache', needs => 'AsyncProxyCache' },
     { id => 'proxy_http-25',   kind => 'httpd', part => 'proxy_http', threads => 25,   label => 'mod_proxy_http 25 thr' },
     { id => 'proxy_http-1000', kind => 'httpd', part => 'proxy_http', threads => 1000, label => 'mod_proxy_http 1000 thr' },
     { id => 'nginx-1',         kind => 'nginx', workers => 1, label => 'nginx 1 worker' },
@@ -116,12 +130,16 @@ my %MATRIX = (
     '1s-1k-100k' => [qw(direct asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
     'fast-64'    => [qw(direct static-25 static-1000 asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
     'slow-200'   => [qw(direct static-25 static-1000 asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
+    'cache-hit'  => [qw(direct static-25 static-1000 asyncproxy asyncproxy-cache)],
+    'stampede'   => [qw(asyncproxy-cache)],
 );
 if ($opt{quick}) {
     %MATRIX = (
         '1s-1k'    => [qw(direct asyncproxy proxy_http-25 nginx-1)],
         'fast-64'  => [qw(direct static-25 asyncproxy proxy_http-25 nginx-1)],
         'slow-200' => [qw(direct asyncproxy proxy_http-25 nginx-1)],
+        'cache-hit' => [qw(static-25 asyncproxy-cache)],
+        'stampede' => [qw(asyncproxy-cache)],
     );
 }
 
@@ -335,6 +353,37 @@ sub start_sampler {
 
 # ---- servers ------------------------------------------------------------
 
+# slowd's body: byte i is PATTERN[i % 64] (bench/slowd.c)
+sub pattern_body {
+    my ($n) = @_;
+    my $p = join('', 0 .. 9, 'A' .. 'Z', 'a' .. 'z') . "-\n";
+    return substr($p x (int($n / 64) + 1), 0, $n);
+}
+
+# slowd's GET /stats as { delay => N, requests => N, ... }; {} on failure
+sub slowd_stats {
+    my ($port) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 5) or return {};
+    print $s "GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    local $/;
+    my $r = <$s> // '';
+    close $s;
+    my (undef, $body) = split /\r\n\r\n/, $r, 2;
+    return { ($body // '') =~ /^(\w+) (\d+)$/mg };
+}
+
+# The X-AsyncProxy-Cache value of one response to GET $path ('' if none).
+sub cache_label {
+    my ($port, $path) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 5) or return '';
+    print $s "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    local $/;
+    my $r = <$s> // '';
+    close $s;
+    my ($v) = $r =~ /^X-AsyncProxy-Cache:\s*(\S+)/mi;
+    return $v // '';
+}
+
 sub fill {
     my ($text, %v) = @_;
     $text =~ s/\@([A-Z_]+)\@/exists $v{$1} ? $v{$1} : die "template: no value for \@$1\@\n"/ge;
@@ -367,13 +416,20 @@ sub start_httpd {
              MODULE => "$dir/../mod_asyncproxy.so");
     my $conf = fill(slurp("$BENCH/conf/httpd-base.conf.in"), %v)
              . "\n" . fill(slurp("$BENCH/conf/httpd-$sys->{part}.conf.in"), %v);
+    $conf .= "\n" . fill(slurp("$BENCH/conf/httpd-$sys->{extra}.conf.in"), %v) if $sys->{extra};
     spew("$dir/httpd.conf", $conf);
+    if ($sys->{needs}) {
+        # a feature this build may not have yet: skip the row, not the run
+        my $t = `$APACHE -t -f $dir/httpd.conf 2>&1`;
+        die "SKIP: $sys->{needs} is unknown to this build of the module\n"
+            if $? && $t =~ /Invalid command '\Q$sys->{needs}\E/;
+        die "apache2 -t failed: $t" if $?;
+    }
     if ($sys->{part} eq 'static') {
-        # the URLs the proxies forward, as files
+        # the URLs the proxies forward, as files holding slowd's bytes
         make_path("$dir/htdocs/b/delay/0");
-        my $kib = 'x' x 1023 . "\n";
-        spew("$dir/htdocs/b/delay/0/$sc->{bytes}", $kib x ($sc->{bytes} / 1024));
-        spew("$dir/htdocs/b/delay/0/$sc->{slow}{bytes}", $kib x ($sc->{slow}{bytes} / 1024))
+        spew("$dir/htdocs/b/delay/0/$sc->{bytes}", pattern_body($sc->{bytes}));
+        spew("$dir/htdocs/b/delay/0/$sc->{slow}{bytes}", pattern_body($sc->{slow}{bytes}))
             if $sc->{slow};
     }
     system('chown', 'www-data', "$dir/logs") if $ROOT;
@@ -527,13 +583,14 @@ sub run_one {
         $row{procs} = $procs;
         $row{threads_cfg} = $sys->{threads} // '';
         my $prefix = $sys->{kind} eq 'direct' ? '' : '/b';
-        my $base = "http://127.0.0.1:$srv->{port}$prefix";
-        my $url = "$base/delay/$sc->{delay}/$sc->{bytes}";
+        my $path = "$prefix/delay/$sc->{delay}/$sc->{bytes}";
+        my $url = "http://127.0.0.1:$srv->{port}$path" . ($sc->{query} // '');
+        my $warm_url = "http://127.0.0.1:$srv->{port}$path" . ($sc->{warm_query} // $sc->{query} // '');
         push @COMMANDS, "[$id] backend: $slowd->{cmd}";
         push @COMMANDS, "[$id] server: $srv->{cmd}" unless $sys->{kind} eq 'direct';
 
         # warm-up below the thread count, then let its last requests finish
-        my @wcmd = ($WRK, '-t', 1, '-c', $WARMUP_CONNS, '-d', "${WARMUP}s", '--timeout', "${WRK_TIMEOUT}s", $url);
+        my @wcmd = ($WRK, '-t', 1, '-c', $WARMUP_CONNS, '-d', "${WARMUP}s", '--timeout', "${WRK_TIMEOUT}s", $warm_url);
         my $wpid = spawn('wrk warm-up', "$dir/warmup.out", @wcmd);
         waitpid($wpid, 0);
         delete $LIVE{$wpid};
@@ -564,18 +621,23 @@ sub run_one {
                 or warn "bench: $id: server still busy 15 s after the slow clients connected\n";
         }
 
+        # backend fetches (slowd's /stats) where a proxy stands in front
+        my $fetched0 = $sc->{count_backend} && $sys->{kind} ne 'direct'
+                       && ($sys->{part} // '') ne 'static'
+                     ? slowd_stats($slowd->{port})->{delay} : undef;
         my $sampler = start_sampler($srv->{pid}, "$dir/sampler.out");
         my $nw = $sc->{wrk_procs} // 1;
+        my $dur = $sc->{duration} // $DURATION;
         my @wpids;
         for my $i (1 .. $nw) {
             my $c = int($sc->{conns} / $nw);
             my $t = $nw > 1 ? 1 : ($c >= 2 ? 2 : 1);
-            my @cmd = ($WRK, '-t', $t, '-c', $c, '-d', "${DURATION}s", '--timeout', "${WRK_TIMEOUT}s",
+            my @cmd = ($WRK, '-t', $t, '-c', $c, '-d', "${dur}s", '--timeout', "${WRK_TIMEOUT}s",
                        '--latency', '-s', "$BENCH/conf/report.lua", $url);
             push @wpids, spawn('wrk', "$dir/wrk$i.out", @cmd);
             push @COMMANDS, "[$id] load: @cmd";
         }
-        my $end = time + $DURATION + 120;
+        my $end = time + $dur + 120;
         for my $p (@wpids) {
             while (waitpid($p, WNOHANG) == 0) {
                 if (time > $end) { stop_pid($p, 5, 'INT'); last }
@@ -586,6 +648,12 @@ sub run_one {
         stop_pid($sampler, 10);
         my %smp = map { split /=/, $_, 2 } split ' ', slurp("$dir/sampler.out");
         die "sampler wrote nothing\n" unless exists $smp{peak_rss_kb};
+        if (defined $fetched0) {
+            my $f1 = slowd_stats($slowd->{port})->{delay};
+            $row{backend_fetches} = defined $f1 ? $f1 - $fetched0 : '';
+            $row{cache_label} = cache_label($srv->{port}, $path . ($sc->{query} // ''))
+                if $sys->{extra} && $sys->{extra} eq 'cache';
+        }
 
         if ($slowc) {
             stop_pid($slowc, 10);
@@ -623,6 +691,7 @@ sub run_one {
         1;
     };
     my $err = $@;
+    my $skipped = !$ok && $err =~ /^SKIP: (.*)/ ? $1 : undef;
     stop_pid($slowc, 10) if $slowc && $LIVE{$slowc};
     my ($nlog, $samples) = ($srv && $srv->{kind} ne 'direct') ? log_errors($srv) : (0, []);
     $row{log_errors} = $nlog;
@@ -640,7 +709,11 @@ sub run_one {
     }
     stop_server($srv) if $srv && $srv->{kind} ne 'direct';
     stop_pid($slowd->{pid}, 10) if $slowd;
-    if (!$ok) {
+    if ($skipped) {
+        $row{notes} = "skipped: $skipped";
+        warn "bench: $id skipped: $skipped\n";
+    }
+    elsif (!$ok) {
         chomp $err;
         $err =~ s/\s+/ /g;
         $row{notes} = 'FAILED: ' . substr($err, 0, 300);
@@ -671,7 +744,7 @@ sub machine {
 my @CSV_COLS = qw(scenario system label procs threads_cfg conns slow_conns requests rps ratio_direct
                   p50_ms p99_ms errors err_connect err_read err_write err_timeout err_status
                   cpu_s cpu_us_per_req idle_rss_kb peak_rss_mb rss_kb_per_conn idle_threads threads
-                  slow_responses slow_mb slow_errors log_errors notes);
+                  slow_responses slow_mb slow_errors backend_fetches cache_label log_errors notes);
 
 sub csv_field {
     my ($v) = @_;
@@ -718,6 +791,16 @@ sub write_reports {
         push @notes, "slow readers: $r->{slow_responses} responses, $r->{slow_mb} MB, $r->{slow_errors} errors"
             if $r->{slow_conns} && defined $r->{slow_responses};
         push @notes, "error log: $r->{log_errors} lines" if $r->{log_errors};
+        if (defined $r->{backend_fetches} && $r->{backend_fetches} ne '') {
+            push @notes, $r->{scenario} eq 'stampede'
+                ? "backend fetches: $r->{backend_fetches} (expected 1)"
+                : "backend fetches during the run: $r->{backend_fetches}";
+        }
+        push @notes, "X-AsyncProxy-Cache: $r->{cache_label}" if $r->{cache_label};
+        for my $st (grep { $r->{system} eq 'asyncproxy-cache' && $_->{scenario} eq $r->{scenario}
+                           && $_->{system} =~ /^static-/ && $_->{rps} } @ROWS) {
+            push @notes, sprintf('× %s %.3f', $st->{system}, $r->{rps} / $st->{rps}) if $r->{rps};
+        }
         my $sc = $r->{scenario} eq $last ? '' : "**$r->{scenario}**";
         $last = $r->{scenario};
         my $conns = $r->{conns} . ($r->{slow_conns} ? "+$r->{slow_conns}" : '');

@@ -6,8 +6,22 @@
 /* slowd.c — the slow HTTP/1.1 backend the benchmarks and the demo put
  * behind the proxy.
  *
- *   GET /delay/MS/BYTES[?chunked=1]   200 after MS milliseconds, BYTES of
- *                                     body (Content-Length, or chunked)
+ *   GET /delay/MS/BYTES[?OPTIONS]     200 after MS milliseconds, BYTES of
+ *                                     body; OPTIONS joined by '&':
+ *                                       chunked=1    chunked, not
+ *                                                    Content-Length
+ *                                       max-age=N    adds "Cache-Control:
+ *                                                    max-age=N" (cache
+ *                                                    benchmarks)
+ *                                     anything else is ignored (so a
+ *                                     client can make distinct cache keys)
+ *   GET /stats                        what this slowd answered so far, one
+ *                                     "name value" line each: delay (GET
+ *                                     /delay/ requests answered), requests
+ *                                     (every response, /stats ones
+ *                                     included), open, accepted; the
+ *                                     stampede benchmark counts backend
+ *                                     fetches with it
  *   GET /                             a small text page
  *   anything else                     404
  *
@@ -20,7 +34,7 @@
  * EPOLLOUT from accept to close, so a connection that waits costs no
  * syscall: it sits in a binary min-heap keyed by its deadline, and the
  * earliest deadline is the epoll_wait timeout. A waiting connection holds
- * its struct (336 bytes) and its read buffer (1 KiB, grown only for big
+ * its struct (344 bytes) and its read buffer (1 KiB, grown only for big
  * heads): 19,000 waiting requests measured 27 MB RSS and no CPU at all.
  * Bodies are written straight from one shared pattern buffer with writev
  * until EAGAIN, then resumed on EPOLLOUT: nothing is buffered per request.
@@ -90,7 +104,9 @@ struct conn {
     uint8_t final_sent;     /* last-chunk framed */
     uint8_t tail_left;      /* bytes of CHUNK_TAIL still to write after the data */
     uint8_t http10;         /* HTTP/1.0 request: keep-alive must be announced */
+    uint8_t has_max_age;    /* ?max-age=N: send Cache-Control */
     uint16_t status;
+    uint32_t max_age;
     uint32_t heap_idx;      /* position in the timer heap while ST_WAITING */
     uint64_t deadline_ns;
     uint64_t discard;       /* request body bytes still to read and drop */
@@ -98,6 +114,7 @@ struct conn {
     uint64_t seg_left;      /* body bytes of the current frame not yet written */
     uint64_t body_pos;      /* body bytes already written (pattern phase) */
     const char *fixed_body; /* static body (index, errors) instead of the pattern */
+    char *own_body;         /* malloc'd fixed_body (/stats), freed with the next */
     char *rbuf;
     uint32_t rcap, rstart, rlen;
     uint16_t out_off, out_len;
@@ -117,12 +134,15 @@ static conn **heap;
 static uint32_t heap_len, heap_cap;
 
 static uint64_t st_conns, st_accepted, st_requests, st_bytes;
+static uint64_t st_total_requests, st_delay_requests;  /* never reset: /stats */
 
 static const char index_body[] =
     "slowd: a slow HTTP/1.1 backend for benchmarks\n"
     "\n"
     "  GET /delay/MS/BYTES            200 after MS ms with a BYTES-long body\n"
     "  GET /delay/MS/BYTES?chunked=1  the same body, chunked\n"
+    "  GET /delay/MS/BYTES?max-age=N  with Cache-Control: max-age=N\n"
+    "  GET /stats                     requests answered so far\n"
     "\n"
     "Body byte i is PATTERN[i % 64]: 0-9 A-Z a-z '-' then a newline.\n";
 static const char notfound_body[] = "not found\n";
@@ -219,6 +239,7 @@ static void conn_close(conn *c, int linger)
     close(c->fd);
     c->prev->next = c->next;
     c->next->prev = c->prev;
+    free(c->own_body);
     free(c->rbuf);
     free(c);
     st_conns--;
@@ -300,6 +321,8 @@ static void response_start(conn *c)
         out_printf(c, "Transfer-Encoding: chunked\r\n");
     else
         out_printf(c, "Content-Length: %" PRIu64 "\r\n", len);
+    if (c->has_max_age)
+        out_printf(c, "Cache-Control: max-age=%" PRIu32 "\r\n", c->max_age);
     out_printf(c, "%s\r\n", !c->keepalive ? "Connection: close\r\n"
                : c->http10 ? "Connection: keep-alive\r\n" : "");
     if (c->head_only)
@@ -308,6 +331,9 @@ static void response_start(conn *c)
         frame_next(c);
     c->state = ST_WRITING;
     st_requests++;
+    st_total_requests++;
+    if (!c->fixed_body && c->status == 200)
+        st_delay_requests++;
 }
 
 /* Returns 0 when the response is fully written, 1 on EAGAIN, -1 on error. */
@@ -378,9 +404,12 @@ static void request_parse(conn *c, char *h, size_t hlen)
     uint64_t cl = 0, ms = 0, bytes = 0;
 
     c->fixed_body = NULL;
+    free(c->own_body);
+    c->own_body = NULL;
     c->chunked = 0;
     c->head_only = 0;
     c->keepalive = 0;
+    c->has_max_age = 0;
 
     while (p < end && (*p == '\r' || *p == '\n'))
         p++;
@@ -482,6 +511,25 @@ static void request_parse(conn *c, char *h, size_t hlen)
         c->deadline_ns = 0;
         return;
     }
+    if ((q ? (size_t)(q - tgt) : tlen) == 6 && memcmp(tgt, "/stats", 6) == 0) {
+        char buf[256];
+        int n;
+
+        /* this response counts itself */
+        n = snprintf(buf, sizeof(buf), "delay %" PRIu64 "\nrequests %" PRIu64
+                     "\nopen %" PRIu64 "\naccepted %" PRIu64 "\n",
+                     st_delay_requests, st_total_requests + 1, st_conns,
+                     st_accepted);
+        c->own_body = malloc((size_t)n + 1);
+        if (c->own_body) {
+            memcpy(c->own_body, buf, (size_t)n + 1);
+            c->status = 200;
+            c->fixed_body = c->own_body;
+            c->body_left = (uint64_t)n;
+            c->deadline_ns = 0;
+            return;
+        }
+    }
     if (tlen > 7 && memcmp(tgt, "/delay/", 7) == 0) {
         char *d = tgt + 7, *pe = q ? q : tgt + tlen;
         int ok = (d < pe && *d >= '0' && *d <= '9');
@@ -507,6 +555,16 @@ static void request_parse(conn *c, char *h, size_t hlen)
                     char *ae = amp ? amp : qe;
                     if (token_eq(a, (size_t)(ae - a), "chunked=1"))
                         c->chunked = 1;
+                    else if (ae - a > 8 && strncasecmp(a, "max-age=", 8) == 0) {
+                        uint64_t v = 0;
+                        char *d2 = a + 8;
+                        for (; d2 < ae && *d2 >= '0' && *d2 <= '9' && v <= UINT32_MAX; d2++)
+                            v = v * 10 + (uint64_t)(*d2 - '0');
+                        if (d2 == ae && v <= UINT32_MAX) {
+                            c->has_max_age = 1;
+                            c->max_age = (uint32_t)v;
+                        }
+                    }
                     a = amp ? amp + 1 : qe;
                 }
             }

@@ -51,16 +51,25 @@ typedef void (*apx_defer_fn)(void *arg);
 
 /* stack_size is rounded up to whole pages (16 KB at least) and excludes the
  * guard page; the coroutine struct lives in its top bytes (no malloc per
- * coroutine);
- * at most max_free stacks are kept for reuse, the rest are unmapped. */
+ * coroutine).
+ * Destroyed coroutines' stacks are kept for reuse: the last max_free ones
+ * "warm" (as they are), up to max_cold more (1,024 unless set) "cold" --
+ * their pages given back to the kernel (madvise), so they cost no RSS, only
+ * their mapping; the rest are unmapped. A cold stack saves the next
+ * coroutine an mmap + mprotect, and this one a munmap. */
 apr_status_t apx_stack_pool_create(apx_stack_pool **pp, size_t stack_size,
                                    unsigned max_free);
+/* Changes the cold cap; surplus cold stacks are unmapped at once. 0 gives
+ * the behaviour of a warm list only. */
+void apx_stack_pool_set_max_cold(apx_stack_pool *pool, unsigned max_cold);
 /* Every coroutine made from the pool must be destroyed first. */
 void apx_stack_pool_destroy(apx_stack_pool *pool);
 size_t apx_stack_pool_stack_size(const apx_stack_pool *pool);
 /* Figures for the status page and the benchmarks. */
 void apx_stack_pool_stats(apx_stack_pool *pool, unsigned *in_use,
                           unsigned *free_count);
+/* Cold stacks kept (not counted in free_count above). */
+unsigned apx_stack_pool_cold(apx_stack_pool *pool);
 
 /* Makes a suspended coroutine; nothing runs until the first resume. */
 apr_status_t apx_coro_create(apx_coro **pcoro, apx_stack_pool *pool,

@@ -5,6 +5,7 @@
 
 /* t/unit/coro.c — coroutines: switch values, defers, the stack pool, nested
  * and cross-thread resumes, the guard page (in a forked child), stack trim,
+ * cold stacks (pages given back, mapping kept),
  * and FPU state/alignment inside a coroutine.
  *
  * Built three ways by the Makefile (plain, ASan+UBSan, TSan); build it once
@@ -377,6 +378,102 @@ static void test_many(void)
         apx_coro_destroy(c[i]);
     apx_stack_pool_stats(p, &in_use, &nfree);
     ok(in_use == 0 && nfree == 16, "free list capped at 16 (got %u)", nfree);
+    is_int(apx_stack_pool_cold(p), 24, "the other 24 kept cold");
+    is_int(p->maps, 40, "40 stacks mapped in all");
+    is_int(p->unmaps, 0, "none unmapped");
+    apx_stack_pool_destroy(p);
+}
+
+/* ---- cold stacks ---------------------------------------------------------- */
+
+/* Resident bytes of a stack kept cold (its struct is gone: no coro API). */
+static size_t cold_resident(const apx_stack_pool *p, void *top_struct)
+{
+    char *lo = (char *)top_struct + CORO_HDR - p->stack_size;
+    size_t npages = p->stack_size / p->page, i, n = 0;
+    unsigned char *vec = malloc(npages);
+
+    if (!vec || mincore(lo, p->stack_size, vec) != 0) {
+        free(vec);
+        return (size_t)-1;
+    }
+    for (i = 0; i < npages; i++)
+        n += vec[i] & 1;
+    free(vec);
+    return n * p->page;
+}
+
+static intptr_t deep_body(apx_coro *coro, void *data)
+{
+    char buf[40 * 1024];
+    volatile char *v = buf;
+    size_t i;
+
+    for (i = 0; i < sizeof(buf); i += 512)
+        v[i] = (char)i;
+    apx_coro_yield(coro, 1);
+    return v[512] == (char)512 ? 7 : -1;
+}
+
+static void test_cold(void)
+{
+    apx_stack_pool *p;
+    apx_coro *c[10];
+    unsigned in_use, nfree;
+    size_t res, worst = 0;
+    int i, bad = 0;
+
+    is_int(apx_stack_pool_create(&p, 64 * 1024, 2), APR_SUCCESS, "pool");
+    for (i = 0; i < 10; i++) {
+        apx_coro_create(&c[i], p, deep_body, NULL);
+        bad += apx_coro_resume(c[i]) != 1;
+    }
+    ok(apx_coro_stack_resident(c[0]) >= 40 * 1024,
+       "a deep coroutine has its pages resident");
+    for (i = 0; i < 10; i++) {
+        bad += apx_coro_resume(c[i]) != 7;
+        apx_coro_destroy(c[i]);
+    }
+    is_int(bad, 0, "10 deep coroutines ran");
+    apx_stack_pool_stats(p, &in_use, &nfree);
+    ok(in_use == 0 && nfree == 2 && apx_stack_pool_cold(p) == 8,
+       "2 warm, 8 cold (%u, %u)", nfree, apx_stack_pool_cold(p));
+    for (i = 0; i < (int)p->ncold; i++) {
+        res = cold_resident(p, p->cold[i]);
+        if (res > worst)
+            worst = res;
+    }
+    is_int((int)worst, 0, "a cold stack has no resident page");
+    is_int((int)p->unmaps, 0, "nothing unmapped");
+
+    for (i = 0; i < 10; i++) {
+        apx_coro_create(&c[i], p, deep_body, NULL);
+        bad += apx_coro_resume(c[i]) != 1;
+    }
+    is_int((int)p->maps, 10, "cold and warm stacks reused: no new mapping");
+    apx_stack_pool_set_max_cold(p, 3);
+    for (i = 0; i < 10; i++) {
+        bad += apx_coro_resume(c[i]) != 7;
+        apx_coro_destroy(c[i]);
+    }
+    is_int(bad, 0, "they ran deep again on zeroed pages");
+    ok(apx_stack_pool_cold(p) == 3 && p->unmaps == 5,
+       "over both caps the rest is unmapped (%u cold, %lu unmapped)",
+       apx_stack_pool_cold(p), p->unmaps);
+    apx_stack_pool_set_max_cold(p, 0);
+    ok(apx_stack_pool_cold(p) == 0 && p->unmaps == 8,
+       "lowering the cap unmaps the surplus at once (%lu unmapped)",
+       p->unmaps);
+    apx_coro_create(&c[0], p, deep_body, NULL);
+    apx_coro_destroy(c[0]);
+    apx_coro_create(&c[1], p, deep_body, NULL);
+    apx_coro_create(&c[2], p, deep_body, NULL);
+    apx_coro_create(&c[3], p, deep_body, NULL);
+    for (i = 1; i < 4; i++)
+        apx_coro_destroy(c[i]);
+    ok(apx_stack_pool_cold(p) == 0 && p->unmaps == 9 && p->maps == 11,
+       "cap 0: a warm list only, as before (%lu maps, %lu unmaps)",
+       p->maps, p->unmaps);
     apx_stack_pool_destroy(p);
 }
 
@@ -824,6 +921,7 @@ int main(void)
     test_defer_lifo_reuse();
     test_defer_oom();
     test_many();
+    test_cold();
     test_nested();
     test_fp();
     test_trim();

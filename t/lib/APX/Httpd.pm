@@ -57,6 +57,9 @@ sub new {
         module_so  => $o{module_so} || $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so",
         loglevel   => $o{loglevel} || 'warn asyncproxy:info',
         tls        => $o{tls} || 0,
+        # open-files limit apache2 starts with (`ulimit -n`); a low one
+        # makes the child run out of file descriptors (24-out-of-fds.t)
+        nofile     => $o{nofile} || 20000,
         # extra environment for apache2: { NAME => value }, plus
         # $ENV{APX_HTTPD_ENV} ("NAME=value NAME2=value2", e.g. LD_PRELOAD and
         # ASAN_OPTIONS for scripts/itest-asan.sh); the option wins
@@ -172,7 +175,7 @@ sub run_apache {
         (my $v = $self->{env}{$_}) =~ s/'/'\\''/g;
         "$_='$v' "
     } sort keys %{ $self->{env} || {} };
-    my $cmd = "ulimit -n 20000 2>/dev/null; ulimit -c unlimited 2>/dev/null; "
+    my $cmd = "ulimit -n $self->{nofile} 2>/dev/null; ulimit -c unlimited 2>/dev/null; "
             . ($env ne '' ? "env $env" : '')
             . "$APACHE -f " . $self->conf_file . " @args 2>&1";
     my $out = `$cmd`;
