@@ -163,6 +163,7 @@ struct apx_hc {
     /* the body being captured */
     char *cap;
     apr_size_t cap_len, cap_size;
+    int body_ended;                 /* capture() saw the end of the body */
 };
 
 static apx_cache *store;
@@ -989,46 +990,22 @@ static apr_status_t cap_cleanup(void *data)
     return APR_SUCCESS;
 }
 
-/* Reads the whole body into hc->cap. CAP_DONE; CAP_TOO_BIG (what was read
- * is in hc->cap, then px->bb; *pdone says whether the body ended);
- * STEP_FAIL. */
-static int capture(apx_hc *hc, int *pdone)
+static int capture_sink(proxy_ctx *px, void *baton, int last)
 {
-    proxy_ctx *px = hc->px;
-    int done = *pdone, rc;
+    apx_hc *hc = baton;
 
-    for (;;) {
-        if (!done && px->roff < px->rlen) {
-            done = apx_px_take_body(px);
-            if (done == STEP_FAIL)
-                return STEP_FAIL;
-            *pdone = done;
-            if (cap_append(hc, px->bb) == CAP_TOO_BIG)
-                return CAP_TOO_BIG;
-        }
-        if (done) {
-            apx_px_finish_backend(px, apx_px_exchange_is_clean(px));
-            return CAP_DONE;
-        }
-        rc = apx_px_recv(px, 0, "reading the response body");
-        if (rc == STEP_FAIL)
-            return STEP_FAIL;
-        if (rc == RECV_EOF && px->framing == APX_HTTP_BODY_CLOSE) {
-            apx_px_finish_backend(px, 0);
-            *pdone = 1;
-            return CAP_DONE;
-        }
-        if (rc != RECV_DATA) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR,
-                          rc == RECV_ERROR ? APR_FROM_OS_ERROR(px->recv_errno)
-                                           : 0, px->r,
-                          APXLOGNO(00124) "backend %s closed the connection "
-                          "before the end of the response body for %s",
-                          px->be->hostport, px->url);
-            return apx_px_backend_failed(px, HTTP_BAD_GATEWAY,
-                                         "backend-truncated");
-        }
-    }
+    hc->body_ended = last;
+    if (cap_append(hc, px->bb) == CAP_TOO_BIG)
+        return CAP_TOO_BIG;
+    return last ? CAP_DONE : STEP_OK;
+}
+
+/* Reads the whole body into hc->cap. CAP_DONE; CAP_TOO_BIG (what was read
+ * is in hc->cap, then px->bb; hc->body_ended says whether the body
+ * ended); STEP_FAIL. */
+static int capture(apx_hc *hc, int done)
+{
+    return apx_px_body(hc->px, done, capture_sink, hc);
 }
 
 typedef struct field_list {
@@ -1239,7 +1216,7 @@ static int fetch(apx_hc *hc, int role)
     proxy_ctx *px = hc->px;
     apr_time_t req_time = apr_time_now();
     apx_fresh_times t;
-    int rc, done;
+    int rc;
 
     hc->strip = role == ROLE_FILL || role == ROLE_PASS;
     rc = apx_px_build_head(px);
@@ -1276,8 +1253,7 @@ static int fetch(apx_hc *hc, int role)
     }
     apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
                               apr_pool_cleanup_null);
-    done = apx_px_relay_init(px);
-    rc = capture(hc, &done);
+    rc = capture(hc, apx_px_relay_init(px));
     if (rc == CAP_DONE) {
         hc_obj *o = build_obj(hc, &t);
 
@@ -1310,9 +1286,9 @@ static int fetch(apx_hc *hc, int role)
             hc->cap = NULL;
             hc->cap_len = hc->cap_size = 0;
         }
-        if (!done && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
+        if (!hc->body_ended && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
             return rc;
-        return apx_px_relay(px, done);
+        return apx_px_relay(px, hc->body_ended);
     }
     release_pending(hc, 0);
     return rc;
@@ -1330,7 +1306,7 @@ static void refresh(apx_hc *hc, hc_obj *old)
     const char *note = rq->note;
     apr_time_t req_time = apr_time_now();
     apx_fresh_times t;
-    int rc, done;
+    int rc;
 
     hc->strip = 1;
     hc->reason = NULL;
@@ -1344,8 +1320,7 @@ static void refresh(apx_hc *hc, hc_obj *old)
     if (rc == STEP_OK && decide(hc, req_time, apr_time_now(), &t)) {
         apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
                                   apr_pool_cleanup_null);
-        done = apx_px_relay_init(px);
-        if (capture(hc, &done) == CAP_DONE) {
+        if (capture(hc, apx_px_relay_init(px)) == CAP_DONE) {
             hc_obj *o = build_obj(hc, &t);
 
             if (o) {

@@ -1161,7 +1161,7 @@ int apx_px_relay_init(proxy_ctx *px)
            || (px->framing == APX_HTTP_BODY_LENGTH && px->remaining == 0);
 }
 
-int apx_px_relay(proxy_ctx *px, int done)
+int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton)
 {
     int rc;
 
@@ -1180,16 +1180,16 @@ int apx_px_relay(proxy_ctx *px, int done)
                               px->be->hostport, px->rlen - px->roff, px->url);
             /* the backend is free before the client has everything */
             apx_px_finish_backend(px, apx_px_exchange_is_clean(px));
-            return apx_px_pass_out(px, 1);
+            return sink(px, baton, 1);
         }
-        if ((rc = apx_px_pass_out(px, 0)) != STEP_OK)
+        if ((rc = sink(px, baton, 0)) != STEP_OK)
             return rc;
         rc = apx_px_recv(px, 0, "reading the response body");
         if (rc == STEP_FAIL)
             return STEP_FAIL;
         if (rc == RECV_EOF && px->framing == APX_HTTP_BODY_CLOSE) {
             apx_px_finish_backend(px, 0);
-            return apx_px_pass_out(px, 1);
+            return sink(px, baton, 1);
         }
         if (rc != RECV_DATA) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR,
@@ -1198,9 +1198,20 @@ int apx_px_relay(proxy_ctx *px, int done)
                           APXLOGNO(00107) "backend %s closed the connection "
                           "before the end of the response body for %s",
                           px->be->hostport, px->url);
-            return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "backend-truncated");
+            return apx_px_backend_failed(px, HTTP_BAD_GATEWAY,
+                                         "backend-truncated");
         }
     }
+}
+
+static int relay_sink(proxy_ctx *px, void *baton, int last)
+{
+    return apx_px_pass_out(px, last);
+}
+
+int apx_px_relay(proxy_ctx *px, int done)
+{
+    return apx_px_body(px, done, relay_sink, NULL);
 }
 
 /* ------------------------------------------------------------------ */

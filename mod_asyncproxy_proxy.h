@@ -122,8 +122,15 @@ int apx_px_drain_output(proxy_ctx *px);
 int apx_px_pass_out(proxy_ctx *px, int last);
 int apx_px_take_body(proxy_ctx *px);
 int apx_px_exchange_is_clean(const proxy_ctx *px);
-/* Body relay: init returns 1 when there is no body left to read. */
+/* Body: init returns 1 when there is no body left to read. */
 int apx_px_relay_init(proxy_ctx *px);
+/* Reads the response body to its end, handing what px->bb holds to
+ * sink() after each read (last = 1 once the body ended and the backend
+ * connection was pooled or closed). Returns what the sink returned when it
+ * was not STEP_OK or when last was 1, or STEP_FAIL. */
+typedef int (*apx_px_sink_fn)(proxy_ctx *px, void *baton, int last);
+int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton);
+/* apx_px_body() into the output filters, paced by the client. */
 int apx_px_relay(proxy_ctx *px, int done);
 
 /* mod_asyncproxy_cache.c */
