@@ -56,17 +56,6 @@ sub http_date { POSIX::strftime('%a, %d %b %Y %H:%M:%S GMT', gmtime($_[0])) }
 my $LM_T = 1668499951;    # Tue, 15 Nov 2022 08:12:31 GMT
 my $LM = http_date($LM_T);
 
-# deterministic bytes that gzip cannot shrink much
-sub noise {
-    my ($n, $seed) = @_;
-    my $x = $seed;
-    my $s = '';
-    while (length $s < $n) {
-        $x = ($x * 1103515245 + 12345) % 2147483648;
-        $s .= chr(($x >> 16) & 255);
-    }
-    return $s;
-}
 
 my $TEXT = substr(join('', map { "line $_: a text body that the cache stores once, compressed when smaller\n" }
                             1 .. 400), 0, 20480);

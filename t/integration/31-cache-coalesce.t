@@ -30,7 +30,7 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
-use APX::Client qw(connect_to send_raw read_response http_request figures wait_for md5_hex);
+use APX::Client qw(connect_to send_raw read_response http_request figures wait_for md5_hex noise);
 use APX::Load qw(multiplex raise_fd_limit);
 use File::Temp qw(tempdir);
 use Fcntl qw(O_CREAT O_EXCL O_WRONLY);
@@ -54,16 +54,6 @@ sub first_time {
     return 1;
 }
 
-sub noise {
-    my ($n, $seed) = @_;
-    my $x = $seed;
-    my $s = '';
-    while (length $s < $n) {
-        $x = ($x * 1103515245 + 12345) % 2147483648;
-        $s .= chr(($x >> 16) & 255);
-    }
-    return $s;
-}
 
 # 100 KB bodies that gzip cannot shrink, one per key; computed before the
 # backend forks

@@ -26,10 +26,22 @@ use Exporter 'import';
 
 our @EXPORT_OK = qw(connect_to read_until read_to_eof read_response http_request
                     figures figure pattern_body start_slowd stop_slowd md5_hex
-                    send_raw wait_for ref_mode ref_conf ref_httpd_opts);
+                    send_raw wait_for ref_mode ref_conf ref_httpd_opts noise);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $PATTERN = join('', 0 .. 9, 'A' .. 'Z', 'a' .. 'z') . "-\n";
+
+# Deterministic bytes that gzip cannot shrink much (a seeded LCG).
+sub noise {
+    my ($n, $seed) = @_;
+    my $x = $seed;
+    my $s = '';
+    while (length $s < $n) {
+        $x = ($x * 1103515245 + 12345) % 2147483648;
+        $s .= chr(($x >> 16) & 255);
+    }
+    return $s;
+}
 
 # slowd's body: byte i is PATTERN[i % 64]
 sub pattern_body { my ($n) = @_; substr($PATTERN x (int($n / 64) + 1), 0, $n) }
