@@ -10,12 +10,14 @@
  * (one or two fds, the events wanted on each, a timeout) and hands it over
  * with apx_park_submit(). From then on the poller owns the record: it alone
  * touches the epoll set and the timeout queues. On readiness, hangup/error or
- * deadline it removes the record's fds from epoll, unlinks it from its
- * timeout queue, records what happened and pushes it onto the worker queue; a
- * worker pops it and calls record->dispatch() — the new owner. The poller
- * pushes a batch to the worker queue only after it has scanned the whole
- * epoll batch, so a later event of the same batch never refers to a record a
- * worker already freed.
+ * deadline it lets go of the record's fds (from then on nothing they report
+ * reaches the record; they may stay in the poller's epoll set, which costs
+ * the owner nothing: it may use, close or park them again), unlinks it from
+ * its timeout queue, records what happened and pushes it onto the worker
+ * queue; a worker pops it and calls record->dispatch() — the new owner. The
+ * poller pushes a batch to the worker queue only after it has scanned the
+ * whole epoll batch, so a later event of the same batch never refers to a
+ * record a worker already freed.
  *
  * A record may also be made *wakeable* for one park: another thread then
  * ends the park early with apx_park_wake() (the response cache's coalesced
@@ -164,13 +166,17 @@ void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned);
  * apx_park_wake()).
  * Returns APR_EINVAL for a bad fd or when the engine is gone (the caller
  * still owns p then).
- * APR_EINVAL (synchronous) when: an fd other than -1 is not open
- * (fcntl F_GETFD fails), fd[0] == fd[1] >= 0, dispatch is NULL, or p is not
- * the caller's (already submitted; p must have been apx_park_init()ed once).
- * An fd that epoll refuses later (a regular file: EPERM; an fd parked in
- * another record: EEXIST; closed after the submit: EBADF) is dispatched at
- * once with got[i] = APX_EV_ERR. The deadline counts from when the poller
- * takes p (p->parked_at, wall clock); deadlines run on CLOCK_MONOTONIC. */
+ * APR_EINVAL (synchronous) when: an fd is negative but not -1,
+ * fd[0] == fd[1] >= 0, dispatch is NULL, p is not the caller's (already
+ * submitted; p must have been apx_park_init()ed once), or — in APX_DEBUG
+ * builds only — an fd is not open (fcntl F_GETFD fails: a syscall per fd
+ * per park, which production builds do not pay).
+ * An fd the poller cannot watch is dispatched at once with got[i] =
+ * APX_EV_ERR (and ERR in why): not open (EBADF: closed after the submit,
+ * or, in production builds, before it), a regular file (EPERM), an fd
+ * parked by another record the poller still holds. The deadline counts
+ * from when the poller takes p (p->parked_at, wall clock); deadlines run
+ * on CLOCK_MONOTONIC. */
 apr_status_t apx_park_submit(apx_engine *e, apx_park *p);
 
 /* Puts p straight onto the worker queue (why = APX_EV_RUN). APR_EINVAL when

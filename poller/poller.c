@@ -19,8 +19,9 @@
  * apx_run_submit() goes OWNED -> QUEUED directly. p->next links a record on
  * exactly one of intake, batch or worker queue at a time. A wakeable record
  * whose park a wake won while the poller held it goes PARKED (or INTAKE)
- * --> DETACHED (off epoll and its timeout queue, not dispatched) until the
- * poller handles its wake message: --> READY.
+ * --> DETACHED (off its timeout queue, not dispatched; what its fds still
+ * report is added to got[]) until the poller handles its wake message:
+ * --> READY.
  *
  * Wakeable parks: p->wake decides who ends a park (apx_park_wake() against
  * every other cause). It moves only by atomics:
@@ -50,20 +51,46 @@
  * there too, so destroy cannot have closed it yet.
  *
  * Invariants the poller keeps:
- *   - a record's fds are removed from epoll (EPOLL_CTL_DEL) and its timeout
- *     link unlinked *before* it is pushed to the worker queue: the owner
- *     closes the fds right after dispatch, and a closed-then-reused fd number
- *     must never be found in our set;
- *   - the batch is pushed only after the whole epoll_wait batch is scanned, so
- *     no later event of the same batch points at a record a worker may already
- *     have freed; a record whose two fds both fire in one batch is taken off
- *     once (state READY) and gets both got[] bits;
- *   - epoll data is the record pointer tagged with the fd index (bit 0); the
- *     eventfd is registered with data.ptr == NULL.
+ *   - epoll data never holds a record pointer: it is (generation << 32 |
+ *     fd), and the poller finds the record through its own fd table
+ *     (e->slots, poller thread only), whose slot names the record parked
+ *     on that fd and the generation of the arm that registered it. A
+ *     record's slots are released (owner NULL) when its batch is pushed to
+ *     the worker queue, *before* any worker can run or free it; an event
+ *     whose slot has no owner or another generation is dropped. So the
+ *     poller never delivers an event for a record it no longer owns, even
+ *     though a released fd may stay in the epoll set, armed or disabled,
+ *     and even after its owner closed it and the number was reused;
+ *   - its timeout link is unlinked before it is pushed to the worker queue;
+ *   - the batch is pushed only after the whole epoll_wait batch is scanned,
+ *     and slots are released only there, so a later event of the same
+ *     batch still finds its record; a record whose two fds both fire in
+ *     one batch is taken off once (state READY) and gets both got[] bits;
+ *   - the eventfd is registered with data.u64 == 0; generations skip 0.
  *
- * Registration: ADD on park, DEL on take-off (no EPOLLONESHOT): a oneshot fd
- * stays in the set after it fired, and our owners close fds right after
- * dispatch, so ADD/DEL is the form that is correct without more bookkeeping.
+ * Registration: EPOLLONESHOT, and an fd stays in the set after its park:
+ * one epoll_ctl per fd per park (MOD, or ADD the first time the poller sees
+ * the number) instead of ADD at park plus DEL at take-off. A slot records
+ * whether the poller believes the fd's current file is registered; the
+ * belief goes stale when an owner closes an fd (the kernel drops the
+ * registration with the last reference to the file) and a new file takes
+ * the number: MOD then fails with ENOENT and the poller ADDs (and ADD
+ * failing with EEXIST falls back to MOD). What may stay in the set after a
+ * record left, and why it is harmless:
+ *   - the fd that fired: ONESHOT disabled it (no event at all, not even
+ *     HUP/ERR, until the next MOD);
+ *   - an fd that did not fire (the other fd of the record, or every fd of a
+ *     record ended by deadline, wake, stopping or a refused fd): still
+ *     armed; it fires at most once (ONESHOT), and the event, whose
+ *     generation is no longer its slot's owner's, is dropped. No syscall is
+ *     spent on those paths; the next park of the fd re-arms it with MOD and
+ *     a new generation;
+ *   - a registration of a file closed under its number while another
+ *     reference keeps the file alive (dup, fork): unreachable by number,
+ *     armed or disabled as above, dropped by generation, freed by the
+ *     kernel with the file.
+ * An fd parked by one record cannot be parked by another until the first
+ * leaves (its slot has an owner): the second is dispatched with ERR.
  * Wanting IN registers EPOLLIN|EPOLLRDHUP; wanting nothing on an fd (watch a
  * client for hangup while waiting on the backend) registers EPOLLRDHUP; OUT
  * alone registers EPOLLOUT only, so a client that half-closed after sending
@@ -103,7 +130,7 @@ enum {
     ST_READY,
     ST_QUEUED,
     ST_DETACHED         /* woken while the poller held it: waiting for its
-                         * wake message (on no list, no fd in epoll) */
+                         * wake message (on no list nor timeout queue) */
 };
 
 /* The wake word (p->wake); see the top of the file. */
@@ -116,8 +143,16 @@ enum {
     WK_CLAIMED
 };
 
-/* Tagging stores the fd index in bit 0 of the epoll data pointer. */
-_Static_assert(__alignof__(apx_park) >= 2, "apx_park must be at least 2-aligned");
+/* The poller's view of one fd number (e->slots[fd]); see "Registration"
+ * at the top of the file. */
+typedef struct fd_slot {
+    apx_park *owner;        /* parked on this fd, still the poller's
+                             * (PARKED, READY or DETACHED); NULL: released */
+    uint32_t gen;           /* generation of the last arm, in its epoll data */
+    unsigned char idx;      /* owner->fd[idx] is this fd */
+    unsigned char reg;      /* the fd's current file is believed to be in
+                             * the epoll set */
+} fd_slot;
 
 typedef struct engine_thread engine_thread;
 struct engine_thread {
@@ -155,6 +190,9 @@ struct apx_engine {
     unsigned nparked;           /* published to `parked` each pass */
     int stopping_swept;
     int epoll_failed_logged;
+    fd_slot *slots;             /* indexed by fd; malloc'd, grows */
+    unsigned nslots;
+    uint32_t gen;               /* last generation handed out; never 0 */
 
     /* --- worker queue and pool (wq_mtx) --- */
     pthread_mutex_t wq_mtx;
@@ -505,27 +543,115 @@ static unsigned events_from_epoll(uint32_t ev)
     return r;
 }
 
-static void del_fds(apx_engine *e, apx_park *p, int upto)
+/* Slots of fds 0..fd, for an fd the kernel has just accepted (so a number
+ * of an open file, below the process's fd limit). NULL when out of memory. */
+static fd_slot *get_slot(apx_engine *e, int fd)
 {
-    int i;
+    unsigned n = e->nslots, want = (unsigned)fd + 1;
+    fd_slot *s;
 
-    for (i = 0; i < upto; i++) {
-        /* ENOENT/EBADF only if an owner closed a parked fd (a bug there):
-         * the kernel then dropped the registration itself. */
-        if (p->fd[i] >= 0)
-            epoll_ctl(e->epfd, EPOLL_CTL_DEL, p->fd[i], NULL);
+    if (want > n) {
+        n = n ? n : 1024;
+        while (n < want)
+            n *= 2;
+        s = realloc(e->slots, n * sizeof(*s));
+        if (!s)
+            return NULL;
+        memset(s + e->nslots, 0, (n - e->nslots) * sizeof(*s));
+        e->slots = s;
+        e->nslots = n;
+    }
+    return &e->slots[fd];
+}
+
+/* Arms p->fd[i] for p: MOD when the poller believes the fd registered,
+ * else ADD, falling back to the other on ENOENT/EEXIST (the belief was
+ * stale: the number now names another file). Returns 0 or an errno: the
+ * fd is parked by another record (EEXIST), not open (EBADF), cannot be
+ * polled (EPERM), or the kernel or the slot table is out of memory. */
+static int arm_fd(apx_engine *e, apx_park *p, int i)
+{
+    int fd = p->fd[i], op, err;
+    fd_slot *s = (unsigned)fd < e->nslots ? &e->slots[fd] : NULL;
+    struct epoll_event ev;
+
+    if (s && s->owner)
+        return EEXIST;
+    if (++e->gen == 0)
+        e->gen = 1;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = epoll_mask(p->want[i]) | EPOLLONESHOT;
+    ev.data.u64 = (uint64_t)e->gen << 32 | (uint32_t)fd;
+    op = s && s->reg ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(e->epfd, op, fd, &ev) < 0) {
+        err = errno;
+        if (!(op == EPOLL_CTL_MOD ? err == ENOENT : err == EEXIST))
+            goto failed;
+        op = op == EPOLL_CTL_MOD ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+        if (epoll_ctl(e->epfd, op, fd, &ev) < 0) {
+            err = errno;
+            goto failed;
+        }
+    }
+    if (!s && (s = get_slot(e, fd)) == NULL) {
+        /* registered but unreachable: take it out again */
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
+        return ENOMEM;
+    }
+    s->owner = p;
+    s->gen = e->gen;
+    s->idx = (unsigned char)i;
+    s->reg = 1;
+    return 0;
+
+failed:
+    /* EBADF: not open (a registration went with its file); EPERM: never
+     * registered; anything else leaves the belief unknown. Believing "not
+     * registered" is always safe: the next arm tries ADD, then MOD. */
+    if (s)
+        s->reg = 0;
+    return err;
+}
+
+/* The record p parked on an event's fd, or NULL when the event belongs to
+ * an arm whose record has left (or to an older file under that number);
+ * *idx: which of p's fds. */
+static apx_park *event_owner(apx_engine *e, uint64_t data, unsigned *idx)
+{
+    uint32_t fd = (uint32_t)data;
+    fd_slot *s;
+
+    if (fd >= e->nslots)
+        return NULL;
+    s = &e->slots[fd];
+    if (!s->owner || s->gen != (uint32_t)(data >> 32))
+        return NULL;
+    *idx = s->idx;
+    return s->owner;
+}
+
+/* The poller lets go of p's fds: from here an event on them is dropped.
+ * Their registration stays (see "Registration" at the top of the file). */
+static void release_fds(apx_engine *e, apx_park *p)
+{
+    int i, fd;
+
+    for (i = 0; i < 2; i++) {
+        fd = p->fd[i];
+        if ((unsigned)fd < e->nslots && e->slots[fd].owner == p)
+            e->slots[fd].owner = NULL;
     }
 }
 
-/* Out of epoll and the timeout queue; p was PARKED. */
+/* Off the timeout queue; p was PARKED. Its fds stay its own until its
+ * batch is pushed (release_fds()). */
 static void detach(apx_engine *e, apx_park *p)
 {
-    del_fds(e, p, 2);
     apx_tq_remove(&p->tq);
     e->nparked--;
 }
 
-/* PARKED -> READY: out of epoll and the timeout queue, onto the batch.
+/* PARKED -> READY: off the timeout queue, onto the batch.
  * Returns 0 when a wake won the park: then PARKED -> DETACHED, and the
  * caller adds no reason of its own. */
 static int take_off(apx_engine *e, apx_park *p, park_list *batch)
@@ -567,9 +693,8 @@ static void wake_records(apx_engine *e, apx_park *w, park_list *batch)
 static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
                 park_list *batch)
 {
-    struct epoll_event ev;
     apx_tq *q;
-    int i;
+    int i, err;
 
     p->got[0] = p->got[1] = 0;
     p->why = 0;
@@ -601,17 +726,15 @@ static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
     for (i = 0; i < 2; i++) {
         if (p->fd[i] < 0)
             continue;
-        memset(&ev, 0, sizeof(ev));
-        ev.events = epoll_mask(p->want[i]);
-        ev.data.ptr = (void *)((uintptr_t)p | (uintptr_t)i);
-        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, p->fd[i], &ev) < 0) {
-            /* EBADF (closed since submit), EEXIST (parked twice), EPERM
-             * (a regular file): the owner learns it from got[i]. */
+        err = arm_fd(e, p, i);
+        if (err) {
+            /* EBADF (not open), EEXIST (parked by another record), EPERM
+             * (a regular file), ENOMEM: the owner learns it from got[i]. */
             if (apx_log_is_enabled(APX_LOG_DEBUG))
-                apx_log(APX_LOG_DEBUG, errno, "APX00302: epoll_ctl ADD of "
-                        "fd %d failed", p->fd[i]);
+                apx_log(APX_LOG_DEBUG, err, "APX00302: cannot watch fd %d "
+                        "in epoll", p->fd[i]);
             p->got[i] = APX_EV_ERR;
-            del_fds(e, p, i);
+            release_fds(e, p);
             goto ready;
         }
     }
@@ -622,8 +745,8 @@ static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
 
 ready:
     if (!claim(p)) {
-        /* woken between the take and here: no fd is left registered; the
-         * wake message dispatches it, with a refused fd's ERR in got[] */
+        /* woken between the take and here: its fds are released already;
+         * the wake message dispatches it, with a refused fd's ERR in got[] */
         p->why = 0;
         set_state(p, ST_DETACHED);
         return;
@@ -680,6 +803,8 @@ static void push_batch(apx_engine *e, park_list *batch)
     if (!batch->head)
         return;
     for (p = batch->head; p; p = p->next) {
+        /* the last moment the poller may map an event to p */
+        release_fds(e, p);
         p->why |= p->got[0] | p->got[1];
         set_state(p, ST_QUEUED);
     }
@@ -699,8 +824,8 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
     park_list batch, in;
     apx_park *p, *woken;
     apr_time_t now, wall;
-    uintptr_t tag;
     uint64_t counter;
+    unsigned idx;
     expire_ctx x;
     int n, i, stop;
 
@@ -717,27 +842,29 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
         }
         list_init(&batch);
         for (i = 0; i < n; i++) {
-            if (!e->events[i].data.ptr) {
+            if (!e->events[i].data.u64) {
                 while (read(e->evfd, &counter, sizeof(counter)) < 0
                        && errno == EINTR)
                     ;
                 continue;
             }
-            tag = (uintptr_t)e->events[i].data.ptr;
-            p = (apx_park *)(tag & ~(uintptr_t)1);
+            p = event_owner(e, e->events[i].data.u64, &idx);
+            if (!p)
+                continue;       /* an arm whose record has left: ONESHOT
+                                 * disabled it, nothing to undo */
             if (get_state(p) == ST_PARKED)
                 take_off(e, p, &batch);
 #ifdef APX_DEBUG
             else if (get_state(p) != ST_READY
                      && get_state(p) != ST_DETACHED) {
-                /* an event for a record that is not ours: a broken
-                 * invariant (an fd left in epoll past its dispatch) */
+                /* a slot still owned by a record the poller handed on: a
+                 * broken invariant (release_fds() missed) */
                 apx_log(APX_LOG_CRIT, 0, "APX00306: event for record %p in "
                         "state %u", (void *)p, get_state(p));
                 abort();
             }
 #endif
-            p->got[tag & 1] |= events_from_epoll(e->events[i].events);
+            p->got[idx] |= events_from_epoll(e->events[i].events);
         }
 
         /* Taken every pass, woken or not: one uncontended lock, and a
@@ -878,7 +1005,7 @@ apr_status_t apx_engine_create(apx_engine **pe, const apx_engine_conf *conf,
     }
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
-    ev.data.ptr = NULL;
+    ev.data.u64 = 0;
     if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) < 0) {
         rv = errno;
         goto cleanup_engine;
@@ -1027,9 +1154,12 @@ void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned)
         list_push(&left, p);
     }
     list_splice(&left, &e->wq);
-    close(e->epfd);
+    close(e->epfd);             /* every registration goes with it */
     close(e->evfd);
     e->epfd = e->evfd = -1;
+    free(e->slots);
+    e->slots = NULL;
+    e->nslots = 0;
 
     for (p = left.head; p; p = next) {
         next = p->next;
@@ -1049,11 +1179,19 @@ void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned)
     apr_pool_destroy(e->pool);
 }
 
+/* -1 (unused) or a plausible fd number. Only debug builds ask the kernel
+ * whether the fd is open: fcntl() would cost a syscall per fd per park (3
+ * per proxied request), and epoll_ctl() in the poller refuses a closed fd
+ * anyway (EBADF: dispatched with got[i] = ERR). */
 static int fd_is_valid(int fd)
 {
     if (fd == -1)
         return 1;
+#ifdef APX_DEBUG
     return fd >= 0 && fcntl(fd, F_GETFD) != -1;
+#else
+    return fd >= 0;
+#endif
 }
 
 /* OWNED -> QUEUED for apx_run_submit() (why RUN) and for a record woken

@@ -11,14 +11,44 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <apr_general.h>
 #include "tap.h"
+
+/* The engine's epoll_ctl() and epoll_wait() go through counting wrappers:
+ * the registration tests count the calls per operation and the fd events
+ * reported (sys/epoll.h is included above, so only the engine's calls are
+ * renamed). */
+static unsigned ctl_calls[4];   /* atomic; by op: ADD 1, DEL 2, MOD 3 */
+static unsigned fd_events;      /* atomic; events other than the eventfd's */
+static int counted_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
+static int counted_epoll_wait(int epfd, struct epoll_event *ev, int max, int ms);
+#define epoll_ctl counted_epoll_ctl
+#define epoll_wait counted_epoll_wait
 #include "../../poller/tq.c"
 #include "../../poller/poller.c"
+#undef epoll_ctl
+#undef epoll_wait
+
+static int counted_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    __atomic_fetch_add(&ctl_calls[op & 3], 1, __ATOMIC_RELAXED);
+    return epoll_ctl(epfd, op, fd, ev);
+}
+
+static int counted_epoll_wait(int epfd, struct epoll_event *ev, int max, int ms)
+{
+    int n = epoll_wait(epfd, ev, max, ms), i;
+
+    for (i = 0; i < n; i++)
+        if (ev[i].data.u64)
+            __atomic_fetch_add(&fd_events, 1, __ATOMIC_RELAXED);
+    return n;
+}
 
 /* --------------------------------------------------------------- helpers */
 
@@ -349,7 +379,19 @@ static void test_bad_fds(apr_pool_t *pool)
     rec_init(&r);
     r.p.fd[0] = closed_fd;
     r.p.want[0] = APX_EV_IN;
-    is_int(apx_park_submit(e, &r.p), APR_EINVAL, "closed fd: APR_EINVAL at once");
+#ifdef APX_DEBUG
+    /* debug builds ask fcntl() at the submit */
+    is_int(apx_park_submit(e, &r.p), APR_EINVAL, "closed fd: APR_EINVAL at once (APX_DEBUG)");
+#else
+    /* production builds leave it to epoll_ctl() in the poller (EBADF) */
+    r.p.timeout = apr_time_from_sec(10);
+    is_int(apx_park_submit(e, &r.p), APR_SUCCESS, "closed fd: taken (no fcntl without APX_DEBUG)");
+    is_int(wait_calls(&r, 1, 5000), 1, "... and dispatched at once");
+    ok(r.why == APX_EV_ERR && r.got[0] == APX_EV_ERR && r.got[1] == 0,
+       "... with ERR on that fd (why %#x, got[0] %#x)", r.why, r.got[0]);
+    rec_init(&r);
+    r.p.want[0] = APX_EV_IN;
+#endif
     r.p.fd[0] = -7;
     is_int(apx_park_submit(e, &r.p), APR_EINVAL, "negative fd other than -1: APR_EINVAL");
     r.p.fd[0] = sv[0];
@@ -390,6 +432,214 @@ static void test_bad_fds(apr_pool_t *pool)
     close(sv[0]);
     close(sv[1]);
     apx_engine_destroy(e, NULL);
+}
+
+/* ------------------------------------------------------- registration */
+
+static void ctl_snap(unsigned c[4])
+{
+    int k;
+
+    for (k = 0; k < 4; k++)
+        c[k] = __atomic_load_n(&ctl_calls[k], __ATOMIC_RELAXED);
+}
+
+/* epoll_ctl calls by op since the snapshot c, as "ADD/MOD/DEL". */
+static int ctl_since(const unsigned c[4], unsigned add, unsigned mod, unsigned del)
+{
+    unsigned now[4];
+
+    ctl_snap(now);
+    return now[EPOLL_CTL_ADD] - c[EPOLL_CTL_ADD] == add
+        && now[EPOLL_CTL_MOD] - c[EPOLL_CTL_MOD] == mod
+        && now[EPOLL_CTL_DEL] - c[EPOLL_CTL_DEL] == del;
+}
+
+/* Returns once the poller has made at least one full pass after the call:
+ * events already pending on fds when it is called have been handled. A
+ * timer-only record of 1 ms is submitted (its eventfd write lands behind
+ * those events) and waited for. */
+static int poller_pass(apx_engine *e)
+{
+    rec m;
+
+    rec_init(&m);
+    m.p.timeout = 1000;
+    if (apx_park_submit(e, &m.p) != APR_SUCCESS)
+        return 0;
+    return wait_calls(&m, 1, 5000) == 1 && m.why == APX_EV_TIMEOUT;
+}
+
+/* fds stay registered across parks (ONESHOT, re-armed with MOD): one
+ * epoll_ctl per fd per park, none at dispatch; an fd that did not fire
+ * (deadline, wake, the other fd of the record) stays armed, and what it
+ * reports after its record left reaches nobody; a number reused by another
+ * file, and an old file still alive under a reused number, are told apart. */
+static void test_registration(apr_pool_t *pool)
+{
+    apx_engine *e = start_engine(pool, 1, 1, apr_time_from_sec(10));
+    unsigned c[4], ev0;
+    rec r, r2;
+    int a[2], b[2], d[2], x[2], n, keep;
+    char ch;
+
+    socketpair(AF_UNIX, SOCK_STREAM, 0, a);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, b);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, x);
+
+    /* first park of a number: ADD; dispatch: nothing */
+    rec_init(&r);
+    r.p.fd[0] = a[0];
+    r.p.want[0] = APX_EV_IN;
+    r.p.timeout = apr_time_from_sec(10);
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    ok(write(a[1], "x", 1) == 1, "peer writes");
+    is_int(wait_calls(&r, 1, 5000), 1, "first park: dispatched");
+    is_int(r.why, APX_EV_IN, "with IN");
+    ok(ctl_since(c, 1, 0, 0), "first park: one ADD, no DEL at the dispatch");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+
+    /* the next park of the same fd: one MOD */
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    ok(write(a[1], "x", 1) == 1, "peer writes");
+    is_int(wait_calls(&r, 2, 5000), 2, "second park: dispatched");
+    is_int(r.why, APX_EV_IN, "with IN");
+    ok(ctl_since(c, 0, 1, 0), "second park: one MOD, nothing else");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+
+    /* ended by its deadline: the fd stays armed; its readiness afterwards
+     * reaches nobody (an APX_DEBUG build aborts on a misdelivery) */
+    r.p.timeout = 20000;
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    is_int(wait_calls(&r, 3, 5000), 3, "deadline: dispatched");
+    is_int(r.why, APX_EV_TIMEOUT, "with TIMEOUT");
+    ok(ctl_since(c, 0, 1, 0), "deadline: the park's MOD only, no DEL");
+    ev0 = __atomic_load_n(&fd_events, __ATOMIC_RELAXED);
+    ok(write(a[1], "x", 1) == 1, "peer writes after the deadline");
+    ok(poller_pass(e) && poller_pass(e), "two poller passes");
+    ok(flush(e), "flushed");
+    is_int(calls_of(&r), 3, "the late readiness dispatches nothing");
+    is_int(__atomic_load_n(&fd_events, __ATOMIC_RELAXED) - ev0, 1,
+           "it was reported once (ONESHOT), not on every pass");
+    r.p.timeout = apr_time_from_sec(10);
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    is_int(wait_calls(&r, 4, 5000), 4, "parked again (ONESHOT had disabled the fd): "
+           "the pending byte is reported");
+    ok(r.why == APX_EV_IN && ctl_since(c, 0, 1, 0), "IN, after one MOD");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+
+    /* ended by a wake: the same */
+    apx_park_arm_wake(&r.p);
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    ok(poller_pass(e), "armed record parked");
+    is_int(apx_park_wake(e, &r.p), 1, "woken");
+    is_int(wait_calls(&r, 5, 5000), 5, "dispatched");
+    is_int(r.why, APX_EV_WAKE, "with WAKE");
+    ok(ctl_since(c, 0, 1, 0), "wake: the park's MOD only, no DEL");
+    ok(write(a[1], "x", 1) == 1, "peer writes after the wake");
+    ok(poller_pass(e), "a poller pass");
+    is_int(calls_of(&r), 5, "the late readiness dispatches nothing");
+    rec_init(&r2);              /* another record on the same fd */
+    r2.p.fd[0] = a[0];
+    r2.p.want[0] = APX_EV_IN;
+    r2.p.timeout = apr_time_from_sec(10);
+    apx_park_submit(e, &r2.p);
+    is_int(wait_calls(&r2, 1, 5000), 1, "another record parked on the fd gets its event");
+    ok(r2.why == APX_EV_IN && r2.got[0] == APX_EV_IN, "IN, not ERR");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+
+    /* two fds, one fires: the other stays armed for nobody */
+    rec_init(&r);
+    r.p.fd[0] = x[0];
+    r.p.want[0] = APX_EV_IN;
+    r.p.fd[1] = b[0];
+    r.p.want[1] = 0;            /* hangup only */
+    r.p.timeout = apr_time_from_sec(10);
+    ok(write(x[1], "x", 1) == 1, "fd[0] readable");
+    apx_park_submit(e, &r.p);
+    is_int(wait_calls(&r, 1, 5000), 1, "two fds: dispatched");
+    ok(r.got[0] == APX_EV_IN && r.got[1] == 0, "by fd[0]");
+    close(b[1]);
+    ok(poller_pass(e), "fd[1]'s peer hung up; a poller pass");
+    ok(flush(e), "flushed");
+    is_int(calls_of(&r), 1, "the hangup on the released fd[1] dispatches nothing");
+    rec_init(&r2);
+    r2.p.fd[1] = b[0];
+    r2.p.want[1] = 0;
+    r2.p.timeout = apr_time_from_sec(10);
+    ctl_snap(c);
+    apx_park_submit(e, &r2.p);
+    is_int(wait_calls(&r2, 1, 5000), 1, "parked again for hangup: dispatched");
+    ok((r2.got[1] & APX_EV_HUP) && r2.got[0] == 0 && ctl_since(c, 0, 1, 0),
+       "HUP on fd[1], after one MOD (got[1] %#x)", r2.got[1]);
+
+    /* the owner closes an fd, a new file takes the number: MOD fails with
+     * ENOENT, the poller ADDs */
+    n = b[0];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, d);     /* before: not on n */
+    close(b[0]);
+    ok(dup2(d[0], n) == n, "a new socket under the closed fd's number");
+    close(d[0]);
+    rec_init(&r);
+    r.p.fd[0] = n;
+    r.p.want[0] = APX_EV_IN;
+    r.p.timeout = apr_time_from_sec(10);
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    ok(write(d[1], "x", 1) == 1, "its peer writes");
+    is_int(wait_calls(&r, 1, 5000), 1, "reused number: dispatched");
+    ok(r.why == APX_EV_IN && ctl_since(c, 1, 1, 0), "IN, after MOD (ENOENT) and ADD");
+    ok(read(n, &ch, 1) == 1, "drained");
+    close(d[1]);
+    /* n stays open: its socket's peer is closed now, but it is drained and
+     * parks no more; the number is reused again below */
+
+    /* an old file still alive under a reused number: its registration
+     * stays in the set, armed; its event must not reach the new record */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, b);
+    rec_init(&r);
+    r.p.fd[0] = x[0];           /* still readable: fires at once */
+    r.p.want[0] = APX_EV_IN;
+    r.p.fd[1] = b[0];           /* watched for hangup, never fires */
+    r.p.want[1] = 0;
+    r.p.timeout = apr_time_from_sec(10);
+    apx_park_submit(e, &r.p);
+    is_int(wait_calls(&r, 1, 5000), 1, "dispatched by fd[0], fd[1] left armed");
+    keep = dup(b[0]);           /* the file outlives its number */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, d);
+    ok(keep >= 0 && dup2(d[0], b[0]) == b[0], "the number now names another socket");
+    close(d[0]);
+    rec_init(&r2);
+    r2.p.fd[0] = b[0];
+    r2.p.want[0] = APX_EV_IN;
+    r2.p.timeout = apr_time_from_sec(10);
+    ctl_snap(c);
+    apx_park_submit(e, &r2.p);
+    ok(poller_pass(e), "a new record parked on the number");
+    ok(ctl_since(c, 1, 1, 0), "MOD (ENOENT: the old file's entry is unreachable by "
+       "number) and ADD");
+    close(b[1]);                /* the old file's peer hangs up */
+    ok(poller_pass(e), "the old file's registration fired; a poller pass");
+    is_int(calls_of(&r2), 0, "its hangup does not reach the new record");
+    is_int(calls_of(&r), 1, "nor the old one");
+    ok(write(d[1], "x", 1) == 1, "the new socket's peer writes");
+    is_int(wait_calls(&r2, 1, 5000), 1, "the new record dispatched");
+    ok(r2.why == APX_EV_IN && r2.got[0] == APX_EV_IN, "with IN only (why %#x)", r2.why);
+
+    apx_engine_destroy(e, NULL);
+    close(keep);
+    close(b[0]);
+    close(d[1]);
+    close(n);
+    close(a[0]);
+    close(a[1]);
+    close(x[0]);
+    close(x[1]);
 }
 
 /* 10,000 records from 4 threads at once: eventfds made readable before or
@@ -915,7 +1165,7 @@ static void test_wake(apr_pool_t *pool)
     is_int(wait_calls(&r, 1, 5000), 1, "dispatched");
     ok(r.why == APX_EV_WAKE && r.got[0] == 0, "why == WAKE, got[0] 0 (%#x)", r.why);
     ok(r.at - t0 < 1000000, "at once (%ld us)", (long)(r.at - t0));
-    /* its fd left epoll with the wake: another record may park on it */
+    /* the poller let go of its fd with the wake: another record may park on it */
     rec_init(&r2);
     r2.p.fd[0] = sv[0];
     r2.p.want[0] = APX_EV_IN;
@@ -923,7 +1173,7 @@ static void test_wake(apr_pool_t *pool)
     is_int(apx_park_submit(e, &r2.p), APR_SUCCESS, "the fd parked by another record");
     ok(write(sv[1], "x", 1) == 1, "peer writes");
     is_int(wait_calls(&r2, 1, 5000), 1, "the other record dispatched");
-    is_int(r2.why, APX_EV_IN, "with IN, not ERR: the woken record's fd was removed");
+    is_int(r2.why, APX_EV_IN, "with IN, not ERR: the woken record let go of the fd");
     {
         char c;
         ok(read(sv[0], &c, 1) == 1, "drained");
@@ -1507,6 +1757,7 @@ int main(void)
     test_events(pool);
     test_two_fds(pool);
     test_bad_fds(pool);
+    test_registration(pool);
     test_many(pool);
     test_elastic(pool);
     test_stopping(pool);
