@@ -37,6 +37,9 @@
 /* Defaults of the proxy settings (each overridable globally and per
  * mapping where mod_proxy has the same option). */
 #define APX_DEFAULT_PARK_DELAY      apr_time_from_msec(5)
+#ifndef APX_ADOPT_FINISHED
+#define APX_ADOPT_FINISHED 1
+#endif
 #define APX_DEFAULT_CONNECT_TIMEOUT apr_time_from_sec(5)
 #define APX_DEFAULT_MAX_PARKED      10000
 #define APX_DEFAULT_POOL_MAX        256
@@ -153,6 +156,8 @@ typedef struct apx_counters {
     volatile apr_uint32_t backend_retries; /* idempotent retry on a fresh one */
     volatile apr_uint32_t keepalive_closed;/* idle adopted closed (timeout/stop) */
     volatile apr_uint32_t head_waits;      /* partial request head re-parked */
+    volatile apr_uint32_t handed_over;     /* finished on an MPM thread, the
+                                            * connection adopted anyway */
     volatile apr_uint32_t cache_hits;      /* served from the cache */
     volatile apr_uint32_t cache_misses;    /* fetched to be stored */
     volatile apr_uint32_t cache_stale;     /* served stale */
@@ -205,6 +210,8 @@ typedef struct apx_req {
     apr_time_t wait_deadline;
     unsigned wait_got;
     int wait_wake;              /* the wait is apx_wait_wake()'s */
+    int finished_sync;          /* ended on the MPM thread, handed over
+                                 * only for the connection's sake */
     int detached;               /* waits ignore the client (a background
                                  * refresh after the response went out) */
     int outcome;                /* APX_OUT_* */

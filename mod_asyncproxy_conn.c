@@ -514,7 +514,8 @@ static void resume_request(apx_conn *ac)
 {
     apx_req *rq = ac->rq;
 
-    apx_coro_resume(rq->coro);
+    if (!apx_coro_is_finished(rq->coro))
+        apx_coro_resume(rq->coro);
     if (!apx_coro_is_finished(rq->coro)) {
         park_request(ac);
         return;
@@ -903,8 +904,21 @@ static int asyncproxy_handler(request_rec *r)
     }
 
     apx_coro_resume(rq->coro);
-    if (apx_coro_is_finished(rq->coro))
-        return end_request(rq);
+    if (apx_coro_is_finished(rq->coro)) {
+        /* Finished on an MPM thread (a cache hit, a fast backend): the
+         * connection is handed over all the same, so its keep-alive is
+         * ours. Left with the MPM, it would be closed under load ("All
+         * workers are busy or dying, will shutdown N keep-alive
+         * connections") and its next request would start over on a new
+         * connection and MPM thread. */
+        if (!rq->async || !APX_ADOPT_FINISHED || apx_engine_current_thread())
+            return end_request(rq);
+        rq->finished_sync = 1;
+        ac->rq = rq;
+        ac->want_park = 1;
+        apr_atomic_inc32(&ch->n.handed_over);
+        return SUSPENDED;
+    }
 
     /* The coroutine waits for I/O: park it. On an MPM thread the suspend
      * hook arms the poller once httpd is done with the connection; on a
@@ -947,6 +961,18 @@ static void asyncproxy_suspend_connection(conn_rec *c, request_rec *r)
      * first means a module worker never sees the MPM thread's handle. */
     c->sbh = NULL;
     adopted_link(ac);
+    if (ac->rq && ac->rq->finished_sync) {
+        /* nothing to wait for: straight to a module worker, which ends
+         * the request and runs the connection on */
+        apx_park_init(&ac->park, conn_dispatch, ac);
+        ac->phase = PH_REQUEST;
+        if (apx_ch && apx_ch->engine
+            && apx_run_submit(apx_ch->engine, &ac->park) == APR_SUCCESS)
+            return;
+        ac->park.why = APX_EV_SHUTDOWN;
+        conn_dispatch(&ac->park, NULL);
+        return;
+    }
     park_request(ac);
 }
 

@@ -68,6 +68,7 @@ static int collect(figure *f, const char **mode)
     FIG("BackendRetries", apr_atomic_read32(&ch->n.backend_retries));
     FIG("KeepaliveClosed", apr_atomic_read32(&ch->n.keepalive_closed));
     FIG("HeadWaits", apr_atomic_read32(&ch->n.head_waits));
+    FIG("HandedOver", apr_atomic_read32(&ch->n.handed_over));
     FIG("AdoptedNow", apr_atomic_read32(&ch->n.adopted_now));
     FIG("AdoptedTotal", apr_atomic_read32(&ch->n.adopted_total));
     FIG("GateWaits", apr_atomic_read32(&ch->n.gate_waits));

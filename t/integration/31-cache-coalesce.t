@@ -354,10 +354,13 @@ for my $kind (qw(nostore private)) {
 
 ok($h->stop, 'server A stops');
 {
-    # the provoked backend timeout of /t/slow/1 (checked above) is expected
+    # The provoked backend timeout of /t/slow/1 (checked above) is expected;
+    # so is the MPM's own AH00484 ("server reached MaxRequestWorkers"): one
+    # child of 25 threads takes bursts of 500 new connections, and every
+    # one of them runs its first request on an MPM thread.
     my @err = $h->error_lines;
-    my @bad = grep { !m{timed out.* for \S*/c/slow(?:all)?/1\b} } @err;
-    is_deeply(\@bad, [], 'server A: no error-log line at level error or above but the provoked timeout')
+    my @bad = grep { !m{timed out.* for \S*/c/slow(?:all)?/1\b} && !/AH00484:/ } @err;
+    is_deeply(\@bad, [], 'server A: no error-log line at level error or above but the provoked timeout (and AH00484)')
         or diag join "\n", @bad;
 }
 
