@@ -1,0 +1,28 @@
+#!/usr/bin/perl
+# Reproduces the intermittent stall with slow readers (issue 5 open problem):
+# 4 fresh servers; in each, 200 slow readers of 8 MiB, then wrk 64 conns for 5 s on
+# a 0 ms backend; prints req/s, p99 and module figures. A stalled run shows p99
+# of 300-550 ms (seen 1 in 3-4 runs), the others ~7 ms. Needs make, make -C bench slowd.
+#   perl bench/profile/slow-readers-stall.pl
+use strict; use warnings;
+use FindBin; use lib "$FindBin::Bin/../../t/lib";
+use APX::Httpd; use APX::Client qw(:all); use Time::HiRes qw(sleep time);
+my $top = APX::Httpd::top();
+for my $run (1..4) {
+my $sd = start_slowd();
+my $h = APX::Httpd->new(threads => 25, factor => 400, servers => 1, server_limit => 1, loglevel => 'warn',
+   global => "AsyncProxyWorkers 2 8\nAsyncProxyMaxParked 10000\n",
+   conf => "AsyncProxyPass /b/ http://127.0.0.1:$sd->{port}/ timeout=60 max=10000\n");
+$h->start; my $P = $h->port;
+system("wrk -t1 -c16 -d1s http://127.0.0.1:$P/b/delay/0/1024 >/dev/null");
+my $pid = fork; if (!$pid) { open STDOUT, '>', '/dev/null'; exec "$top/build/bench/slowclient", '-a', '127.0.0.1', '-p', $P, '-u', '/b/delay/0/8388608', '-c', 200, '-r', 4096, '-i', 100, '-d', 40; }
+sleep 1.5;
+my %f0 = figures($P);
+my $t0 = time;
+my $o = `wrk -t2 -c64 -d5s --latency -s $top/bench/conf/report.lua http://127.0.0.1:$P/b/delay/0/1024 2>&1`;
+my ($p99) = $o =~ /99%\s+(\S+)/; my ($rps) = $o =~ /Requests\/sec:\s+(\S+)/;
+my %f = figures($P);
+printf "run %d: %s req/s p99 %s | %s\n", $run, $rps, $p99, join(' ', map { "$_=" . ($f{$_} - ($_ =~ /Max|Now|^Workers$|Busy/ ? 0 : ($f0{$_}//0))) } grep { /Gate|^Workers|HandedOver|Queued|Timeouts|KeepaliveClosed|Adopted|ClientGone|Stacks/ } sort keys %f);
+kill 'TERM', $pid; waitpid $pid, 0;
+$h->stop; stop_slowd($sd);
+}
