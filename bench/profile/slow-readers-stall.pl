@@ -2,7 +2,8 @@
 # Reproduces the intermittent stall with slow readers (issue 5 open problem):
 # 4 fresh servers; in each, 200 slow readers of 8 MiB, then wrk 64 conns for 5 s on
 # a 0 ms backend; prints req/s, p99 and module figures. A stalled run shows p99
-# of 300-550 ms (seen 1 in 3-4 runs), the others ~7 ms. Needs make, make -C bench slowd.
+# of 300-1100 ms: so far always the FIRST run after the machine idled (run 1 of
+# each invocation), the others ~7 ms. Needs make, make -C bench slowd.
 #   perl bench/profile/slow-readers-stall.pl
 use strict; use warnings;
 use FindBin; use lib "$FindBin::Bin/../../t/lib";
@@ -22,7 +23,15 @@ my $t0 = time;
 my $o = `wrk -t2 -c64 -d5s --latency -s $top/bench/conf/report.lua http://127.0.0.1:$P/b/delay/0/1024 2>&1`;
 my ($p99) = $o =~ /99%\s+(\S+)/; my ($rps) = $o =~ /Requests\/sec:\s+(\S+)/;
 my %f = figures($P);
-printf "run %d: %s req/s p99 %s | %s\n", $run, $rps, $p99, join(' ', map { "$_=" . ($f{$_} - ($_ =~ /Max|Now|^Workers$|Busy/ ? 0 : ($f0{$_}//0))) } grep { /Gate|^Workers|HandedOver|Queued|Timeouts|KeepaliveClosed|Adopted|ClientGone|Stacks/ } sort keys %f);
+# major page faults of the server's processes (code pages read back from
+# disk): the stalled runs are the first after an idle period
+my $majflt = 0;
+for my $pp ($h->pid, split ' ', `pgrep -P ${\ $h->pid}`) {
+    my @st = split ' ', (`cat /proc/$pp/stat 2>/dev/null` =~ /\) (.*)/)[0] // '';
+    $majflt += $st[9] // 0;
+}
+$f{MajorFaults} = $majflt;
+printf "run %d: %s req/s p99 %s | %s\n", $run, $rps, $p99, join(' ', map { "$_=" . ($f{$_} - ($_ =~ /Max|Now|^Workers$|Busy/ ? 0 : ($f0{$_}//0))) } grep { /Gate|^Workers|HandedOver|Queued|MajorFaults/ } sort keys %f);
 kill 'TERM', $pid; waitpid $pid, 0;
 $h->stop; stop_slowd($sd);
 }
