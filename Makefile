@@ -41,7 +41,7 @@ ENG_CFLAGS := $(WARN) $(OPT) -fPIC -fvisibility=hidden -Iinclude $(APR_CFLAGS) -
 UNIT_SRC  := $(wildcard t/unit/*.c)
 UNIT_NAMES := $(patsubst t/unit/%.c,%,$(UNIT_SRC))
 # Threaded unit tests that also run under ThreadSanitizer.
-TSAN_TESTS ?= $(filter coro poller cache,$(UNIT_NAMES))
+TSAN_TESTS ?= $(filter coro poller poller_wake cache,$(UNIT_NAMES))
 
 .PHONY: all deps test unit unit-asan unit-tsan integration run stop-run bench bench-engine fuzz clean
 
@@ -74,16 +74,16 @@ $(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h) mod_asyncproxy.h mod_async
 # does) and link only poller/log.c besides, so each test stands alone.
 UNIT_BUILD = $(CC) $(WARN) $(1) -Iinclude -Ipoller -It/unit $(APR_CFLAGS) -pthread \
 	$< poller/log.c -o $@ $(APR_LIBS) -lz -lpthread
-$(B)/t/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t
+$(B)/t/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t
 	$(call UNIT_BUILD,-O2 -g)
 # The ucontext fallback of the coroutine switch, built and run too.
-$(B)/t-uctx/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-uctx
+$(B)/t-uctx/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-uctx
 	$(call UNIT_BUILD,-O2 -g -DAPX_CORO_UCONTEXT=1)
 # (in a variable: a comma inside $(call ...) would split the argument)
 ASAN_UNIT := -O1 -g -DAPX_DEBUG=1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-$(B)/t-asan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-asan
+$(B)/t-asan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-asan
 	$(call UNIT_BUILD,$(ASAN_UNIT))
-$(B)/t-tsan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) t/unit/tap.h | $(B)/t-tsan
+$(B)/t-tsan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-tsan
 	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=thread)
 
 unit: $(addprefix $(B)/t/,$(addsuffix .t,$(UNIT_NAMES))) $(if $(filter coro,$(UNIT_NAMES)),$(B)/t-uctx/coro.t)
