@@ -37,9 +37,6 @@
 /* Defaults of the proxy settings (each overridable globally and per
  * mapping where mod_proxy has the same option). */
 #define APX_DEFAULT_PARK_DELAY      apr_time_from_msec(5)
-#ifndef APX_ADOPT_FINISHED
-#define APX_ADOPT_FINISHED 1
-#endif
 #define APX_DEFAULT_CONNECT_TIMEOUT apr_time_from_sec(5)
 #define APX_DEFAULT_MAX_PARKED      10000
 #define APX_DEFAULT_POOL_MAX        256

@@ -149,8 +149,6 @@ struct apx_hc {
     apr_size_t klen;
     const char *vkey;               /* variant key, when a marker said so */
     apr_size_t vklen;
-    const char *vary_names;         /* the marker's Vary, if any */
-    int skip_ae;
     int accept_gz;                  /* the client takes gzip */
     int strip;                      /* fetch for the store: see skip */
     int only_if_cached;             /* the request's only-if-cached */
@@ -158,7 +156,6 @@ struct apx_hc {
     hc_obj *stale;                  /* referenced: stale-if-error fallback */
     hc_obj *pending;                /* referenced: filled or waited on */
     hc_waiter waiter;
-    const char *label;
     const char *reason;             /* why not stored */
     /* the body being captured */
     char *cap;
@@ -399,7 +396,6 @@ static void set_label(apx_hc *hc, const char *label)
     request_rec *r = hc->r;
     apx_counters *n = &apx_ch->n;
 
-    hc->label = label;
     apr_table_setn(r->err_headers_out, HDR_LABEL, label);
     apr_table_setn(r->notes, "asyncproxy-cache", label);
     if (hc->reason)
@@ -444,11 +440,6 @@ static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae)
     return 1;
 }
 
-static int method_is(const request_rec *r, int m)
-{
-    return r->method_number == m;
-}
-
 apx_hc *apx_hc_create(proxy_ctx *px)
 {
     request_rec *r = px->r;
@@ -461,11 +452,9 @@ apx_hc *apx_hc_create(proxy_ctx *px)
     apx_hc *hc;
     apx_cc cc;
 
-    apx_hc_set_init(&set);
+    set = sc->cache;
     if (dc)
         apx_hc_set_merge(&set, &sc->cache, &dc->cache);
-    else
-        set = sc->cache;
     if (m->cache != -1)
         set.on = m->cache;
     if (set.on != 1 || !store || !apx_ch)
@@ -479,7 +468,7 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         hc->set.gzip = 1;
     if (hc->set.ttl == -1)
         hc->set.ttl = 0;
-    if (!method_is(r, M_GET)) {
+    if (r->method_number != M_GET) {
         /* (HEAD is M_GET with header_only) */
         hc->reason = "method";
         set_label(hc, "BYPASS");
@@ -572,8 +561,6 @@ static int lookup(apx_hc *hc, apr_time_t now)
                 apx_cache_unref(store, e);
                 return ROLE_FETCH;
             }
-            hc->vary_names = o->vary;
-            hc->skip_ae = o->skip_ae;
             apx_cache_unref(store, e);
             key = hc->vkey;
             klen = hc->vklen;
@@ -841,40 +828,6 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
 /* ------------------------------------------------------------------ */
 /* fetching into the store                                              */
 
-/* The first value of a response field, or NULL. */
-static const char *resp_field(proxy_ctx *px, const char *name)
-{
-    const apx_http_resp *h = &px->resp;
-    unsigned i;
-
-    for (i = 0; i < h->nfields; i++)
-        if (apx_http_token_eqs(h->fields[i].name, h->fields[i].name_len,
-                               name))
-            return apr_pstrmemdup(px->r->pool, h->fields[i].value,
-                                  h->fields[i].value_len);
-    return NULL;
-}
-
-/* All values of a list field, joined with ", ". */
-static const char *resp_list(proxy_ctx *px, const char *name)
-{
-    const apx_http_resp *h = &px->resp;
-    const char *all = NULL;
-    unsigned i;
-
-    for (i = 0; i < h->nfields; i++) {
-        const char *v;
-
-        if (!apx_http_token_eqs(h->fields[i].name, h->fields[i].name_len,
-                                name))
-            continue;
-        v = apr_pstrmemdup(px->r->pool, h->fields[i].value,
-                           h->fields[i].value_len);
-        all = all ? apr_pstrcat(px->r->pool, all, ", ", v, NULL) : v;
-    }
-    return all;
-}
-
 /* Whether the head in px->resp may be stored; fills *t when it may. */
 static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
                   apx_fresh_times *t)
@@ -899,18 +852,18 @@ static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
 
     rs.status = px->resp.status;
     apx_cc_init(&rs.cc);
-    if ((v = resp_list(px, "Cache-Control")))
+    if ((v = apx_px_resp_list(px, "Cache-Control")))
         apx_cc_parse(&rs.cc, v, strlen(v));
-    if ((v = resp_field(px, "Expires"))) {
+    if ((v = apx_px_resp_field(px, "Expires"))) {
         rs.has_expires = 1;
         rs.expires = apr_date_parse_http(v);
     }
-    if ((v = resp_field(px, "Date")))
+    if ((v = apx_px_resp_field(px, "Date")))
         rs.date = apr_date_parse_http(v);
-    if ((v = resp_field(px, "Last-Modified")))
+    if ((v = apx_px_resp_field(px, "Last-Modified")))
         rs.last_modified = apr_date_parse_http(v);
     rs.age = -1;
-    if ((v = resp_field(px, "Age"))) {
+    if ((v = apx_px_resp_field(px, "Age"))) {
         apr_int64_t a;
         char *end;
 
@@ -918,9 +871,9 @@ static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
         if (end != v && !*end && a >= 0)
             rs.age = a;
     }
-    rs.has_etag = resp_field(px, "ETag") != NULL;
-    rs.set_cookie = resp_field(px, "Set-Cookie") != NULL;
-    if ((v = resp_list(px, "Vary"))) {
+    rs.has_etag = apx_px_resp_field(px, "ETag") != NULL;
+    rs.set_cookie = apx_px_resp_field(px, "Set-Cookie") != NULL;
+    if ((v = apx_px_resp_list(px, "Vary"))) {
         const char *s = v;
         char *tok;
 
@@ -928,7 +881,7 @@ static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
             if (!strcmp(tok, "*"))
                 rs.vary_star = 1;
     }
-    if ((v = resp_field(px, "Pragma")) && ap_find_token(r->pool, v,
+    if ((v = apx_px_resp_field(px, "Pragma")) && ap_find_token(r->pool, v,
                                                         "no-cache"))
         rs.pragma_no_cache = 1;
     rs.request_time = req_time;
@@ -1049,10 +1002,10 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
     proxy_ctx *px = hc->px;
     request_rec *r = hc->r;
     field_list fl;
-    const char *ctype = resp_field(px, "Content-Type");
-    const char *cenc = resp_field(px, "Content-Encoding");
-    const char *etag = resp_field(px, "ETag");
-    const char *lm = resp_field(px, "Last-Modified");
+    const char *ctype = apx_px_resp_field(px, "Content-Type");
+    const char *cenc = apx_px_resp_field(px, "Content-Encoding");
+    const char *etag = apx_px_resp_field(px, "ETag");
+    const char *lm = apx_px_resp_field(px, "Last-Modified");
     const char *status_line;
     char etag_gz[512];
     const char *etg = NULL;
@@ -1158,12 +1111,13 @@ static void publish(apx_hc *hc, hc_obj *o)
 {
     proxy_ctx *px = hc->px;
     apr_time_t now = apr_time_now();
-    const char *vary = resp_list(px, "Vary");
+    const char *vary = apx_px_resp_list(px, "Vary");
     const char *key = hc->key;
     apr_size_t klen = hc->klen;
 
     if (vary && *vary) {
-        int skip_ae = hc->set.gzip && !resp_field(px, "Content-Encoding");
+        int skip_ae = hc->set.gzip
+                      && !apx_px_resp_field(px, "Content-Encoding");
 
         /* the marker outlives no variant it points to */
         put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, o->ce.expires,

@@ -354,6 +354,15 @@ static void drive(apx_conn *ac, int step);
 static void close_conn(apx_conn *ac);
 static void resume_request(apx_conn *ac);
 
+/* The engine refused a record (it is gone): dispatched on this thread as a
+ * shutdown. */
+static void dispatch_engine_gone(apx_park *p)
+{
+    p->why = APX_EV_SHUTDOWN;
+    p->got[0] = p->got[1] = 0;
+    conn_dispatch(p, apx_engine_current_thread());
+}
+
 /* Hands the connection to the poller. On failure (engine gone) the
  * record is dispatched on this thread as a shutdown. */
 static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
@@ -372,11 +381,8 @@ static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
     p->timeout = timeout;
     p->flags = flags;
     if (!apx_ch || !apx_ch->engine
-        || apx_park_submit(apx_ch->engine, p) != APR_SUCCESS) {
-        p->why = APX_EV_SHUTDOWN;
-        p->got[0] = p->got[1] = 0;
-        conn_dispatch(p, apx_engine_current_thread());
-    }
+        || apx_park_submit(apx_ch->engine, p) != APR_SUCCESS)
+        dispatch_engine_gone(p);
 }
 
 /* The poller keeps one timeout queue per distinct timeout value and scans
@@ -911,7 +917,7 @@ static int asyncproxy_handler(request_rec *r)
          * workers are busy or dying, will shutdown N keep-alive
          * connections") and its next request would start over on a new
          * connection and MPM thread. */
-        if (!rq->async || !APX_ADOPT_FINISHED || apx_engine_current_thread())
+        if (!rq->async || apx_engine_current_thread())
             return end_request(rq);
         rq->finished_sync = 1;
         ac->rq = rq;
@@ -966,11 +972,9 @@ static void asyncproxy_suspend_connection(conn_rec *c, request_rec *r)
          * the request and runs the connection on */
         apx_park_init(&ac->park, conn_dispatch, ac);
         ac->phase = PH_REQUEST;
-        if (apx_ch && apx_ch->engine
-            && apx_run_submit(apx_ch->engine, &ac->park) == APR_SUCCESS)
-            return;
-        ac->park.why = APX_EV_SHUTDOWN;
-        conn_dispatch(&ac->park, NULL);
+        if (!apx_ch || !apx_ch->engine
+            || apx_run_submit(apx_ch->engine, &ac->park) != APR_SUCCESS)
+            dispatch_engine_gone(&ac->park);
         return;
     }
     park_request(ac);

@@ -930,22 +930,39 @@ void apx_px_each_field(proxy_ctx *px,
     }
 }
 
+const char *apx_px_resp_field(proxy_ctx *px, const char *name)
+{
+    const apx_http_resp *h = &px->resp;
+    unsigned i;
+
+    for (i = 0; i < h->nfields; i++)
+        if (apx_http_token_eqs(h->fields[i].name, h->fields[i].name_len,
+                               name))
+            return apr_pstrmemdup(px->r->pool, h->fields[i].value,
+                                  h->fields[i].value_len);
+    return NULL;
+}
+
+const char *apx_px_resp_list(proxy_ctx *px, const char *name)
+{
+    const apx_http_resp *h = &px->resp;
+    const char *all = NULL;
+    unsigned i;
+
+    for (i = 0; i < h->nfields; i++)
+        if (apx_http_token_eqs(h->fields[i].name, h->fields[i].name_len,
+                               name))
+            all = append_value(px->r->pool, all,
+                               apr_pstrmemdup(px->r->pool, h->fields[i].value,
+                                              h->fields[i].value_len));
+    return all;
+}
+
 const char *apx_px_via(proxy_ctx *px)
 {
     request_rec *r = px->r;
-    const apx_http_resp *h = &px->resp;
-    const char *via = NULL;
-    unsigned i;
 
-    for (i = 0; i < h->nfields; i++) {
-        const apx_http_field *f = &h->fields[i];
-
-        if (apx_http_token_eqs(f->name, f->name_len, "Via"))
-            via = append_value(r->pool, via,
-                               apr_pstrmemdup(r->pool, f->value,
-                                              f->value_len));
-    }
-    return append_value(r->pool, via,
+    return append_value(r->pool, apx_px_resp_list(px, "Via"),
                         apr_pstrcat(r->pool, "1.1 ",
                                     r->server->server_hostname, NULL));
 }

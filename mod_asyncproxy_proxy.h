@@ -116,6 +116,10 @@ void apx_px_each_field(proxy_ctx *px,
                        void (*fn)(void *baton, const char *name,
                                   const char *value),
                        void *baton);
+/* The first value of a backend response field, or NULL; all values of a
+ * list field joined with ", ", or NULL (r->pool). */
+const char *apx_px_resp_field(proxy_ctx *px, const char *name);
+const char *apx_px_resp_list(proxy_ctx *px, const char *name);
 /* The Via value sent to the client (the backend's plus ours). */
 const char *apx_px_via(proxy_ctx *px);
 int apx_px_drain_output(proxy_ctx *px);
