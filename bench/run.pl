@@ -283,6 +283,19 @@ sub proc_figures {
     return ($cpu, $rss // 0, $thr // 0);
 }
 
+# TcpExt TCPMemoryPressures: times the kernel entered TCP memory pressure
+# (tcp_mem[1] pages of socket buffers in use machine-wide). Under pressure it
+# prunes receive queues and drops, and loopback peers wait for a
+# retransmission timeout (>= 200 ms): every latency in the row is suspect.
+sub tcp_memory_pressures {
+    my @l = grep { /^TcpExt:/ } split /\n/, slurp('/proc/net/netstat') // '';
+    return undef unless @l == 2;
+    my @k = split ' ', $l[0];
+    my @v = split ' ', $l[1];
+    for my $i (1 .. $#k) { return $v[$i] if $k[$i] eq 'TCPMemoryPressures' }
+    return undef;
+}
+
 sub rss_threads {
     my ($root) = @_;
     my ($rss, $thr) = (0, 0);
@@ -608,6 +621,7 @@ sub run_one {
         $row{idle_rss_kb} = int($idle_rss);
         $row{idle_threads} = $idle_thr;
 
+        my $pressure0 = tcp_memory_pressures();
         if (my $s = $sc->{slow}) {
             my @scmd = ($SLOWCLIENT, '-a', '127.0.0.1', '-p', $srv->{port},
                         '-u', "$prefix/delay/0/$s->{bytes}", '-c', $s->{conns}, '-r', $s->{read},
@@ -646,6 +660,7 @@ sub run_one {
             delete $LIVE{$p};
         }
         stop_pid($sampler, 10);
+        $row{tcp_pressure} = tcp_memory_pressures() - $pressure0 if defined $pressure0;
         my %smp = map { split /=/, $_, 2 } split ' ', slurp("$dir/sampler.out");
         die "sampler wrote nothing\n" unless exists $smp{peak_rss_kb};
         if (defined $fetched0) {
@@ -744,7 +759,7 @@ sub machine {
 my @CSV_COLS = qw(scenario system label procs threads_cfg conns slow_conns requests rps ratio_direct
                   p50_ms p99_ms errors err_connect err_read err_write err_timeout err_status
                   cpu_s cpu_us_per_req idle_rss_kb peak_rss_mb rss_kb_per_conn idle_threads threads
-                  slow_responses slow_mb slow_errors backend_fetches cache_label log_errors notes);
+                  slow_responses slow_mb slow_errors tcp_pressure backend_fetches cache_label log_errors notes);
 
 sub csv_field {
     my ($v) = @_;
@@ -790,6 +805,8 @@ sub write_reports {
         }
         push @notes, "slow readers: $r->{slow_responses} responses, $r->{slow_mb} MB, $r->{slow_errors} errors"
             if $r->{slow_conns} && defined $r->{slow_responses};
+        push @notes, "kernel TCP memory pressure: $r->{tcp_pressure}x (see bench/README.md)"
+            if $r->{tcp_pressure};
         push @notes, "error log: $r->{log_errors} lines" if $r->{log_errors};
         if (defined $r->{backend_fetches} && $r->{backend_fetches} ne '') {
             push @notes, $r->{scenario} eq 'stampede'

@@ -63,6 +63,9 @@ start_httpd() {
     sleep 1.2
 }
 
+# user + system clock ticks of the child, all threads
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$CHILD"/stat; }
+
 status() { curl -s "http://127.0.0.1:$PORT/apx-status" | sed -n "s/^AsyncProxy$1: //p"; }
 
 load() {    # CONNS DELAY BYTES SECS -> wrk in the background, pid in WRK
@@ -94,6 +97,7 @@ strace|perf|parks)
     sleep 3
     R0=$(status RequestsTotal); P0=$(status ParksTotal); A0=$(status AdoptedTotal)
     X0=$(cat /proc/"$CHILD"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
+    C0=$(cpu_ticks)
     if [ "$MODE" = strace ]; then
         TIDS=$(ls /proc/"$CHILD"/task | sed 's/^/-p /' | tr '\n' ' ')
         # shellcheck disable=SC2086
@@ -104,11 +108,13 @@ strace|perf|parks)
         sleep "$T"
     fi
     X1=$(cat /proc/"$CHILD"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
+    C1=$(cpu_ticks)
     R1=$(status RequestsTotal); P1=$(status ParksTotal); A1=$(status AdoptedTotal)
     REQ=$((R1 - R0))
     echo "requests in the window: $REQ; parks/request $(echo "scale=2; ($P1 - $P0) / $REQ" | bc);" \
          "adopted connections: $((A1 - A0)); context switches/request" \
-         "$(echo "scale=2; ($X1 - $X0) / $REQ" | bc) (under $MODE)"
+         "$(echo "scale=2; ($X1 - $X0) / $REQ" | bc);" \
+         "child CPU/request $(echo "($C1 - $C0) * 1000000 / $(getconf CLK_TCK) / $REQ" | bc) us (under $MODE)"
     if [ "$MODE" = strace ]; then
         awk -v n="$REQ" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ {
                  name = $NF; calls = $4; err = (NF == 6) ? $5 : 0;
