@@ -155,6 +155,8 @@ typedef struct apx_counters {
     volatile apr_uint32_t head_waits;      /* partial request head re-parked */
     volatile apr_uint32_t handed_over;     /* finished on an MPM thread, the
                                             * connection adopted anyway */
+    volatile apr_uint32_t delay_skipped;   /* parked at once: too many MPM
+                                            * threads in the park delay */
     volatile apr_uint32_t cache_hits;      /* served from the cache */
     volatile apr_uint32_t cache_misses;    /* fetched to be stored */
     volatile apr_uint32_t cache_stale;     /* served stale */
@@ -171,6 +173,8 @@ typedef struct apx_child {
     apx_engine *engine;         /* NULL: synchronous driver only */
     apx_stack_pool *stacks;
     volatile apr_uint32_t stopping;
+    volatile apr_uint32_t delaying; /* MPM threads waiting out a park delay */
+    apr_uint32_t delaying_max;      /* ... at most this many (read-only) */
     apx_counters n;
 } apx_child;
 

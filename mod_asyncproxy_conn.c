@@ -300,15 +300,26 @@ unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline)
          * within the park delay and is served without a hand-over. On a
          * module worker we never wait in place. */
         if (!apx_engine_current_thread() && now < rq->park_after) {
+            apx_child *ch = apx_ch;
             apr_time_t until = rq->park_after;
 
             if (deadline && deadline < until)
                 until = deadline;
-            got = poll_in_place(rq, fd, events, until);
-            if (got)
-                return got;
-            if (deadline && apr_time_now() >= deadline)
-                return APX_EV_TIMEOUT;
+            if (apr_atomic_inc32(&ch->delaying) < ch->delaying_max) {
+                got = poll_in_place(rq, fd, events, until);
+                apr_atomic_dec32(&ch->delaying);
+                if (got)
+                    return got;
+                if (deadline && apr_time_now() >= deadline)
+                    return APX_EV_TIMEOUT;
+            }
+            else {
+                /* enough threads wait already: this one parks now, and so
+                 * do its later waits */
+                apr_atomic_dec32(&ch->delaying);
+                apr_atomic_inc32(&ch->n.delay_skipped);
+                rq->park_after = 0;
+            }
         }
         rq->wait_fd = fd;
         rq->wait_events = events;

@@ -69,6 +69,7 @@ static int collect(figure *f, const char **mode)
     FIG("KeepaliveClosed", apr_atomic_read32(&ch->n.keepalive_closed));
     FIG("HeadWaits", apr_atomic_read32(&ch->n.head_waits));
     FIG("HandedOver", apr_atomic_read32(&ch->n.handed_over));
+    FIG("ParkDelaySkipped", apr_atomic_read32(&ch->n.delay_skipped));
     FIG("AdoptedNow", apr_atomic_read32(&ch->n.adopted_now));
     FIG("AdoptedTotal", apr_atomic_read32(&ch->n.adopted_total));
     FIG("GateWaits", apr_atomic_read32(&ch->n.gate_waits));
@@ -77,6 +78,7 @@ static int collect(figure *f, const char **mode)
     FIG("StacksInUse", in_use);
     FIG("StacksFree", free_stacks);
     FIG("WakesTotal", es.wakes_total);
+    FIG("WorkerStalls", es.stalls_total);
     {
         apr_uint64_t entries, bytes, evictions;
 

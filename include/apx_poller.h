@@ -108,6 +108,10 @@ typedef struct apx_engine_conf {
     unsigned workers_min;           /* started at once; >= 1 */
     unsigned workers_max;           /* the pool grows to this when every
                                      * worker is busy and records wait */
+    unsigned workers_awake;         /* wake at most this many for queued
+                                     * records (0: online CPUs); past it a
+                                     * worker more only when the queue makes
+                                     * no progress for 1 ms */
     apr_interval_time_t worker_idle_timeout; /* idle above min: thread exits */
     unsigned expire_budget;         /* timeouts handled per poller pass */
     unsigned max_events;            /* epoll_wait batch size */
@@ -121,6 +125,8 @@ typedef struct apx_engine_stats {
     apr_uint64_t runs_total;        /* apx_run_submit() hand-overs */
     apr_uint64_t wakes_total;       /* parks ended by apx_park_wake() and
                                      * handed to a worker with WAKE */
+    apr_uint64_t stalls_total;      /* the queue made no progress for 1 ms:
+                                     * a worker more was woken or started */
 } apx_engine_stats;
 
 /* Fills conf with the defaults (workers 2..16, idle 10 s, budget 256,

@@ -12,6 +12,7 @@
 #   profile.sh callgrind CONNS DELAY_MS BYTES [SECS] instructions per request
 #   profile.sh perf      CONNS DELAY_MS BYTES [SECS] perf record -g of the child
 #   profile.sh parks     CONNS DELAY_MS BYTES [SECS] parks/adoptions per request
+#   profile.sh first     CONNS DELAY_MS BYTES        CPU of a connection's first request
 #
 # BYTES may carry a query (1024?max-age=60). Environment: APX_MODULE_SO (the
 # module; default build/mod_asyncproxy.so), EXTRA (more httpd.conf lines),
@@ -22,7 +23,7 @@ set -e
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
 SO=${APX_MODULE_SO:-$TOP/build/mod_asyncproxy.so}
 SLOWD=$TOP/build/bench/slowd
-MODE=${1:?usage: $0 rss|strace|callgrind|perf|parks ...}
+MODE=${1:?usage: $0 rss|strace|callgrind|perf|parks|first ...}
 shift
 D=$(mktemp -d /tmp/apx-profile-XXXXXX)
 PIDS=()
@@ -110,6 +111,7 @@ strace|perf|parks)
     X1=$(cat /proc/"$CHILD"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
     C1=$(cpu_ticks)
     R1=$(status RequestsTotal); P1=$(status ParksTotal); A1=$(status AdoptedTotal)
+    echo "worker stalls (watchdog) so far: $(status WorkerStalls)"
     REQ=$((R1 - R0))
     echo "requests in the window: $REQ; parks/request $(echo "scale=2; ($P1 - $P0) / $REQ" | bc);" \
          "adopted connections: $((A1 - A0)); context switches/request" \
@@ -129,6 +131,38 @@ strace|perf|parks)
     fi
     wait "$WRK" || true
     grep -E "Requests/sec|  99%" "$D/wrk.out" | tr -s ' ' | tr '\n' ' '; echo
+    ;;
+first)
+    N=${1:?conns}; DELAY=${2:?delay ms}; BYTES=${3:?bytes}
+    setup; start_httpd
+    ulimit -n 20000
+    if [ -n "$PERF" ]; then     # PERF=1: perf record -g of the child over the burst
+        perf record -F 4000 -g -p "$CHILD" -o "$D/perf.data" > /dev/null 2>&1 &
+        PERFPID=$!; sleep 0.5
+    fi
+    if [ -n "$STRACE" ]; then   # STRACE=1: strace -c of the child over the burst
+        # shellcheck disable=SC2046
+        strace -c -f $(ls /proc/"$CHILD"/task | sed 's/^/-p /') -o "$D/strace.out" 2>/dev/null &
+        STRACEPID=$!; sleep 0.5
+    fi
+    G0=$(status GateWaits); S0=$(status ParkDelaySkipped)
+    # URL=/static.html: httpd's own cost of a first request (a 1 KiB file)
+    head -c 1024 /dev/zero | tr '\0' x > "$D/htdocs/static.html"
+    "$TOP/bench/profile/first-requests.pl" "$PORT" "${URL:-/b/delay/$DELAY/$BYTES}" "$N" \
+        "$(cat "$D/logs/httpd.pid")" "$CHILD"
+    if [ -n "$PERF" ]; then
+        kill -INT "$PERFPID"; wait "$PERFPID" || true
+        perf report -i "$D/perf.data" --stdio --no-children --sort ${PERFSORT:-dso,sym} -g none 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -40
+    fi
+    if [ -n "$STRACE" ]; then
+        kill -INT "$STRACEPID"; wait "$STRACEPID" || true
+        awk -v n="$N" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ {
+                 name = $NF; calls = $4; err = (NF == 6) ? $5 : 0;
+                 printf "%-16s %8.2f per first request (%.2f failed)\n", name, calls / n, err / n }' \
+            "$D/strace.out"
+    fi
+    echo "module, over the burst: gate waits $(( $(status GateWaits) - G0 )), park delays skipped $(( $(status ParkDelaySkipped) - ${S0:-0} ))"
     ;;
 callgrind)
     # apache2 -X (one process) under valgrind; counters zeroed after the

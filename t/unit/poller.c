@@ -779,6 +779,129 @@ static void test_stopping(apr_pool_t *pool)
     close(c[0]); close(c[1]);
 }
 
+/* The awake cap: records wake at most workers_awake workers (the rest wait
+ * for one of those to take them), and the watchdog adds a worker when the
+ * queue makes no progress for WATCH_US because the awake ones are stuck. */
+static int in_dispatch, most_in_dispatch;    /* under mtx */
+
+static void busy_dispatch(apx_park *p, apr_thread_t *thd)
+{
+    apr_time_t until = mono_now() + 300;
+
+    pthread_mutex_lock(&mtx);
+    if (++in_dispatch > most_in_dispatch)
+        most_in_dispatch = in_dispatch;
+    pthread_mutex_unlock(&mtx);
+    while (mono_now() < until)
+        ;                       /* on the CPU, as a proxied request is */
+    pthread_mutex_lock(&mtx);
+    in_dispatch--;
+    pthread_mutex_unlock(&mtx);
+    on_dispatch(p, thd);
+}
+
+static apx_engine *start_capped(apr_pool_t *pool, unsigned min, unsigned max,
+                                unsigned awake)
+{
+    apx_engine_conf conf;
+    apx_engine *e = NULL;
+
+    apx_engine_conf_default(&conf);
+    conf.workers_min = min;
+    conf.workers_max = max;
+    conf.workers_awake = awake;
+    if (apx_engine_create(&e, &conf, pool) != APR_SUCCESS)
+        return NULL;
+    if (apx_engine_start(e) != APR_SUCCESS) {
+        apx_engine_destroy(e, NULL);
+        return NULL;
+    }
+    cur_engine = e;
+    return e;
+}
+
+#define CAPPED 40
+
+static void test_awake_cap(apr_pool_t *pool)
+{
+    int base = count_tasks();
+    apx_engine *e = start_capped(pool, 4, 4, 1);
+    apx_engine_stats st;
+    rec *rs = calloc(CAPPED, sizeof(*rs)), blk, r;
+    int i, served = 0;
+
+    is_int(wait_tasks(base + 5, 2000), base + 5, "poller + 4 workers, 1 may be awake");
+
+    /* 40 records of 300 us each at once: one worker takes them in turn */
+    pthread_mutex_lock(&mtx);
+    in_dispatch = most_in_dispatch = 0;
+    pthread_mutex_unlock(&mtx);
+    for (i = 0; i < CAPPED; i++) {
+        rec_init(&rs[i]);
+        rs[i].p.dispatch = busy_dispatch;
+    }
+    for (i = 0; i < CAPPED; i++)
+        apx_run_submit(e, &rs[i].p);
+    for (i = 0; i < CAPPED; i++)
+        served += wait_calls(&rs[i], 1, 5000);
+    is_int(served, CAPPED, "every record dispatched once");
+    stats(e, &st);
+    /* a worker preempted for over 1 ms (a loaded machine, a sanitizer)
+     * lets the watchdog wake one more: each such stall allows one */
+    ok(most_in_dispatch <= 1 + (int)st.stalls_total,
+       "at most one worker inside dispatch at a time (%d, %u stalls)",
+       most_in_dispatch, (unsigned)st.stalls_total);
+
+    /* the awake worker blocks: the watchdog wakes another for the next */
+    gate_open = 0;
+    gate_entered = 0;
+    rec_init(&blk);
+    blk.p.dispatch = blocking_dispatch;
+    apx_run_submit(e, &blk.p);
+    is_int(wait_entered(1, 5000), 1, "the awake worker blocks");
+    stats(e, &st);
+    {
+        apr_uint64_t stalls0 = st.stalls_total;
+
+        rec_init(&r);
+        apx_run_submit(e, &r.p);
+        is_int(wait_calls(&r, 1, 5000), 1, "a queued record is served while it blocks");
+        stats(e, &st);
+        ok(st.stalls_total > stalls0, "by the watchdog (stalls %u -> %u)",
+           (unsigned)stalls0, (unsigned)st.stalls_total);
+    }
+    pthread_mutex_lock(&mtx);
+    gate_open = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+    is_int(wait_calls(&blk, 1, 5000), 1, "blocked dispatch finished");
+    apx_engine_destroy(e, on_abandoned);
+    is_int(count_tasks(), base, "every thread joined");
+
+    /* min 1: no idle worker to wake, the watchdog starts one */
+    e = start_capped(pool, 1, 3, 1);
+    gate_open = 0;
+    gate_entered = 0;
+    rec_init(&blk);
+    blk.p.dispatch = blocking_dispatch;
+    apx_run_submit(e, &blk.p);
+    is_int(wait_entered(1, 5000), 1, "the only worker blocks");
+    rec_init(&r);
+    apx_run_submit(e, &r.p);
+    is_int(wait_calls(&r, 1, 5000), 1, "the next record is served on a started worker");
+    stats(e, &st);
+    ok(st.workers == 2 && st.stalls_total >= 1, "2 workers (%u), %u stalls",
+       st.workers, (unsigned)st.stalls_total);
+    pthread_mutex_lock(&mtx);
+    gate_open = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+    wait_calls(&blk, 1, 5000);
+    apx_engine_destroy(e, on_abandoned);
+    is_int(count_tasks(), base, "every thread joined");
+    free(rs);
+}
+
 /* Records handed over before start(): queued ones run at start; with no
  * start at all, destroy abandons both kinds. */
 static void test_before_start(apr_pool_t *pool)
@@ -840,6 +963,7 @@ int main(void)
     test_registration(pool);
     test_many(pool);
     test_elastic(pool);
+    test_awake_cap(pool);
     test_stopping(pool);
     test_before_start(pool);
 
