@@ -37,6 +37,7 @@
 /* Defaults of the proxy settings (each overridable globally and per
  * mapping where mod_proxy has the same option). */
 #define APX_DEFAULT_PARK_DELAY      apr_time_from_msec(5)
+#define APX_CONNECT_GRACE           500     /* us; see apx_wait_connect() */
 #define APX_DEFAULT_CONNECT_TIMEOUT apr_time_from_sec(5)
 #define APX_DEFAULT_MAX_PARKED      10000
 #define APX_DEFAULT_POOL_MAX        256
@@ -245,6 +246,11 @@ const char *apx_parse_uint(cmd_parms *cmd, const char *arg, unsigned min,
  * request is parked. Returns the APX_EV_* seen on fd, APX_EV_TIMEOUT,
  * APX_EV_SHUTDOWN, and/or APX_EV_CLIENT_GONE. */
 unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline);
+/* apx_wait(fd, APX_EV_OUT) for a non-blocking connect: on an MPM thread it
+ * first polls in place for up to APX_CONNECT_GRACE whatever the park delay
+ * says (a connect to a near backend completes in ~0.1 ms; parking for it
+ * costs a hand-over to the poller and back). */
+unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline);
 void apx_conn_register_hooks(apr_pool_t *p);
 /* Shuts down the sockets of every adopted connection (child exit). */
 void apx_conn_shutdown_all(void);

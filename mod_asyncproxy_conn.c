@@ -332,6 +332,21 @@ unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline)
     return got ? got : APX_EV_TIMEOUT;
 }
 
+unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline)
+{
+    apr_time_t until = apr_time_now() + APX_CONNECT_GRACE;
+    unsigned got;
+
+    if (rq->async && !apx_engine_current_thread() && until > rq->park_after) {
+        if (deadline && deadline < until)
+            until = deadline;
+        got = poll_in_place(rq, fd, APX_EV_OUT, until);
+        if (got)
+            return got;
+    }
+    return apx_wait(rq, fd, APX_EV_OUT, deadline);
+}
+
 static void conn_dispatch(apx_park *p, apr_thread_t *thd);
 
 unsigned apx_wait_wake(apx_req *rq, int (*enlist)(void *baton, apx_park *p),
@@ -914,9 +929,10 @@ static int asyncproxy_handler(request_rec *r)
         apr_atomic_inc32(&ch->n.sync_total);
     else {
         apr_interval_time_t delay = map->park_delay >= 0 ? map->park_delay
-                                    : sc->park_delay;
+                                    : sc->park_delay >= 0 ? sc->park_delay
+                                    : APX_DEFAULT_PARK_DELAY;
 
-        rq->park_after = rq->start + (delay < 0 ? 0 : delay);
+        rq->park_after = rq->start + delay;
         ac = conn_get(c);
     }
 
@@ -1002,6 +1018,16 @@ static void asyncproxy_resume_connection(conn_rec *c, request_rec *r)
     bump_seq();
 }
 
+/* A keep-alive request the MPM runs has no connection hook: without this,
+ * a gate whose MPM thread went on to such a request (same scoreboard
+ * status) waited until that request ended (measured: ~5 % of first
+ * requests in a burst waited, up to ~2 ms of 50 us sleeps each). */
+static int asyncproxy_create_request(request_rec *r)
+{
+    bump_seq();
+    return OK;
+}
+
 static void conn_child_init(apr_pool_t *pchild, server_rec *s)
 {
     apr_thread_mutex_create(&adopted_mtx, APR_THREAD_MUTEX_DEFAULT, pchild);
@@ -1017,5 +1043,7 @@ void apx_conn_register_hooks(apr_pool_t *p)
     ap_hook_resume_connection(asyncproxy_resume_connection, NULL, NULL,
                               APR_HOOK_MIDDLE);
     ap_hook_pre_connection(asyncproxy_pre_connection, NULL, NULL,
+                           APR_HOOK_REALLY_FIRST);
+    ap_hook_create_request(asyncproxy_create_request, NULL, NULL,
                            APR_HOOK_REALLY_FIRST);
 }

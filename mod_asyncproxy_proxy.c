@@ -177,7 +177,7 @@ static int connect_addr(proxy_ctx *px, const apr_sockaddr_t *sa,
         apx_px_finish_backend(px, 0);
         return err;
     }
-    ev = apx_wait(px->rq, fd, APX_EV_OUT, deadline);
+    ev = apx_wait_connect(px->rq, fd, deadline);
     if (apx_px_wait_interrupted(px, ev)) {
         apx_px_finish_backend(px, 0);
         return -1;

@@ -145,7 +145,7 @@ first)
         strace -c -f $(ls /proc/"$CHILD"/task | sed 's/^/-p /') -o "$D/strace.out" 2>/dev/null &
         STRACEPID=$!; sleep 0.5
     fi
-    G0=$(status GateWaits); S0=$(status ParkDelaySkipped)
+    G0=$(status GateWaits); S0=$(status ParkDelaySkipped); P0=$(status ParksTotal)
     # URL=/static.html: httpd's own cost of a first request (a 1 KiB file)
     head -c 1024 /dev/zero | tr '\0' x > "$D/htdocs/static.html"
     "$TOP/bench/profile/first-requests.pl" "$PORT" "${URL:-/b/delay/$DELAY/$BYTES}" "$N" \
@@ -162,7 +162,7 @@ first)
                  printf "%-16s %8.2f per first request (%.2f failed)\n", name, calls / n, err / n }' \
             "$D/strace.out"
     fi
-    echo "module, over the burst: gate waits $(( $(status GateWaits) - G0 )), park delays skipped $(( $(status ParkDelaySkipped) - ${S0:-0} ))"
+    echo "module, over the burst: gate waits $(( $(status GateWaits) - G0 )), park delays skipped $(( $(status ParkDelaySkipped) - ${S0:-0} )), parks $(( $(status ParksTotal) - P0 ))"
     ;;
 callgrind)
     # apache2 -X (one process) under valgrind; counters zeroed after the
