@@ -593,6 +593,24 @@ static void blocking_dispatch(apx_park *p, apr_thread_t *thd)
     pthread_mutex_unlock(&mtx);
 }
 
+/* Closes the gate and hands one blocking record over. */
+static void submit_blocker(apx_engine *e, rec *blk)
+{
+    gate_open = 0;
+    gate_entered = 0;
+    rec_init(blk);
+    blk->p.dispatch = blocking_dispatch;
+    apx_run_submit(e, &blk->p);
+}
+
+static void open_gate(void)
+{
+    pthread_mutex_lock(&mtx);
+    gate_open = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mtx);
+}
+
 static int wait_entered(int n, int ms)
 {
     struct timespec until;
@@ -656,10 +674,7 @@ static void test_elastic(apr_pool_t *pool)
        "(queued %u, workers %u)", st.queued, st.workers);
     is_int(count_tasks(), base + 5, "no fifth worker thread");
 
-    pthread_mutex_lock(&mtx);
-    gate_open = 1;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mtx);
+    open_gate();
     for (i = 0; i < 5; i++)
         is_int(wait_calls(&blk[i], 1, 5000), 1, "blocked dispatch finished");
     ok(blk[0].thd_ok && blk[4].thd_ok, "blocked ones ran on workers");
@@ -691,10 +706,7 @@ static void test_elastic(apr_pool_t *pool)
         apx_run_submit(e, &blk[i].p);
     }
     is_int(wait_entered(2, 5000), 2, "grew again after a shrink");
-    pthread_mutex_lock(&mtx);
-    gate_open = 1;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mtx);
+    open_gate();
     for (i = 0; i < 2; i++)
         wait_calls(&blk[i], 1, 5000);
 
@@ -804,20 +816,12 @@ static apx_engine *start_capped(apr_pool_t *pool, unsigned min, unsigned max,
                                 unsigned awake)
 {
     apx_engine_conf conf;
-    apx_engine *e = NULL;
 
     apx_engine_conf_default(&conf);
     conf.workers_min = min;
     conf.workers_max = max;
     conf.workers_awake = awake;
-    if (apx_engine_create(&e, &conf, pool) != APR_SUCCESS)
-        return NULL;
-    if (apx_engine_start(e) != APR_SUCCESS) {
-        apx_engine_destroy(e, NULL);
-        return NULL;
-    }
-    cur_engine = e;
-    return e;
+    return start_with(pool, &conf);
 }
 
 #define CAPPED 40
@@ -831,6 +835,18 @@ static void test_awake_cap(apr_pool_t *pool)
     int i, served = 0;
 
     is_int(wait_tasks(base + 5, 2000), base + 5, "poller + 4 workers, 1 may be awake");
+    /* a worker still starting counts as awake and takes a record: wait
+     * until all four wait on the queue */
+    for (i = 0; i < 2000; i++) {
+        unsigned idle;
+
+        pthread_mutex_lock(&e->wq_mtx);
+        idle = e->idle;
+        pthread_mutex_unlock(&e->wq_mtx);
+        if (idle == 4)
+            break;
+        usleep(1000);
+    }
 
     /* 40 records of 300 us each at once: one worker takes them in turn */
     pthread_mutex_lock(&mtx);
@@ -853,11 +869,7 @@ static void test_awake_cap(apr_pool_t *pool)
        most_in_dispatch, (unsigned)st.stalls_total);
 
     /* the awake worker blocks: the watchdog wakes another for the next */
-    gate_open = 0;
-    gate_entered = 0;
-    rec_init(&blk);
-    blk.p.dispatch = blocking_dispatch;
-    apx_run_submit(e, &blk.p);
+    submit_blocker(e, &blk);
     is_int(wait_entered(1, 5000), 1, "the awake worker blocks");
     stats(e, &st);
     {
@@ -870,21 +882,14 @@ static void test_awake_cap(apr_pool_t *pool)
         ok(st.stalls_total > stalls0, "by the watchdog (stalls %u -> %u)",
            (unsigned)stalls0, (unsigned)st.stalls_total);
     }
-    pthread_mutex_lock(&mtx);
-    gate_open = 1;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mtx);
+    open_gate();
     is_int(wait_calls(&blk, 1, 5000), 1, "blocked dispatch finished");
     apx_engine_destroy(e, on_abandoned);
     is_int(count_tasks(), base, "every thread joined");
 
     /* min 1: no idle worker to wake, the watchdog starts one */
     e = start_capped(pool, 1, 3, 1);
-    gate_open = 0;
-    gate_entered = 0;
-    rec_init(&blk);
-    blk.p.dispatch = blocking_dispatch;
-    apx_run_submit(e, &blk.p);
+    submit_blocker(e, &blk);
     is_int(wait_entered(1, 5000), 1, "the only worker blocks");
     rec_init(&r);
     apx_run_submit(e, &r.p);
@@ -892,10 +897,7 @@ static void test_awake_cap(apr_pool_t *pool)
     stats(e, &st);
     ok(st.workers == 2 && st.stalls_total >= 1, "2 workers (%u), %u stalls",
        st.workers, (unsigned)st.stalls_total);
-    pthread_mutex_lock(&mtx);
-    gate_open = 1;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mtx);
+    open_gate();
     wait_calls(&blk, 1, 5000);
     apx_engine_destroy(e, on_abandoned);
     is_int(count_tasks(), base, "every thread joined");

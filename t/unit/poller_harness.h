@@ -203,17 +203,11 @@ static void stats(apx_engine *e, apx_engine_stats *st)
         }                                                                  \
     } while (0)
 
-static apx_engine *start_engine(apr_pool_t *pool, unsigned min, unsigned max,
-                                apr_interval_time_t idle)
+static apx_engine *start_with(apr_pool_t *pool, const apx_engine_conf *conf)
 {
-    apx_engine_conf conf;
     apx_engine *e = NULL;
 
-    apx_engine_conf_default(&conf);
-    conf.workers_min = min;
-    conf.workers_max = max;
-    conf.worker_idle_timeout = idle;
-    if (apx_engine_create(&e, &conf, pool) != APR_SUCCESS)
+    if (apx_engine_create(&e, conf, pool) != APR_SUCCESS)
         return NULL;
     if (apx_engine_start(e) != APR_SUCCESS) {
         apx_engine_destroy(e, NULL);
@@ -221,6 +215,18 @@ static apx_engine *start_engine(apr_pool_t *pool, unsigned min, unsigned max,
     }
     cur_engine = e;
     return e;
+}
+
+static apx_engine *start_engine(apr_pool_t *pool, unsigned min, unsigned max,
+                                apr_interval_time_t idle)
+{
+    apx_engine_conf conf;
+
+    apx_engine_conf_default(&conf);
+    conf.workers_min = min;
+    conf.workers_max = max;
+    conf.worker_idle_timeout = idle;
+    return start_with(pool, &conf);
 }
 
 
