@@ -1,8 +1,8 @@
 #!/usr/bin/perl
 # The park delay:
-#   - by default (5 ms) a first request whose backend answers within it is
-#     served on the MPM thread, not parked; one whose backend takes 300 ms
-#     is parked;
+#   - by default (0) a request whose answer is not there at once (a 2 ms
+#     backend) is parked; with parkdelay=5ms the same request is served on
+#     the MPM thread, not parked, and one whose backend takes 300 ms is;
 #   - a burst of first requests to a slow backend does not hold every MPM
 #     thread for the whole AsyncProxyParkDelay: at most half of
 #     ThreadsPerChild wait it out, the others park at once (figure
@@ -23,22 +23,24 @@ plan skip_all => 'build/bench/slowd is not built (make -C bench slowd)'
 
 my $sd = start_slowd();
 
-# the default park delay
+# the default park delay, and parkdelay=
 {
     my $h = APX::Httpd->new(mpm => 'event', threads => 4, factor => 100, servers => 1,
                             server_limit => 1,
-                            conf => "AsyncProxyPass /s/ http://127.0.0.1:$sd->{port}/\n");
+                            conf => "AsyncProxyPass /s/ http://127.0.0.1:$sd->{port}/\n"
+                                  . "AsyncProxyPass /f/ http://127.0.0.1:$sd->{port}/ parkdelay=5ms\n");
     $h->start;
-    my $st0 = status($h->port);
-    my $r = request($h->port, get_req('/s/delay/0/10'), 10);
-    is($r && $r->{status}, 200, 'default delay: a 0 ms backend answers');
-    my $st1 = status($h->port);
-    is(($st1->{ParkedTotal} // 0) - ($st0->{ParkedTotal} // 0), 0,
-       'default delay: its request was not parked (answered within the 5 ms park delay)');
-    $r = request($h->port, get_req('/s/delay/300/10'), 10);
-    is($r && $r->{status}, 200, 'default delay: a 300 ms backend answers');
-    my $st2 = status($h->port);
-    is(($st2->{ParkedTotal} // 0) - ($st1->{ParkedTotal} // 0), 1, 'default delay: that one was parked');
+    my $parked = sub {      # ParkedTotal grew by how much over one request
+        my ($path) = @_;
+        my $st0 = status($h->port);
+        my $r = request($h->port, get_req($path), 10);
+        my $st1 = status($h->port);
+        return ($r && $r->{status}, ($st1->{ParkedTotal} // 0) - ($st0->{ParkedTotal} // 0));
+    };
+    is_deeply([$parked->('/s/delay/2/10')], [200, 1], 'default (0): a 2 ms backend\'s request is parked');
+    is_deeply([$parked->('/f/delay/2/10')], [200, 0],
+              'parkdelay=5ms: a 2 ms backend\'s request is answered on the MPM thread, not parked');
+    is_deeply([$parked->('/f/delay/300/10')], [200, 1], 'parkdelay=5ms: a 300 ms backend\'s request is parked');
     ok($h->stop, 'server stops');
     is_deeply([$h->error_lines], [], 'no error-log line at level error or above');
 }
