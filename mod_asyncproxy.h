@@ -253,7 +253,9 @@ unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline);
 /* apx_wait(fd, APX_EV_OUT) for a non-blocking connect: on an MPM thread it
  * first polls in place for up to APX_CONNECT_GRACE whatever the park delay
  * says (a connect to a near backend completes in ~0.1 ms; parking for it
- * costs a hand-over to the poller and back). */
+ * costs a hand-over to the poller and back, and the gate then waits for the
+ * MPM thread), within the same cap as the park delay: at most half of the
+ * MPM's threads wait in place at a time. */
 unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline);
 void apx_conn_register_hooks(apr_pool_t *p);
 /* Shuts down the sockets of every adopted connection (child exit). */

@@ -288,10 +288,29 @@ static unsigned poll_in_place(apx_req *rq, int fd, unsigned events,
     return got;
 }
 
+/* poll() in place on an MPM thread, unless half of the MPM's threads do so
+ * already (then they would stop accepting). Returns the events, or 0 when
+ * `until` passed; *skipped says the cap refused. */
+static unsigned wait_in_place(apx_req *rq, int fd, unsigned events,
+                              apr_time_t until, int *skipped)
+{
+    apx_child *ch = apx_ch;
+    unsigned got = 0;
+
+    *skipped = 0;
+    if (apr_atomic_inc32(&ch->delaying) < ch->delaying_max)
+        got = poll_in_place(rq, fd, events, until);
+    else
+        *skipped = 1;
+    apr_atomic_dec32(&ch->delaying);
+    return got;
+}
+
 unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline)
 {
     unsigned got;
     apr_time_t now = apr_time_now();
+    int skipped;
 
     if (deadline && now >= deadline)
         return APX_EV_TIMEOUT;
@@ -300,26 +319,20 @@ unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline)
          * within the park delay and is served without a hand-over. On a
          * module worker we never wait in place. */
         if (!apx_engine_current_thread() && now < rq->park_after) {
-            apx_child *ch = apx_ch;
             apr_time_t until = rq->park_after;
 
             if (deadline && deadline < until)
                 until = deadline;
-            if (apr_atomic_inc32(&ch->delaying) < ch->delaying_max) {
-                got = poll_in_place(rq, fd, events, until);
-                apr_atomic_dec32(&ch->delaying);
-                if (got)
-                    return got;
-                if (deadline && apr_time_now() >= deadline)
-                    return APX_EV_TIMEOUT;
-            }
-            else {
-                /* enough threads wait already: this one parks now, and so
-                 * do its later waits */
-                apr_atomic_dec32(&ch->delaying);
-                apr_atomic_inc32(&ch->n.delay_skipped);
+            got = wait_in_place(rq, fd, events, until, &skipped);
+            if (got)
+                return got;
+            if (skipped) {
+                /* this one parks now, and so do its later waits */
+                apr_atomic_inc32(&apx_ch->n.delay_skipped);
                 rq->park_after = 0;
             }
+            else if (deadline && apr_time_now() >= deadline)
+                return APX_EV_TIMEOUT;
         }
         rq->wait_fd = fd;
         rq->wait_events = events;
@@ -336,11 +349,12 @@ unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline)
 {
     apr_time_t until = apr_time_now() + APX_CONNECT_GRACE;
     unsigned got;
+    int skipped;
 
     if (rq->async && !apx_engine_current_thread() && until > rq->park_after) {
         if (deadline && deadline < until)
             until = deadline;
-        got = poll_in_place(rq, fd, APX_EV_OUT, until);
+        got = wait_in_place(rq, fd, APX_EV_OUT, until, &skipped);
         if (got)
             return got;
     }
