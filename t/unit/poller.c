@@ -941,23 +941,9 @@ static void test_before_start(apr_pool_t *pool)
     is_int(count_tasks(), base, "every thread joined");
 }
 
-static void *noop_thread(void *arg)
-{
-    return arg;
-}
-
 int main(void)
 {
-    apr_pool_t *pool;
-    pthread_t t;
-
-    apr_initialize();
-    apr_pool_create(&pool, NULL);
-    main_thread = pthread_self();
-    /* A sanitizer runtime may start a helper thread on the first
-     * pthread_create: have that happen before any thread count is taken. */
-    pthread_create(&t, NULL, noop_thread, NULL);
-    pthread_join(t, NULL);
+    apr_pool_t *pool = harness_start();
 
     test_events(pool);
     test_two_fds(pool);
@@ -969,7 +955,5 @@ int main(void)
     test_stopping(pool);
     test_before_start(pool);
 
-    apr_pool_destroy(pool);
-    apr_terminate();
-    return done_testing();
+    return harness_done(pool);
 }

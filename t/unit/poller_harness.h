@@ -230,4 +230,32 @@ static apx_engine *start_engine(apr_pool_t *pool, unsigned min, unsigned max,
 }
 
 
+static void *noop_thread(void *arg)
+{
+    return arg;
+}
+
+/* The start of every poller test program: APR, a pool, the main thread. */
+static apr_pool_t *harness_start(void)
+{
+    apr_pool_t *pool;
+    pthread_t t;
+
+    apr_initialize();
+    apr_pool_create(&pool, NULL);
+    main_thread = pthread_self();
+    /* A sanitizer runtime may start a helper thread on the first
+     * pthread_create: have that happen before any thread count is taken. */
+    pthread_create(&t, NULL, noop_thread, NULL);
+    pthread_join(t, NULL);
+    return pool;
+}
+
+static int harness_done(apr_pool_t *pool)
+{
+    apr_pool_destroy(pool);
+    apr_terminate();
+    return done_testing();
+}
+
 #endif /* POLLER_HARNESS_H */

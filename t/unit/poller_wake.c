@@ -28,6 +28,19 @@ static int intake_taken(apx_engine *e, int ms)
     return empty;
 }
 
+/* Holds the poller at its next push: a record it dispatches at once (a
+ * regular file: ERR) makes it push a batch, and wq_mtx, taken here and left
+ * locked for the caller, stops it there after its take. 1 when it took. */
+static int hold_poller(apx_engine *e, rec *d, FILE *f)
+{
+    rec_init(d);
+    d->p.fd[0] = fileno(f);
+    d->p.want[0] = APX_EV_IN;
+    pthread_mutex_lock(&e->wq_mtx);
+    apx_park_submit(e, &d->p);
+    return intake_taken(e, 2000);
+}
+
 /* The poller's take, for tests that act as the poller of an engine that
  * was never started. */
 static apx_park *take_lists(apx_engine *e, park_list *in)
@@ -205,14 +218,8 @@ static void test_wake_held_poller(apr_pool_t *pool)
     WAIT_STATS(e, st, st.parked == 1, 2000);
     is_int(st.parked, 1, "socket record parked");
 
-    /* a record the poller dispatches at once (a regular file: ERR) makes it
-     * push a batch: holding wq_mtx stops it there, after its take */
-    rec_init(&d);
-    d.p.fd[0] = fileno(f);
-    d.p.want[0] = APX_EV_IN;
-    pthread_mutex_lock(&e->wq_mtx);
-    apx_park_submit(e, &d.p);
-    taken = intake_taken(e, 2000);
+    /* hold the poller at its push, then wake */
+    taken = hold_poller(e, &d, f);
     woke = apx_park_wake(e, &r.p);
     close(sv[1]);
     pthread_mutex_unlock(&e->wq_mtx);
@@ -233,12 +240,7 @@ static void test_wake_held_poller(apr_pool_t *pool)
     apx_park_arm_wake(&r.p);
     apx_park_submit(e, &r.p);
     WAIT_STATS(e, st, st.parked == 1, 2000);
-    rec_init(&d);
-    d.p.fd[0] = fileno(f);
-    d.p.want[0] = APX_EV_IN;
-    pthread_mutex_lock(&e->wq_mtx);
-    apx_park_submit(e, &d.p);
-    taken = intake_taken(e, 2000);
+    taken = hold_poller(e, &d, f);
     woke = apx_park_wake(e, &r.p);
     spin_until(mono_now() + 40000);     /* past the 20 ms deadline */
     pthread_mutex_unlock(&e->wq_mtx);
@@ -722,23 +724,9 @@ static void test_wake_stop_destroy(apr_pool_t *pool)
     is_int(count_tasks(), stop_base_tasks, "every thread joined");
 }
 
-static void *noop_thread(void *arg)
-{
-    return arg;
-}
-
 int main(void)
 {
-    apr_pool_t *pool;
-    pthread_t t;
-
-    apr_initialize();
-    apr_pool_create(&pool, NULL);
-    main_thread = pthread_self();
-    /* A sanitizer runtime may start a helper thread on the first
-     * pthread_create: have that happen before any thread count is taken. */
-    pthread_create(&t, NULL, noop_thread, NULL);
-    pthread_join(t, NULL);
+    apr_pool_t *pool = harness_start();
 
     test_wake(pool);
     test_wake_held_poller(pool);
@@ -746,7 +734,5 @@ int main(void)
     test_wake_races(pool);
     test_wake_stop_destroy(pool);
 
-    apr_pool_destroy(pool);
-    apr_terminate();
-    return done_testing();
+    return harness_done(pool);
 }
