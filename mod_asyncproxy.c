@@ -475,11 +475,12 @@ static void asyncproxy_child_init(apr_pool_t *pchild, server_rec *s)
     if (ap_mpm_query(AP_MPMQ_IS_ASYNC, &ch->mpm_async) != APR_SUCCESS)
         ch->mpm_async = 0;
     ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads);
-    /* Half the MPM's threads may wait out a park delay at once; the rest
-     * park at once and stay free to accept. Without the cap, a burst of new
-     * connections to a slow backend holds every MPM thread for the whole
-     * delay: 25 threads / 5 ms = 5,000 first requests per second per child,
-     * and the listener stops accepting (AH00484) meanwhile. */
+    /* Half the MPM's threads may wait in place at once (a park delay, a
+     * backend connect); the rest park at once and stay free to accept.
+     * Without the cap, a burst of new connections to a slow backend holds
+     * every MPM thread for the whole wait: with a 5 ms park delay, 25
+     * threads allow 5,000 first requests per second per child, and the
+     * listener stops accepting (AH00484) meanwhile. */
     ch->delaying_max = threads > 1 ? (apr_uint32_t)threads / 2 : 1;
     apx_log_set(log_sink, s,
                 ap_get_server_module_loglevel(s, APLOG_MODULE_INDEX));

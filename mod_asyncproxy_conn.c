@@ -1034,8 +1034,9 @@ static void asyncproxy_resume_connection(conn_rec *c, request_rec *r)
 
 /* A keep-alive request the MPM runs has no connection hook: without this,
  * a gate whose MPM thread went on to such a request (same scoreboard
- * status) waited until that request ended (measured: ~5 % of first
- * requests in a burst waited, up to ~2 ms of 50 us sleeps each). */
+ * status) waits until that request ends. (The gate waits measured in a
+ * burst of first requests were another case, parks on the backend connect:
+ * see apx_wait_connect().) */
 static int asyncproxy_create_request(request_rec *r)
 {
     bump_seq();

@@ -207,11 +207,11 @@ struct apx_engine {
     unsigned wakeups;           /* signals sent to idle workers, not yet
                                  * consumed: idle + wakeups = waiters */
     unsigned awake_max;         /* wake no more than this many (cores) */
-    apr_uint64_t pops;          /* records taken off the queue */
     int watch;                  /* records wait for a busy worker: the
                                  * poller looks every WATCH_US (written
                                  * under wq_mtx, read atomically) */
-    apr_uint64_t watch_pops;    /* pops when the poller last saw progress */
+    apr_uint64_t watch_pops;    /* dispatched_total when the poller last
+                                 * saw progress */
     apr_time_t watch_at;        /* ... and when */
     int started;
     int wq_stop;                /* destroy: drain, then exit */
@@ -435,6 +435,14 @@ static void start_workers(apx_engine *e, unsigned n)
     }
 }
 
+/* Wakes one idle worker (the caller saw e->idle). Called with wq_mtx held. */
+static void wake_idle_locked(apx_engine *e)
+{
+    e->idle--;
+    e->wakeups++;
+    pthread_cond_signal(&e->wq_cond);
+}
+
 /* Appends a ready list to the worker queue and wakes idle workers for it,
  * but keeps at most awake_max workers awake (busy ones count): a worker
  * that finishes a record takes the next one itself, so waking one per
@@ -453,11 +461,8 @@ static int enqueue_locked(apx_engine *e, park_list *ready, int check_gone)
     list_splice(&e->wq, ready);
     awake = e->workers - e->idle;       /* busy, between records, woken,
                                          * or still starting */
-    for (; k && e->idle && awake < e->awake_max; k--, awake++) {
-        e->idle--;
-        e->wakeups++;
-        pthread_cond_signal(&e->wq_cond);
-    }
+    for (; k && e->idle && awake < e->awake_max; k--, awake++)
+        wake_idle_locked(e);
     takers = awake - e->busy;
     if (e->started && !e->wq_stop && !e->idle && awake < e->awake_max
         && e->workers < e->conf.workers_max && e->wq.n > takers) {
@@ -472,7 +477,7 @@ static int enqueue_locked(apx_engine *e, park_list *ready, int check_gone)
     }
     if (e->wq.n > takers && !e->watch) {
         __atomic_store_n(&e->watch, 1, __ATOMIC_RELAXED);
-        e->watch_pops = e->pops;
+        e->watch_pops = e->dispatched_total;
         e->watch_at = mono_now();
     }
     return (int)spawn;
@@ -493,9 +498,9 @@ static void *APR_THREAD_FUNC worker_main(apr_thread_t *thd, void *data)
         if (p) {
             set_state(p, ST_OWNED);
             e->busy++;
-            e->pops++;
-            pthread_mutex_unlock(&e->wq_mtx);
+            /* under wq_mtx: the watchdog reads it as the queue's progress */
             ATOMIC_INC64(&e->dispatched_total);
+            pthread_mutex_unlock(&e->wq_mtx);
             p->dispatch(p, thd);
             pthread_mutex_lock(&e->wq_mtx);
             e->busy--;
@@ -874,18 +879,15 @@ static int watch_queue(apx_engine *e, int ms)
     if (!e->wq.head || e->wq_stop) {
         __atomic_store_n(&e->watch, 0, __ATOMIC_RELAXED);
     }
-    else if (e->pops != e->watch_pops) {
-        e->watch_pops = e->pops;
+    else if (e->dispatched_total != e->watch_pops) {
+        e->watch_pops = e->dispatched_total;
         e->watch_at = now;
     }
     else if (now - e->watch_at >= WATCH_US) {
         e->watch_at = now;
         e->stalls_total++;
-        if (e->idle) {
-            e->idle--;
-            e->wakeups++;
-            pthread_cond_signal(&e->wq_cond);
-        }
+        if (e->idle)
+            wake_idle_locked(e);
         else if (e->started && e->workers < e->conf.workers_max) {
             e->workers++;
             e->live++;
