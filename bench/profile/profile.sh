@@ -64,6 +64,20 @@ start_httpd() {
     sleep 1.2
 }
 
+# strace -c output ($D/strace.out) per unit: strace_per COUNT "per request"
+strace_per() {
+    awk -v n="$1" -v per="$2" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ {
+             name = $NF; calls = $4; err = (NF == 6) ? $5 : 0;
+             printf "%-16s %8.2f %s (%.2f failed)\n", name, calls / n, per, err / n }' \
+        "$D/strace.out"
+}
+
+# the top LINES rows of $D/perf.data sorted by SORT: perf_top SORT LINES
+perf_top() {
+    perf report -i "$D/perf.data" --stdio --no-children --sort "$1" -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -"$2"
+}
+
 # user + system clock ticks of the child, all threads
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$CHILD"/stat; }
 
@@ -118,16 +132,10 @@ strace|perf|parks)
          "$(echo "scale=2; ($X1 - $X0) / $REQ" | bc);" \
          "child CPU/request $(echo "($C1 - $C0) * 1000000 / $(getconf CLK_TCK) / $REQ" | bc) us (under $MODE)"
     if [ "$MODE" = strace ]; then
-        awk -v n="$REQ" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ {
-                 name = $NF; calls = $4; err = (NF == 6) ? $5 : 0;
-                 if (name == "total") printf "%-16s %8.2f per request\n", name, calls / n;
-                 else printf "%-16s %8.2f per request (%.2f failed)\n", name, calls / n, err / n }' \
-            "$D/strace.out"
+        strace_per "$REQ" "per request"
     elif [ "$MODE" = perf ]; then
-        perf report -i "$D/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null \
-            | grep -v '^#' | grep -v '^$' | head -12
-        perf report -i "$D/perf.data" --stdio --no-children --sort sym -g none 2>/dev/null \
-            | grep -v '^#' | grep -v '^$' | head -30
+        perf_top dso 12
+        perf_top sym 30
     fi
     wait "$WRK" || true
     grep -E "Requests/sec|  99%" "$D/wrk.out" | tr -s ' ' | tr '\n' ' '; echo
@@ -152,15 +160,11 @@ first)
         "$(cat "$D/logs/httpd.pid")" "$CHILD"
     if [ -n "$PERF" ]; then
         kill -INT "$PERFPID"; wait "$PERFPID" || true
-        perf report -i "$D/perf.data" --stdio --no-children --sort ${PERFSORT:-dso,sym} -g none 2>/dev/null \
-            | grep -v '^#' | grep -v '^$' | head -40
+        perf_top "${PERFSORT:-dso,sym}" 40
     fi
     if [ -n "$STRACE" ]; then
         kill -INT "$STRACEPID"; wait "$STRACEPID" || true
-        awk -v n="$N" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ {
-                 name = $NF; calls = $4; err = (NF == 6) ? $5 : 0;
-                 printf "%-16s %8.2f per first request (%.2f failed)\n", name, calls / n, err / n }' \
-            "$D/strace.out"
+        strace_per "$N" "per first request"
     fi
     echo "module, over the burst: gate waits $(( $(status GateWaits) - G0 )), park delays skipped $(( $(status ParkDelaySkipped) - ${S0:-0} )), parks $(( $(status ParksTotal) - P0 ))"
     ;;
