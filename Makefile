@@ -96,7 +96,12 @@ unit-asan: $(addprefix $(B)/t-asan/,$(addsuffix .t,$(UNIT_NAMES)))
 unit-tsan: $(addprefix $(B)/t-tsan/,$(addsuffix .t,$(TSAN_TESTS)))
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(PROVE) $^
 
-integration: $(MODULE)
+# Hostile and normal clients of the hardening tests (t/integration/4x-*).
+HOSTILE := $(B)/t/hostile
+$(HOSTILE): t/tools/hostile.c | $(B)/t
+	$(CC) $(WARN) -O2 -g $< -o $@
+
+integration: $(MODULE) $(HOSTILE)
 	$(MAKE) -C bench slowd
 	$(PROVE) -It/lib t/integration/
 

@@ -66,8 +66,10 @@ enum {
     APX_EV_SHUTDOWN = 0x20,  /* child stopping and the record is APX_PARK_IDLE,
                               * or the engine is being destroyed */
     APX_EV_RUN      = 0x40,  /* handed over with apx_run_submit() */
-    APX_EV_WAKE     = 0x80   /* ended by apx_park_wake(); got[] may still
+    APX_EV_WAKE     = 0x80,  /* ended by apx_park_wake(); got[] may still
                               * hold what the fds reported before */
+    APX_EV_SHED     = 0x200  /* an APX_PARK_IDLE record shed early by
+                              * apx_engine_shed_idle() (0x100 is the glue's) */
 };
 
 /* Record flags. */
@@ -127,6 +129,7 @@ typedef struct apx_engine_stats {
                                      * handed to a worker with WAKE */
     apr_uint64_t stalls_total;      /* the queue made no progress for 1 ms:
                                      * a worker more was woken or started */
+    apr_uint64_t shed_total;        /* idle records shed (APX_EV_SHED) */
 } apx_engine_stats;
 
 /* Fills conf with the defaults (workers 2..16, idle 10 s, budget 256,
@@ -229,6 +232,14 @@ void apx_park_arm_wake(apx_park *p);
 int apx_park_wake(apx_engine *e, apx_park *p);
 
 void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st);
+
+/* Sheds up to n parked APX_PARK_IDLE records, the longest parked first
+ * (across all their timeout queues): each is dispatched with APX_EV_SHED, as
+ * if its deadline had come. Asked of the poller, which does it on its next
+ * pass; requests add up until then. Any thread; returns at once. (The glue
+ * closes idle keep-alive connections this way when the child is at its
+ * connection limit or short of file descriptors.) */
+void apx_engine_shed_idle(apx_engine *e, unsigned n);
 
 /* The APR thread of the calling worker, or NULL off the engine's workers. */
 apr_thread_t *apx_engine_current_thread(void);

@@ -180,6 +180,8 @@ struct apx_engine {
     int in_gone;                /* destroy joined everything: refuse */
 
     int stopping;               /* atomic: apx_engine_stopping() called */
+    unsigned shed_want;         /* atomic: idle records to shed, asked of
+                                 * the poller by apx_engine_shed_idle() */
 
     /* --- poller thread only --- */
     apx_tq_set *tqs;
@@ -223,7 +225,7 @@ struct apx_engine {
     /* --- statistics (atomics) --- */
     unsigned parked;
     apr_uint64_t parks_total, dispatched_total, timeouts_total, runs_total;
-    apr_uint64_t wakes_total;
+    apr_uint64_t wakes_total, shed_total;
     apr_uint64_t stalls_total;  /* wq_mtx: watchdog woke or started one */
 };
 
@@ -832,6 +834,50 @@ static void sweep_idle(apx_engine *e, park_list *batch)
     sweep_idle_queue(e, &e->untimed, batch);
 }
 
+/* The oldest parked idle member of q from `from` on (queues are FIFO by
+ * deadline, so by park time: the first idle one met is the oldest). */
+static apx_tq_link *oldest_idle(apx_tq *q, apx_tq_link *from)
+{
+    apx_tq_link *l;
+
+    for (l = from; l != &q->head; l = l->next)
+        if (APX_CONTAINER_OF(l, apx_park, tq)->flags & APX_PARK_IDLE)
+            return l;
+    return NULL;
+}
+
+/* Sheds up to n idle records, the longest parked first: a merge of each
+ * queue's oldest idle member by park time. O(queues) per record shed plus
+ * the non-idle members skipped; there are a few queues (timeouts are
+ * rounded by the glue) and sheds are rare. */
+static void shed_idle(apx_engine *e, unsigned n, park_list *batch)
+{
+    while (n) {
+        apx_tq *q;
+        apx_tq_link *l, *best = NULL;
+        apx_park *p;
+
+        for (q = apx_tq_set_first(e->tqs); q; q = q->next_in_set) {
+            l = oldest_idle(q, q->head.next);
+            if (l && (!best || APX_CONTAINER_OF(l, apx_park, tq)->parked_at
+                               < APX_CONTAINER_OF(best, apx_park,
+                                                  tq)->parked_at)) {
+                best = l;
+            }
+        }
+        if (!best && (l = oldest_idle(&e->untimed, e->untimed.head.next)))
+            best = l;
+        if (!best)
+            return;
+        p = APX_CONTAINER_OF(best, apx_park, tq);
+        if (take_off(e, p, batch)) {
+            p->why |= APX_EV_SHED;
+            ATOMIC_INC64(&e->shed_total);
+        }
+        n--;
+    }
+}
+
 static unsigned push_batch(apx_engine *e, park_list *batch)
 {
     apx_park *p;
@@ -969,6 +1015,10 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
             e->stopping_swept = 1;
             sweep_idle(e, &batch);
         }
+
+        if (__atomic_load_n(&e->shed_want, __ATOMIC_RELAXED))
+            shed_idle(e, __atomic_exchange_n(&e->shed_want, 0,
+                                             __ATOMIC_RELAXED), &batch);
 
         now = mono_now();
         if (in.head) {
@@ -1442,6 +1492,15 @@ void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st)
     st->timeouts_total = __atomic_load_n(&e->timeouts_total, __ATOMIC_RELAXED);
     st->runs_total = __atomic_load_n(&e->runs_total, __ATOMIC_RELAXED);
     st->wakes_total = __atomic_load_n(&e->wakes_total, __ATOMIC_RELAXED);
+    st->shed_total = __atomic_load_n(&e->shed_total, __ATOMIC_RELAXED);
+}
+
+void apx_engine_shed_idle(apx_engine *e, unsigned n)
+{
+    if (!n)
+        return;
+    __atomic_fetch_add(&e->shed_want, n, __ATOMIC_RELAXED);
+    wake_poller(e);
 }
 
 apr_thread_t *apx_engine_current_thread(void)

@@ -941,6 +941,53 @@ static void test_before_start(apr_pool_t *pool)
     is_int(count_tasks(), base, "every thread joined");
 }
 
+/* apx_engine_shed_idle(): the longest parked idle records go first, across
+ * their timeout queues; records that are not idle are never shed. */
+static void test_shed(apr_pool_t *pool)
+{
+    apx_engine *e = start_engine(pool, 1, 2, apr_time_from_sec(10));
+    apx_engine_stats st;
+    rec old_idle, busy, mid_idle, young_idle;
+    rec *order[4];
+    unsigned parked = 0;
+    int i;
+
+    order[0] = &old_idle;       /* 10 s queue, parked first */
+    order[1] = &busy;           /* 10 s queue, an in-flight request */
+    order[2] = &mid_idle;       /* a 20 s queue of its own */
+    order[3] = &young_idle;     /* 10 s queue, parked last */
+    for (i = 0; i < 4; i++) {
+        rec_init(order[i]);
+        order[i]->p.timeout = apr_time_from_sec(i == 2 ? 20 : 10);
+        order[i]->p.flags = order[i] == &busy ? 0 : APX_PARK_IDLE;
+        apx_park_submit(e, &order[i]->p);
+        parked++;
+        WAIT_STATS(e, st, st.parked == parked, 2000);
+        usleep(2000);           /* distinct park times */
+    }
+    is_int(st.parked, 4, "four parked");
+
+    apx_engine_shed_idle(e, 2);
+    is_int(wait_calls(&old_idle, 1, 5000), 1, "the oldest idle record is shed");
+    is_int(old_idle.why, APX_EV_SHED, "with SHED");
+    is_int(wait_calls(&mid_idle, 1, 5000), 1,
+           "the next oldest, from another timeout queue, too");
+    is_int(mid_idle.why, APX_EV_SHED, "with SHED");
+    ok(flush(e), "flushed");
+    ok(calls_of(&young_idle) == 0, "a younger idle record stays");
+    ok(calls_of(&busy) == 0, "a record that is not idle stays");
+
+    apx_engine_shed_idle(e, 5);
+    is_int(wait_calls(&young_idle, 1, 5000), 1, "asked for more: the last idle one goes");
+    ok(flush(e), "flushed");
+    ok(calls_of(&busy) == 0, "the busy record is never shed");
+    stats(e, &st);
+    is_int(st.shed_total, 3, "three shed in all");
+    is_int(st.parked, 1, "one still parked");
+    apx_engine_destroy(e, on_abandoned);
+    is_int(busy.abandoned, 1, "the busy one is abandoned at destroy");
+}
+
 int main(void)
 {
     apr_pool_t *pool = harness_start();
@@ -953,6 +1000,7 @@ int main(void)
     test_elastic(pool);
     test_awake_cap(pool);
     test_stopping(pool);
+    test_shed(pool);
     test_before_start(pool);
 
     return harness_done(pool);
