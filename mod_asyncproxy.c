@@ -24,6 +24,8 @@
 #include "util_cfgtree.h"
 
 #include "mod_asyncproxy.h"
+#include "mod_asyncproxy_head.h"
+#include "mod_asyncproxy_lane.h"
 
 module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
@@ -97,6 +99,17 @@ static const char *set_retry_after(cmd_parms *cmd, void *dummy,
     return apx_parse_uint(cmd, arg, 0, 86400, &apx_gconf.retry_after);
 }
 
+static const char *set_lane(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    const char *err;
+
+    if ((err = main_server_only(cmd)))
+        return err;
+    if (!strcasecmp(cmd->cmd->name, "AsyncProxyLaneThreads"))
+        return apx_parse_uint(cmd, arg, 1, 10000, &apx_gconf.lane_threads);
+    return apx_parse_uint(cmd, arg, 0, 1000000, &apx_gconf.lane_queue);
+}
+
 static void *create_srv_conf(apr_pool_t *p, server_rec *s)
 {
     apx_srv_conf *sc = apr_pcalloc(p, sizeof(*sc));
@@ -106,6 +119,7 @@ static void *create_srv_conf(apr_pool_t *p, server_rec *s)
     sc->preserve_host = -1;
     sc->add_forwarded = -1;
     sc->park_delay = -1;
+    sc->adopt_heads = -1;
     apx_hc_set_init(&sc->cache);
     return sc;
 }
@@ -128,6 +142,8 @@ static void *merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
                                                : base->connect_timeout;
     sc->park_delay = add->park_delay != -1 ? add->park_delay
                                            : base->park_delay;
+    sc->adopt_heads = add->adopt_heads != -1 ? add->adopt_heads
+                                             : base->adopt_heads;
     apx_hc_set_merge(&sc->cache, &base->cache, &add->cache);
     return sc;
 }
@@ -348,6 +364,8 @@ static const char *set_srv_flag(cmd_parms *cmd, void *dummy, int on)
 
     if (!strcasecmp(cmd->cmd->name, "AsyncProxyPreserveHost"))
         sc->preserve_host = on;
+    else if (!strcasecmp(cmd->cmd->name, "AsyncProxyAdoptSlowHeads"))
+        sc->adopt_heads = on;
     else
         sc->add_forwarded = on;
     return NULL;
@@ -383,6 +401,16 @@ static const command_rec asyncproxy_cmds[] = {
                  "On: send the client's Host header to the backend"),
     AP_INIT_FLAG("AsyncProxyAddHeaders", set_srv_flag, NULL, RSRC_CONF,
                  "Off: do not add X-Forwarded-For/-Host/-Proto (default On)"),
+    AP_INIT_FLAG("AsyncProxyAdoptSlowHeads", set_srv_flag, NULL, RSRC_CONF,
+                 "On (default): a connection whose request head is not "
+                 "complete is taken from the MPM thread and its head awaited "
+                 "in the poller, so no slow head holds a thread"),
+    AP_INIT_TAKE1("AsyncProxyLaneThreads", set_lane, NULL, RSRC_CONF,
+                  "threads per child for other handlers' requests on "
+                  "connections the module owns (default: ThreadsPerChild)"),
+    AP_INIT_TAKE1("AsyncProxyLaneQueue", set_lane, NULL, RSRC_CONF,
+                  "such requests waiting for a lane thread per child; "
+                  "beyond: 503 (default: 4 per lane thread)"),
     AP_INIT_TAKE1("AsyncProxyTimeout", set_srv_time, NULL, RSRC_CONF,
                   "backend response and I/O timeout (default: Timeout)"),
     AP_INIT_TAKE1("AsyncProxyConnectTimeout", set_srv_time, NULL, RSRC_CONF,
@@ -449,6 +477,9 @@ static apr_status_t child_cleanup(void *data)
         return APR_SUCCESS;
     apr_atomic_set32(&ch->stopping, 1);
     apx_conn_shutdown_all();
+    /* lane threads hand their connections back to the engine: join them
+     * while it still takes records */
+    apx_lane_stop();
     apx_engine_stats_get(ch->engine, &st);
     apx_engine_destroy(ch->engine, NULL);
     ch->engine = NULL;
@@ -493,6 +524,18 @@ static void asyncproxy_child_init(apr_pool_t *pchild, server_rec *s)
         return;
     }
     apx_ch = ch;
+    {
+        unsigned lt = apx_gconf.lane_threads ? apx_gconf.lane_threads
+                      : threads > 0 ? (unsigned)threads : 25;
+        unsigned lq = apx_gconf.lane_queue ? apx_gconf.lane_queue
+                      : lt * APX_DEFAULT_LANE_QUEUE_PER_THREAD;
+
+        rv = apx_lane_child_init(pchild, lt, lq);
+        if (rv != APR_SUCCESS)
+            ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, APXLOGNO(00022)
+                         "cannot create the lane: other handlers' requests "
+                         "on adopted connections will get 503");
+    }
     apx_backends_child_init(pchild);
     apx_hc_child_init(pchild, s);
     apr_pool_pre_cleanup_register(pchild, ch, child_cleanup);
@@ -519,6 +562,7 @@ static void asyncproxy_child_init(apr_pool_t *pchild, server_rec *s)
         ch->engine = NULL;
         return;
     }
+    apx_conn_engine_started(s, apx_gconf.mpm_factor, apx_gconf.mpm_threads);
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, APXLOGNO(00006)
                  "asynchronous mode: MPM %s, engine with %u..%u workers, "
                  "%" APR_SIZE_T_FMT "-byte coroutine stacks", ap_show_mpm(),
@@ -551,6 +595,10 @@ static int asyncproxy_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     apx_gconf.cache_max_object = APX_DEFAULT_CACHE_MAX_OBJ;
     apx_gconf.cache_wait = APX_DEFAULT_CACHE_WAIT;
     apx_gconf.cache_used = 0;
+    apx_gconf.lane_threads = 0;
+    apx_gconf.lane_queue = 0;
+    apx_gconf.mpm_factor = 2.0;
+    apx_gconf.mpm_threads = 25;
     return OK;
 }
 
@@ -579,6 +627,7 @@ static int asyncproxy_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
         return OK;
+    apx_head_post_config(pconf, s);
     if (ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) != APR_SUCCESS || !async)
         return OK;
     if ((v = conftree_value("AsyncRequestWorkerFactor")))
@@ -587,6 +636,8 @@ static int asyncproxy_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         threads = atol(v);
     if (threads <= 0)
         threads = 25;
+    apx_gconf.mpm_factor = factor;
+    apx_gconf.mpm_threads = (unsigned)threads;
     cap = (double)threads * (1.0 + factor);
     if (cap < (double)apx_gconf.max_parked) {
         long need = (long)((apx_gconf.max_parked + threads - 1) / threads);
@@ -608,6 +659,7 @@ static void asyncproxy_register_hooks(apr_pool_t *p)
     ap_hook_pre_config(asyncproxy_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(asyncproxy_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     apx_conn_register_hooks(p);
+    apx_head_register_hooks(p);
     apx_proxy_register_hooks(p);
     ap_hook_child_init(asyncproxy_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(asyncproxy_child_stopping, NULL, NULL,

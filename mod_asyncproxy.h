@@ -51,6 +51,9 @@
 #define APX_DEFAULT_CACHE_SIZE      (64 * 1024 * 1024)
 #define APX_DEFAULT_CACHE_MAX_OBJ   (1024 * 1024)
 #define APX_DEFAULT_CACHE_WAIT      apr_time_from_sec(10)
+/* The lane (mod_asyncproxy_lane.c): threads default to ThreadsPerChild,
+ * the queue to this many jobs per thread. */
+#define APX_DEFAULT_LANE_QUEUE_PER_THREAD 4
 
 /* Engine settings: one engine per child, so these are global (main server
  * only). */
@@ -64,6 +67,11 @@ typedef struct apx_global_conf {
     apr_size_t cache_max_object;    /* largest body stored */
     apr_interval_time_t cache_wait; /* longest wait on another's fetch */
     int cache_used;                 /* some scope enables the cache */
+    unsigned lane_threads;          /* 0: ThreadsPerChild */
+    unsigned lane_queue;            /* 0: APX_DEFAULT_LANE_QUEUE_PER_THREAD
+                                     * per lane thread */
+    double mpm_factor;              /* AsyncRequestWorkerFactor (post_config) */
+    unsigned mpm_threads;           /* ThreadsPerChild (post_config) */
 } apx_global_conf;
 
 /* The response cache settings of a scope (server, <Location>, mapping);
@@ -124,6 +132,12 @@ typedef struct apx_srv_conf {
     apr_interval_time_t connect_timeout;
     apr_interval_time_t park_delay; /* -1 unset */
     apx_cache_set cache;
+    int adopt_heads;                /* AsyncProxyAdoptSlowHeads, -1 unset */
+    /* Waiting for a request head on a connection the module owns
+     * (mod_asyncproxy_head.c, set at post_config from mod_reqtimeout's
+     * header stage): timeout, maximum, minimum rate in bytes/s (0: none). */
+    apr_interval_time_t head_timeout, head_max;
+    apr_size_t head_rate;
 } apx_srv_conf;
 
 /* Per directory (<Location>): AsyncProxyPass URL with the location as
@@ -158,6 +172,14 @@ typedef struct apx_counters {
     volatile apr_uint32_t backend_retries; /* idempotent retry on a fresh one */
     volatile apr_uint32_t keepalive_closed;/* idle adopted closed (timeout/stop) */
     volatile apr_uint32_t head_waits;      /* partial request head re-parked */
+    volatile apr_uint32_t head_timeouts;   /* 408: head not whole in time */
+    volatile apr_uint32_t head_refused;    /* head over every limit: closed */
+    volatile apr_uint32_t heads_adopted;   /* connections taken from an MPM
+                                            * thread to await their head */
+    volatile apr_uint32_t idle_now;        /* adopted, parked between requests
+                                            * or awaiting a head */
+    volatile apr_uint32_t shed_total;      /* of those, closed under pressure */
+    volatile apr_uint32_t gate_requeues;   /* gate found closed: re-parked */
     volatile apr_uint32_t handed_over;     /* finished on an MPM thread, the
                                             * connection adopted anyway */
     volatile apr_uint32_t delay_skipped;   /* parked at once: too many MPM
@@ -258,6 +280,10 @@ unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline);
  * MPM's threads wait in place at a time. */
 unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline);
 void apx_conn_register_hooks(apr_pool_t *p);
+/* child_init, once the engine runs: the scoreboard slot, the fd limit and
+ * the MPM's connection limit for shedding idle connections, and the timer
+ * that checks them. */
+void apx_conn_engine_started(server_rec *s, double factor, unsigned threads);
 /* Shuts down the sockets of every adopted connection (child exit). */
 void apx_conn_shutdown_all(void);
 
@@ -267,6 +293,10 @@ intptr_t apx_proxy_run(apx_coro *coro, void *rq);
 /* mod_asyncproxy_map.c */
 const apx_mapping *apx_proxy_match(request_rec *r);
 void apx_proxy_register_hooks(apr_pool_t *p);
+/* 1 when the request body is not read to its end (mod_asyncproxy_proxy.c):
+ * the connection must then close rather than have httpd read the rest. */
+struct apx_req;
+int apx_proxy_body_left(const struct apx_req *rq);
 /* The backend request target for r under mapping m (in r->pool). */
 const char *apx_proxy_target(request_rec *r, const apx_mapping *m);
 

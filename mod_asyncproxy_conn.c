@@ -18,16 +18,26 @@
  *                                   connection)
  *   asyncproxy_suspend_connection() MPM thread, after the handler returned
  *                                   SUSPENDED; it arms the poller
+ *   asyncproxy_process_connection() MPM thread: a head that is not whole
+ *                                   is awaited in the poller instead
  *   conn_dispatch() and below       module worker threads
+ *   lane_run()                      a lane thread (mod_asyncproxy_lane.c)
  * Invariants:
  *   - One thread touches a connection at a time: the park record, the
  *     request, its coroutine and both sockets change owner as one unit.
  *   - A connection handed over by the MPM is not touched by a module worker
- *     before the hand-over gate says the MPM thread has left it.
+ *     before the hand-over gate says the MPM thread has left it; the gate
+ *     has no timed way through: a record whose gate is closed waits parked.
  *   - No pointer to r or rq survives ap_process_request_after_handler().
+ *   - Nothing a client sends holds a module worker: httpd reads a head only
+ *     once it is whole (mod_asyncproxy_head.c), and other handlers' requests
+ *     run on the lane's threads, never on the workers.
  */
 #include <poll.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "httpd.h"
@@ -43,6 +53,8 @@
 #include "apr_strings.h"
 
 #include "mod_asyncproxy.h"
+#include "mod_asyncproxy_head.h"
+#include "mod_asyncproxy_lane.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -54,24 +66,29 @@ enum {
     PH_WRITE,       /* write completion: output pending, wait writable */
     PH_KEEPALIVE,   /* idle between requests */
     PH_HEAD,        /* part of the next request head arrived */
-    PH_LINGER       /* lingering close: drain until EOF or 2 s */
+    PH_LINGER,      /* lingering close: drain until EOF or 2 s */
+    PH_GATE,        /* the hand-over gate was closed: look again soon */
+    PH_AFTER        /* back from the lane: the request is complete */
 };
 
-/* Steps of the adoption loop (the part of the event MPM's
- * process_socket() the module redoes). */
-enum { STEP_PROCESS, STEP_AFTER, STEP_WC };
+/* Where the adoption loop (the part of the event MPM's process_socket()
+ * the module redoes) goes on. */
+enum { AT_HEAD, AT_PROCESS, AT_AFTER, AT_WC };
 
-/* Bound on the hand-over gate: if the MPM thread's slot never visibly
- * changes (thread preempted, or busy again with the same status and no hook
- * ran), pass after this long. Generous on purpose: a latency spike is
- * better than touching a connection the MPM may still write. */
-#define GATE_BOUND      apr_time_from_sec(1)
-#define GATE_SLEEP_US   50
+/* A closed hand-over gate is looked at again after this long, the record
+ * parked meanwhile (no worker waits). The MPM thread leaves within
+ * microseconds unless it was descheduled. */
+#define GATE_RECHECK    1000
+/* Gate waits longer than this are counted apart (GateBoundHits: until
+ * 0.x the gate let a record through after this long). */
+#define GATE_LONG       apr_time_from_sec(1)
+/* With no sign at all from the MPM thread (no scoreboard slot and no
+ * sequence slot: never seen), the gate opens this long after the hook. */
+#define GATE_BLIND      apr_time_from_sec(1)
 /* Lingering close reads at most this long (the MPM uses 2 s too). */
 #define LINGER_TIME     apr_time_from_sec(2)
-/* How much of an adopted connection's input we peek at to see a whole
- * request head; a head larger than this is handed to httpd as it is. */
-#define HEAD_PEEK_BYTES (64 * 1024)
+/* The shedding check (idle connections under pressure) runs this often. */
+#define SHED_TICK       apr_time_from_msec(100)
 
 typedef struct apx_conn apx_conn;
 struct apx_conn {
@@ -92,8 +109,19 @@ struct apx_conn {
     volatile apr_uint32_t *mpm_seq;
     apr_uint32_t mpm_seq_val;
     apr_time_t hook_time;
-    apr_time_t deadline;        /* PH_HEAD / PH_LINGER absolute deadline */
-    apr_bucket_brigade *peek_bb;
+    apr_time_t gate_since;      /* first found closed, 0: not yet */
+    int gate_phase;             /* the dispatch the gate held back */
+    unsigned gate_why, gate_got[2];
+    apr_time_t deadline;        /* PH_LINGER absolute deadline */
+    apx_head *head;             /* the request head read ahead */
+    int want_head;              /* process_connection suspended it to
+                                 * await its head in the poller */
+    /* a request for another handler, run on the lane */
+    apx_lane_job lane;
+    request_rec *lane_r;
+    const char *lane_handler;
+    int want_lane;
+    int lane_full;              /* the lane refused it: 503 */
     apx_conn *prev, *next;      /* list of adopted connections */
 };
 
@@ -200,39 +228,88 @@ static apx_conn *conn_get(conn_rec *c)
 /* ------------------------------------------------------------------ */
 /* the hand-over gate                                                   */
 
-static void gate_wait(apx_conn *ac)
+/* 1 when the MPM thread that ran the suspend hook has left the connection:
+ * its scoreboard slot changed (it went idle, or on to other work), or its
+ * sequence moved (a hook at the start of its next unit of work). */
+static int gate_is_open(const apx_conn *ac, apr_time_t now)
+{
+    volatile worker_score *ws = ac->mpm_ws;
+
+    __sync_synchronize();
+    if (ws && (ws->status != ac->mpm_status
+               || ws->last_used != ac->mpm_last_used))
+        return 1;
+    if (ac->mpm_seq && *ac->mpm_seq != ac->mpm_seq_val)
+        return 1;
+    return !ws && !ac->mpm_seq && now - ac->hook_time > GATE_BLIND;
+}
+
+static void gate_count(apx_conn *ac, apr_time_t now)
 {
     apx_child *ch = apx_ch;
-    volatile worker_score *ws = ac->mpm_ws;
-    apr_time_t start = 0, now;
     apr_uint32_t waited, max;
 
-    ac->gate_pending = 0;
-    for (;;) {
-        __sync_synchronize();
-        if (ws && (ws->status != ac->mpm_status
-                   || ws->last_used != ac->mpm_last_used))
-            break;
-        if (ac->mpm_seq && *ac->mpm_seq != ac->mpm_seq_val)
-            break;
+    waited = (apr_uint32_t)(now - ac->gate_since);
+    apr_atomic_inc32(&ch->n.gate_waits);
+    if (now - ac->gate_since > GATE_LONG)
+        apr_atomic_inc32(&ch->n.gate_bound_hits);
+    do {
+        max = apr_atomic_read32(&ch->n.gate_max_us);
+    } while (waited > max
+             && apr_atomic_cas32(&ch->n.gate_max_us, waited, max) != max);
+}
+
+static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
+                 apr_interval_time_t timeout, unsigned flags);
+
+/* Before a module worker first touches a connection handed over by the
+ * MPM: 1 when the gate is open (the dispatch goes on, with what the record
+ * held back if it had to wait). 0 when it is closed: the record is parked
+ * on a short timer instead, whatever it was dispatched for kept for later;
+ * the worker goes on to other work. There is no way through on time alone
+ * (a descheduled MPM thread may still write cs->c->sbh and cs->suspended):
+ * a long wait costs latency and a timer a millisecond, never memory. */
+static int gate_pass(apx_conn *ac, apx_park *p)
+{
+    apr_time_t now = apr_time_now();
+
+    if (!gate_is_open(ac, now)) {
+        /* one more look: the MPM thread is usually a few instructions from
+         * the end of process_socket() */
+        sched_yield();
         now = apr_time_now();
-        if (!start)
-            start = now;
-        if (now - ac->hook_time > GATE_BOUND) {
-            apr_atomic_inc32(&ch->n.gate_bound_hits);
-            break;
+    }
+    if (gate_is_open(ac, now)) {
+        ac->gate_pending = 0;
+        __sync_synchronize();
+        if (ac->gate_since) {
+            gate_count(ac, now);
+            p->why = ac->gate_why;
+            p->got[0] = ac->gate_got[0];
+            p->got[1] = ac->gate_got[1];
+            ac->phase = ac->gate_phase;
         }
-        usleep(GATE_SLEEP_US);
+        return 1;
     }
-    __sync_synchronize();
-    if (start) {
-        waited = (apr_uint32_t)(apr_time_now() - start);
-        apr_atomic_inc32(&ch->n.gate_waits);
-        do {
-            max = apr_atomic_read32(&ch->n.gate_max_us);
-        } while (waited > max
-                 && apr_atomic_cas32(&ch->n.gate_max_us, waited, max) != max);
+    if (!ac->gate_since) {
+        ac->gate_since = now;
+        ac->gate_phase = ac->phase;
+        ac->gate_why = p->why;
+        ac->gate_got[0] = p->got[0];
+        ac->gate_got[1] = p->got[1];
     }
+    else if (ac->phase == PH_GATE && (p->why & APX_EV_SHUTDOWN)) {
+        /* the engine is going: whatever the MPM thread does, the process
+         * exits; hand the record on as the shutdown it is */
+        ac->gate_pending = 0;
+        ac->phase = ac->gate_phase;
+        p->why = APX_EV_SHUTDOWN;
+        p->got[0] = p->got[1] = 0;
+        return 1;
+    }
+    apr_atomic_inc32(&apx_ch->n.gate_requeues);
+    park(ac, PH_GATE, -1, 0, -1, GATE_RECHECK, 0);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -505,6 +582,8 @@ static void count_outcome(apx_req *rq)
     }
 }
 
+static void close_if_body_left(apx_req *rq);
+
 /* Ends the coroutine and turns the outcome into what httpd needs: the
  * handler's return value (OK, or an error status for ap_die()). */
 static int end_request(apx_req *rq)
@@ -513,6 +592,7 @@ static int end_request(apx_req *rq)
 
     apr_pool_cleanup_run(r->pool, rq, req_cleanup);
     count_outcome(rq);
+    close_if_body_left(rq);
     if (rq->note)
         apr_table_setn(r->notes, "asyncproxy", rq->note);
     switch (rq->outcome) {
@@ -553,7 +633,7 @@ static void finish_adopted_request(apx_conn *ac)
     /* Logs the request and destroys r->pool through the EOR bucket; sets
      * c->cs->state. Nothing of r or rq may be touched afterwards. */
     ap_process_request_after_handler(r);
-    drive(ac, STEP_AFTER);
+    drive(ac, AT_AFTER);
 }
 
 static void resume_request(apx_conn *ac)
@@ -632,119 +712,131 @@ static void linger_event(apx_conn *ac, unsigned why)
     destroy_conn(ac);
 }
 
+static void idle_inc(void);
+
 static void park_keepalive(apx_conn *ac)
 {
     conn_rec *c = ac->c;
 
     c->cs->state = CONN_STATE_SUSPENDED;
-    ac->deadline = 0;
+    idle_inc();
     park(ac, PH_KEEPALIVE, ac->fd, APX_EV_IN, -1,
          c->base_server->keep_alive_timeout, APX_PARK_IDLE);
 }
 
-/* 1: a whole request head is buffered; 0: not yet; -1: closed or error.
- * Reads without consuming (AP_MODE_SPECULATIVE) and without blocking, so a
- * client that sends its head a byte at a time never holds a worker. */
-static int head_is_complete(apx_conn *ac)
+/* Answers a head we will not let httpd read (it would block on it) and
+ * closes: written through the connection's filters (TLS too), flushed
+ * without blocking by the write-completion step. */
+static int refuse_head(apx_conn *ac, int status)
 {
     conn_rec *c = ac->c;
-    apr_bucket *b;
-    apr_status_t rv;
-    apr_size_t seen = 0;
-    int state = 0;  /* 0: in a line; 1: after LF; 2: start, no byte yet */
-    int result = 0;
+    apr_bucket_brigade *bb = apr_brigade_create(c->pool, c->bucket_alloc);
+    const char *msg = apr_psprintf(c->pool, "HTTP/1.1 %s\r\nContent-Length: "
+                                   "0\r\nConnection: close\r\n\r\n",
+                                   ap_get_status_line(status));
 
-    if (!ac->peek_bb)
-        ac->peek_bb = apr_brigade_create(c->pool, c->bucket_alloc);
-    rv = ap_get_brigade(c->input_filters, ac->peek_bb, AP_MODE_SPECULATIVE,
-                        APR_NONBLOCK_READ, HEAD_PEEK_BYTES);
-    if (APR_STATUS_IS_EAGAIN(rv)) {
-        apr_brigade_cleanup(ac->peek_bb);
-        return 0;
-    }
-    if (rv != APR_SUCCESS) {
-        apr_brigade_cleanup(ac->peek_bb);
+    ap_log_cerror(APLOG_MARK, APLOG_INFO, 0, c, APXLOGNO(00018)
+                  "request head %s after %" APR_SIZE_T_FMT " bytes: %d, "
+                  "connection closed", status == HTTP_REQUEST_TIME_OUT
+                  ? "not complete in time" : "too large",
+                  apx_head_bytes(ac->head), status);
+    if (status == HTTP_REQUEST_TIME_OUT)
+        apr_atomic_inc32(&apx_ch->n.head_timeouts);
+    else
+        apr_atomic_inc32(&apx_ch->n.head_refused);
+    c->keepalive = AP_CONN_CLOSE;
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_immortal_create(msg, strlen(msg),
+                                                           c->bucket_alloc));
+    if (ap_pass_brigade(c->output_filters, bb) != APR_SUCCESS)
+        c->aborted = 1;
+    apr_table_setn(c->notes, "short-lingering-close", "1");
+    return AT_WC;
+}
+
+/* The wait for a request head: AT_PROCESS once httpd may read it (whole,
+ * or broken in a way httpd answers at once), AT_WC to answer and close, or
+ * -1 when the connection was parked or closed. `why` is what ended the
+ * last park (0 when none: a pipelined head, a first look). */
+static int await_head(apx_conn *ac, unsigned why)
+{
+    conn_rec *c = ac->c;
+    apx_head *h = apx_head_get(c, &ac->head);
+    apr_time_t now = apr_time_now(), deadline;
+    int rc;
+
+    if (!apx_head_is_waiting(h))
+        apx_head_begin(h, now);
+    if (why & (APX_EV_SHED | APX_EV_SHUTDOWN)) {
+        /* the child is at its connection limit, or stopping */
+        if (why & APX_EV_SHED)
+            apr_atomic_inc32(&apx_ch->n.shed_total);
+        apr_table_setn(c->notes, "short-lingering-close", "1");
+        close_conn(ac);
         return -1;
     }
-    state = 2;
-    for (b = APR_BRIGADE_FIRST(ac->peek_bb);
-         b != APR_BRIGADE_SENTINEL(ac->peek_bb) && !result;
-         b = APR_BUCKET_NEXT(b)) {
-        const char *data;
-        apr_size_t len, i;
-
-        if (APR_BUCKET_IS_EOS(b)) {
-            result = seen ? result : -1;
-            break;
-        }
-        if (apr_bucket_read(b, &data, &len, APR_NONBLOCK_READ) != APR_SUCCESS)
-            break;
-        for (i = 0; i < len; i++) {
-            char ch = data[i];
-
-            seen++;
-            if (ch == '\r')
-                continue;
-            if (ch == '\n') {
-                /* empty lines before the request line are allowed
-                 * (RFC 9112 §2.2); a second LF after a line ends the head */
-                if (state == 1) {
-                    result = 1;
-                    break;
-                }
-                if (state != 2)
-                    state = 1;
-                continue;
-            }
-            state = 0;
-        }
+    rc = apx_head_read(h);
+    if (rc == APX_HEAD_COMPLETE)
+        return AT_PROCESS;
+    if (rc == APX_HEAD_CLOSED) {
+        apr_table_setn(c->notes, "short-lingering-close", "1");
+        close_conn(ac);
+        return -1;
     }
-    apr_brigade_cleanup(ac->peek_bb);
-    if (!result && seen == 0)
-        return -1;  /* readable with nothing to read: EOF */
-    if (!result && seen >= HEAD_PEEK_BYTES)
-        return 1;   /* too large to peek: httpd enforces its own limits */
-    return result;
+    if (rc == HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE)
+        return refuse_head(ac, rc);
+    if (rc != APX_HEAD_MORE) {
+        /* over a line or field-count limit: httpd reads up to the limit,
+         * all of it buffered, and answers 400/414 itself */
+        return AT_PROCESS;
+    }
+    deadline = apx_head_deadline(h);
+    if (now >= deadline || apr_atomic_read32(&apx_ch->stopping)) {
+        if (!apx_head_bytes(h)) {
+            close_conn(ac);
+            return -1;
+        }
+        return refuse_head(ac, HTTP_REQUEST_TIME_OUT);
+    }
+    apr_atomic_inc32(&apx_ch->n.head_waits);
+    idle_inc();
+    c->cs->state = CONN_STATE_SUSPENDED;
+    park(ac, PH_HEAD, ac->fd, APX_EV_IN, -1, park_timeout(deadline - now),
+         APX_PARK_IDLE);
+    return -1;
 }
 
 static void keepalive_event(apx_conn *ac, unsigned why)
 {
     conn_rec *c = ac->c;
-    apr_time_t now;
-    int rc;
+    int step;
 
-    if (!(why & APX_EV_IN) || (why & (APX_EV_SHUTDOWN | APX_EV_TIMEOUT))
-        || apr_atomic_read32(&apx_ch->stopping)) {
+    apr_atomic_dec32(&apx_ch->n.idle_now);
+    if (ac->phase == PH_KEEPALIVE
+        && (!(why & APX_EV_IN) || (why & (APX_EV_SHUTDOWN | APX_EV_TIMEOUT
+                                          | APX_EV_SHED))
+            || apr_atomic_read32(&apx_ch->stopping))) {
+        if (why & APX_EV_SHED)
+            apr_atomic_inc32(&apx_ch->n.shed_total);
         apr_atomic_inc32(&apx_ch->n.keepalive_closed);
         apr_table_setn(c->notes, "short-lingering-close", "1");
         close_conn(ac);
         return;
     }
-    rc = head_is_complete(ac);
-    if (rc < 0) {
-        close_conn(ac);
-        return;
-    }
-    if (rc == 0) {
-        /* Part of a head: wait for the rest, bounded by Timeout from the
-         * first byte (mod_reqtimeout's job in the MPM; the MPM would block
-         * a thread instead). */
-        now = apr_time_now();
-        if (!ac->deadline)
-            ac->deadline = now + c->base_server->timeout;
-        if (now >= ac->deadline) {
-            apr_table_setn(c->notes, "short-lingering-close", "1");
-            close_conn(ac);
-            return;
-        }
-        apr_atomic_inc32(&apx_ch->n.head_waits);
-        park(ac, PH_HEAD, ac->fd, APX_EV_IN, -1, ac->deadline - now,
-             APX_PARK_IDLE);
-        return;
-    }
-    ac->deadline = 0;
-    drive(ac, STEP_PROCESS);
+    step = await_head(ac, why & (APX_EV_SHED | APX_EV_SHUTDOWN));
+    if (step >= 0)
+        drive(ac, step);
 }
+
+/* An unread request body is left in the connection: httpd would read it to
+ * its end (ap_finalize_request_protocol()), with blocking reads, to keep the
+ * connection; closing it instead never waits for the client. */
+static void close_if_body_left(apx_req *rq)
+{
+    if (rq->c->keepalive != AP_CONN_CLOSE && apx_proxy_body_left(rq))
+        rq->c->keepalive = AP_CONN_CLOSE;
+}
+
+static void lane_submit(apx_conn *ac);
 
 static void drive(apx_conn *ac, int step)
 {
@@ -752,18 +844,29 @@ static void drive(apx_conn *ac, int step)
 
     for (;;) {
         switch (step) {
-        case STEP_PROCESS:
+        case AT_HEAD:
+            step = await_head(ac, 0);
+            if (step < 0)
+                return;
+            continue;
+        case AT_PROCESS:
             c->cs->state = CONN_STATE_PROCESSING;
             c->cs->sense = CONN_SENSE_DEFAULT;
             ap_run_process_connection(c);
             /* fall through */
-        case STEP_AFTER:
+        case AT_AFTER:
             if (c->cs->state == CONN_STATE_SUSPENDED) {
                 if (ac->want_park) {
                     /* Our handler suspended again, on this module thread:
                      * no MPM and no hook involved, we park it ourselves. */
                     ac->want_park = 0;
                     park_request(ac);
+                    return;
+                }
+                if (ac->want_lane) {
+                    /* another handler's request: to the lane */
+                    ac->want_lane = 0;
+                    lane_submit(ac);
                     return;
                 }
                 /* Another module's handler suspended an adopted
@@ -783,7 +886,7 @@ static void drive(apx_conn *ac, int step)
                 return;
             }
             /* fall through */
-        case STEP_WC:
+        case AT_WC:
             if (flush_nonblocking(c) != APR_SUCCESS) {
                 c->aborted = 1;
                 close_conn(ac);
@@ -801,7 +904,7 @@ static void drive(apx_conn *ac, int step)
                 return;
             }
             if (c->data_in_input_filters) {
-                step = STEP_PROCESS;   /* pipelined request */
+                step = AT_HEAD;     /* a pipelined request */
                 continue;
             }
             park_keepalive(ac);
@@ -810,16 +913,93 @@ static void drive(apx_conn *ac, int step)
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* the lane: other handlers' requests                                   */
+
+/* Completes the request as ap_process_async_request() would have after
+ * ap_invoke_handler() returned `rc`. */
+static void complete_request(request_rec *r, int rc)
+{
+    if (rc == DECLINED) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APXLOGNO(00019)
+                      "handler \"%s\" not found for: %s", r->handler,
+                      r->filename ? r->filename : r->uri);
+        rc = HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (rc == DONE)
+        rc = OK;
+    if (rc == OK)
+        ap_finalize_request_protocol(r);
+    else {
+        r->status = HTTP_OK;
+        ap_die(rc, r);
+    }
+    /* Logs the request and destroys r->pool (EOR bucket). */
+    ap_process_request_after_handler(r);
+}
+
+/* On a lane thread: runs the handler the request was headed for, then
+ * hands the connection back to the engine. */
+static void lane_run(apx_lane_job *j, apr_thread_t *thd)
+{
+    apx_conn *ac = APX_CONTAINER_OF(j, apx_conn, lane);
+    conn_rec *c = ac->c;
+    request_rec *r = ac->lane_r;
+    const char *saved = r->handler;
+    int rc;
+
+    c->current_thread = thd;
+    ac->lane_r = NULL;
+    r->handler = ac->lane_handler;
+    rc = ap_run_handler(r);
+    r->handler = saved;
+    if (rc == SUSPENDED) {
+        /* no way to take such a request back on a connection we own */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APXLOGNO(00020)
+                      "handler \"%s\" suspended a request on a connection "
+                      "this module adopted: not supported, closing it",
+                      ac->lane_handler);
+        c->aborted = 1;
+        rc = DONE;
+    }
+    complete_request(r, rc);
+    apx_park_init(&ac->park, conn_dispatch, ac);
+    ac->phase = PH_AFTER;
+    if (!apx_ch || !apx_ch->engine
+        || apx_run_submit(apx_ch->engine, &ac->park) != APR_SUCCESS)
+        dispatch_engine_gone(&ac->park);
+}
+
+static void lane_submit(apx_conn *ac)
+{
+    request_rec *r = ac->lane_r;
+
+    ac->lane.run = lane_run;
+    if (apx_lane_submit(&ac->lane))
+        return;
+    /* full: 503 on this worker, and no body read for it */
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APXLOGNO(00021)
+                  "the lane (AsyncProxyLaneThreads, AsyncProxyLaneQueue) is "
+                  "full: 503 for %s", r->uri);
+    ac->lane_r = NULL;
+    r->connection->keepalive = AP_CONN_CLOSE;
+    apr_table_setn(r->err_headers_out, "Retry-After",
+                   apr_itoa(r->pool, (int)apx_gconf.retry_after));
+    complete_request(r, HTTP_SERVICE_UNAVAILABLE);
+    drive(ac, AT_AFTER);
+}
+
 /* Runs on a module worker when the poller hands a parked connection back
  * (or the engine is shutting down). */
 static void conn_dispatch(apx_park *p, apr_thread_t *thd)
 {
     apx_conn *ac = p->baton;
     conn_rec *c = ac->c;
-    unsigned why = p->why;
+    unsigned why;
 
-    if (ac->gate_pending)
-        gate_wait(ac);
+    if (ac->gate_pending && !gate_pass(ac, p))
+        return;
+    why = p->why;
     if (thd)
         c->current_thread = thd;
 
@@ -844,7 +1024,7 @@ static void conn_dispatch(apx_park *p, apr_thread_t *thd)
     case PH_WRITE:
         if (why & (APX_EV_OUT | APX_EV_HUP | APX_EV_ERR)) {
             /* a hangup lets the write fail and close quickly */
-            drive(ac, STEP_WC);
+            drive(ac, AT_WC);
         }
         else {
             c->aborted = 1;
@@ -857,6 +1037,9 @@ static void conn_dispatch(apx_park *p, apr_thread_t *thd)
         break;
     case PH_LINGER:
         linger_event(ac, why);
+        break;
+    case PH_AFTER:
+        drive(ac, AT_AFTER);
         break;
     default:
         ap_log_cerror(APLOG_MARK, APLOG_CRIT, 0, c, APXLOGNO(00011)
@@ -986,16 +1169,18 @@ static void asyncproxy_suspend_connection(conn_rec *c, request_rec *r)
     /* The MPM calls this for every suspension it makes (keep-alive, write
      * completion, ...): a new unit of work on this thread for the gate. */
     bump_seq();
-    if (!ac || !ac->want_park || apx_engine_current_thread())
+    if (!ac || !(ac->want_park || ac->want_head)
+        || apx_engine_current_thread())
         return;
-    ac->want_park = 0;
     if (!c->cs || c->cs->state != CONN_STATE_SUSPENDED) {
+        ac->want_park = ac->want_head = 0;
         /* The MPM kept the connection (e.g. aborted): it will close it,
          * and r->pool's cleanup releases the coroutine. */
         return;
     }
     ac->hook_time = apr_time_now();
     ac->gate_pending = 1;
+    ac->gate_since = 0;
     ac->mpm_ws = c->sbh ? ap_get_scoreboard_worker(c->sbh) : NULL;
     if (ac->mpm_ws) {
         ac->mpm_status = ac->mpm_ws->status;
@@ -1008,6 +1193,19 @@ static void asyncproxy_suspend_connection(conn_rec *c, request_rec *r)
      * first means a module worker never sees the MPM thread's handle. */
     c->sbh = NULL;
     adopted_link(ac);
+    if (ac->want_head) {
+        /* a head that was not whole: awaited in the poller from now on */
+        apx_head *h = ac->head;
+        apr_time_t now = apr_time_now(), deadline = apx_head_deadline(h);
+
+        ac->want_head = 0;
+        apr_atomic_inc32(&apx_ch->n.heads_adopted);
+        idle_inc();
+        park(ac, PH_HEAD, ac->fd, APX_EV_IN, -1,
+             park_timeout(deadline > now ? deadline - now : 1), APX_PARK_IDLE);
+        return;
+    }
+    ac->want_park = 0;
     if (ac->rq && ac->rq->finished_sync) {
         /* nothing to wait for: straight to a module worker, which ends
          * the request and runs the connection on */
@@ -1019,6 +1217,184 @@ static void asyncproxy_suspend_connection(conn_rec *c, request_rec *r)
         return;
     }
     park_request(ac);
+}
+
+/* Runs first of all handlers. On a module worker, a request of a
+ * connection the module adopted that another handler is to serve goes to
+ * the lane: SUSPENDED here, and drive() hands it over once httpd has let go
+ * of it. Insert-filter hooks have run (ap_invoke_handler()); the lane runs
+ * the handler hook itself. */
+static int asyncproxy_lane_handler(request_rec *r)
+{
+    apx_conn *ac;
+
+    if (!apx_engine_current_thread() || r->main || r->prev)
+        return DECLINED;    /* an MPM or lane thread; a subrequest or an
+                             * internal redirect runs where its parent does */
+    ac = ap_get_module_config(r->connection->conn_config,
+                              &asyncproxy_module);
+    if (!ac || !ac->adopted)
+        return DECLINED;
+    if (r->handler && (!strcmp(r->handler, "asyncproxy-status")
+                       || (!strcmp(r->handler, "asyncproxy")
+                           && apx_proxy_match(r))))
+        return DECLINED;    /* ours: it parks, or writes a few figures */
+    ac->lane_r = r;
+    ac->lane_handler = r->handler;
+    ac->want_lane = 1;
+    return SUSPENDED;
+}
+
+/* MPM threads: a connection whose request head is not whole is not read
+ * here (httpd would block this thread on it until the head or a timeout
+ * came): the module takes the connection over and awaits the head parked,
+ * under the header deadline (AsyncProxyAdoptSlowHeads). A whole head is
+ * left to httpd, read from the module's buffer. */
+static int asyncproxy_process_connection(conn_rec *c)
+{
+    const apx_srv_conf *sc;
+    apx_conn *ac;
+    apx_head *h;
+    int rc;
+
+    if (!apx_ch || !apx_ch->engine || !c->cs || c->master
+        || c->clogging_input_filters || apx_engine_current_thread()
+        || apx_lane_is_current() || apr_atomic_read32(&apx_ch->stopping))
+        return DECLINED;
+    sc = ap_get_module_config(c->base_server->module_config,
+                              &asyncproxy_module);
+    if (sc->adopt_heads == 0)
+        return DECLINED;
+    ac = conn_get(c);
+    if (ac->adopted || ac->fd < 0)
+        return DECLINED;
+    h = apx_head_get(c, &ac->head);
+    if (!apx_head_is_waiting(h))
+        apx_head_begin(h, apr_time_now());
+    rc = apx_head_read(h);
+    if (rc != APX_HEAD_MORE)
+        return DECLINED;    /* whole, closed or over a limit: httpd's */
+    ac->want_head = 1;
+    c->cs->state = CONN_STATE_SUSPENDED;
+    return DONE;
+}
+
+/* ------------------------------------------------------------------ */
+/* shedding idle connections under pressure                             */
+
+/* Like the event MPM for its own keep-alive connections: when the child
+ * stops accepting (at its connection limit: parked and adopted connections
+ * count) or runs short of file descriptors, the idle adopted connections
+ * that waited longest are closed, so new clients get in. Checked every
+ * SHED_TICK on a worker: a few loads and one dup(). */
+static apx_park shed_tick;
+static int my_slot = -1;
+static rlim_t fd_soft_limit;
+static apr_uint32_t conn_cap;   /* the MPM's limit with every thread idle */
+
+static volatile apr_uint32_t shed_tick_on;     /* the record is ours */
+
+static void shed_tick_fire(apx_park *p, apr_thread_t *thd);
+
+static void shed_tick_arm(void)
+{
+    apx_park_init(&shed_tick, shed_tick_fire, NULL);
+    shed_tick.timeout = SHED_TICK;
+    if (!apx_ch || !apx_ch->engine
+        || apx_park_submit(apx_ch->engine, &shed_tick) != APR_SUCCESS)
+        apr_atomic_set32(&shed_tick_on, 0);
+}
+
+/* The timer runs while some adopted connection is idle (and so nothing is
+ * left parked when none is). */
+static void shed_tick_start(void)
+{
+    if (apr_atomic_cas32(&shed_tick_on, 1, 0) == 0)
+        shed_tick_arm();
+}
+
+/* An adopted connection parks idle: between requests or awaiting a head. */
+static void idle_inc(void)
+{
+    if (apr_atomic_inc32(&apx_ch->n.idle_now) == 0)
+        shed_tick_start();
+}
+
+/* The lowest free descriptor: near the limit, accept() is about to fail
+ * (descriptors are handed out lowest first). */
+static int fds_short(void)
+{
+    int fd;
+
+    if (!fd_soft_limit || fd_soft_limit == RLIM_INFINITY)
+        return 0;
+    fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return errno == EMFILE;
+    close(fd);
+    return (rlim_t)fd >= fd_soft_limit - fd_soft_limit / 16;
+}
+
+static void shed_tick_fire(apx_park *p, apr_thread_t *thd)
+{
+    apx_child *ch = apx_ch;
+    unsigned idle, shed = 0;
+
+    if (!ch || !ch->engine || (p->why & APX_EV_SHUTDOWN)
+        || apr_atomic_read32(&ch->stopping)) {
+        apr_atomic_set32(&shed_tick_on, 0);
+        return;
+    }
+    idle = apr_atomic_read32(&ch->n.idle_now);
+    if (!idle) {
+        /* nothing to shed: stop, unless a connection went idle meanwhile
+         * (its idle_inc() saw the timer still on) */
+        apr_atomic_set32(&shed_tick_on, 0);
+        if (apr_atomic_read32(&ch->n.idle_now))
+            shed_tick_start();
+        return;
+    }
+    {
+        process_score *ps = my_slot >= 0 ? ap_get_scoreboard_process(my_slot)
+                                         : NULL;
+        apr_uint32_t conns = apr_atomic_read32(&ch->n.adopted_now);
+
+        if (ps && ps->connections > conns)
+            conns = ps->connections;
+        if (ps && ps->not_accepting)
+            /* the listener is off: get well under its limit again */
+            shed = 16 + idle / 8;
+        else if (conn_cap && conns + conn_cap / 16 >= conn_cap)
+            /* about to be: make room before it stops */
+            shed = conns + conn_cap / 16 - conn_cap + 1;
+        if (fds_short())
+            shed += 16 + idle / 4;
+        if (shed > idle)
+            shed = idle;
+        if (shed)
+            apx_engine_shed_idle(ch->engine, shed);
+    }
+    shed_tick_arm();
+}
+
+/* child_init, after the engine started. */
+void apx_conn_engine_started(server_rec *s, double factor, unsigned threads)
+{
+    struct rlimit rl;
+    int i, limit = 0;
+
+    ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit);
+    for (i = 0; i < limit; i++) {
+        process_score *ps = ap_get_scoreboard_process(i);
+
+        if (ps && ps->pid == getpid()) {
+            my_slot = i;
+            break;
+        }
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        fd_soft_limit = rl.rlim_cur;
+    conn_cap = threads ? (apr_uint32_t)(threads + (threads - 1) * factor) : 0;
 }
 
 static int asyncproxy_pre_connection(conn_rec *c, void *csd)
@@ -1053,6 +1429,11 @@ void apx_conn_register_hooks(apr_pool_t *p)
 {
     ap_hook_child_init(conn_child_init, NULL, NULL, APR_HOOK_FIRST);
     ap_hook_handler(asyncproxy_handler, NULL, NULL, APR_HOOK_FIRST);
+    ap_hook_handler(asyncproxy_lane_handler, NULL, NULL,
+                    APR_HOOK_REALLY_FIRST);
+    /* after mod_reqtimeout's (FIRST) has put its filters on */
+    ap_hook_process_connection(asyncproxy_process_connection, NULL, NULL,
+                               APR_HOOK_MIDDLE);
     ap_hook_suspend_connection(asyncproxy_suspend_connection, NULL, NULL,
                                APR_HOOK_MIDDLE);
     ap_hook_resume_connection(asyncproxy_resume_connection, NULL, NULL,

