@@ -13,7 +13,9 @@
  *
  * Modes (each connection of an attack first does one complete GET of PATH
  * where it says "adopted", so that the module owns the connection):
- *   pipelined  adopted, then the single byte "G" of a next request; holds
+ *   pipelined  adopted by a GET sent together with the single byte "G" of
+ *              a next request (one write): the byte waits in the server's
+ *              buffer when the response ends; holds
  *   bighead    adopted, then BYTES of header lines of a next request (no
  *              end of head), then one more byte every MS ms
  *   slowbody   adopted, then "POST TARGET" with Content-Length BYTES and
@@ -131,7 +133,8 @@ static char *get_request(size_t *len)
 {
     static char buf[1024];
     int n = snprintf(buf, sizeof(buf), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     "User-Agent: hostile\r\n\r\n", path);
+                     "User-Agent: hostile\r\n\r\n%s", path,
+                     mode == M_PIPELINED ? "G" : "");
 
     *len = (size_t)n;
     return buf;
@@ -200,8 +203,8 @@ static void start_hostile(conn *c, double t)
     c->next_trickle = t + interval_ms / 1000.0;
     ready++;
     switch (mode) {
-    case M_PIPELINED:
-        set_out(c, "G", 1);
+    case M_PIPELINED:           /* the "G" went with the request */
+        c->outlen = c->outoff = 0;
         break;
     case M_BIGHEAD:
         set_out(c, bighead_buf, bighead_len);
