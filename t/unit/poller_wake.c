@@ -33,9 +33,18 @@ static int intake_taken(apx_engine *e, int ms)
  * locked for the caller, stops it there after its take. 1 when it took. */
 static int hold_poller(apx_engine *e, rec *d, FILE *f)
 {
+    int i;
+
     rec_init(d);
     d->p.fd[0] = fileno(f);
     d->p.want[0] = APX_EV_IN;
+    /* While the watchdog is on (records were queued earlier), the poller
+     * takes wq_mtx before epoll_wait (watch_queue()), not only at its push:
+     * held here, the poller would never take the intake (seen once under
+     * TSan on a loaded machine). It turns itself off within WATCH_US once
+     * the queue is empty. */
+    for (i = 0; i < 50000 && __atomic_load_n(&e->watch, __ATOMIC_RELAXED); i++)
+        usleep(100);
     pthread_mutex_lock(&e->wq_mtx);
     apx_park_submit(e, &d->p);
     return intake_taken(e, 2000);
