@@ -121,7 +121,6 @@ struct apx_conn {
     request_rec *lane_r;
     const char *lane_handler;
     int want_lane;
-    int lane_full;              /* the lane refused it: 503 */
     apx_conn *prev, *next;      /* list of adopted connections */
 };
 
@@ -487,8 +486,11 @@ static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
 {
     apx_park *p = &ac->park;
 
-    /* an armed record keeps its wake word: set the fields one by one */
-    if (!(ac->rq && ac->rq->wait_wake && phase == PH_REQUEST))
+    /* An armed record keeps its wake word, and one that a waker may still
+     * reach (a gate re-park before the coroutine delisted it) is not
+     * rewritten under it: set the fields one by one. */
+    if (!(ac->rq && ac->rq->wait_wake
+          && (phase == PH_REQUEST || phase == PH_GATE)))
         apx_park_init(p, conn_dispatch, ac);
     ac->phase = phase;
     p->fd[0] = fd0;
