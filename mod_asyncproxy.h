@@ -18,6 +18,8 @@
 #include "http_log.h"
 #include "apr_atomic.h"
 
+#include "mod_asyncproxy_compat.h"
+
 #include "apx_coro.h"
 #include "apx_poller.h"
 
