@@ -281,12 +281,21 @@ static int answer_locally(request_rec *r)
     const core_server_config *core =
         ap_get_core_module_config(r->server->module_config);
     const char *v = apr_table_get(r->headers_in, "Max-Forwards");
+    request_rec *first = r;
     long n = -1;
 
     if (r->method_number == M_CONNECT) {
         set_allowed(r);
         return HTTP_METHOD_NOT_ALLOWED;
     }
+    /* An internal redirect (ErrorDocument, ...) shares headers_in with the
+     * request it came from: count this hop once per client request. */
+    while (first->prev)
+        first = first->prev;
+    if (v && apr_table_get(first->notes, "asyncproxy-max-forwards"))
+        v = NULL;
+    else if (v)
+        apr_table_setn(first->notes, "asyncproxy-max-forwards", v);
     if (v && (n = parse_max_forwards(v)) < 0) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00128)
                       "invalid Max-Forwards '%s' in the request", v);

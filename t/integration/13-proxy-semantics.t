@@ -89,6 +89,12 @@ AsyncProxyPass /app/ http://$B/base/
 <Location /loc/>
     AsyncProxyPass http://$B/lbase/
 </Location>
+<Location /app/errsrc/>
+    ErrorDocument 400 /app/errdoc400
+</Location>
+<Location /missing/>
+    ErrorDocument 404 /app/errdoc404
+</Location>
 EOF
     my $global = <<"EOF";
 AsyncProxyParkDelay 0
@@ -187,6 +193,23 @@ EOF
         is($r && $r->{status}, 400, "[$mpm] two Max-Forwards fields: 400");
         sleep 0.1;
         is(n_requests(), $n0, "[$mpm] ... no backend saw it");
+    }
+
+    {
+        # an internal redirect shares the request's headers: one hop, one
+        # decrement (the refused request's ErrorDocument is proxied)
+        my $n0 = n_requests();
+        raw_request($HP, "GET /app/errsrc/..;/..;/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n");
+        my $got = received_after($n0);
+        is($got && $got->{target}, '/base/errdoc400', "[$mpm] a refused request's ErrorDocument is proxied");
+        is($got && $got->{hdr}{'max-forwards'}, '4', "[$mpm] ... with Max-Forwards decremented once (5 -> 4)");
+        $n0 = n_requests();
+        raw_request($HP, "GET /missing/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n");
+        $got = received_after($n0);
+        is($got && $got->{target}, '/base/errdoc404', "[$mpm] a 404's ErrorDocument is proxied");
+        is($got && $got->{hdr}{'max-forwards'}, '4', "[$mpm] ... with Max-Forwards decremented once (5 -> 4)");
+        sleep 0.1;
+        is(n_requests(), $n0 + 1, "[$mpm] ... one backend request each");
     }
 
     # --- dot segments ---------------------------------------------------------
