@@ -168,12 +168,12 @@ static void *merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     return dc;
 }
 
-/* "http://host[:port][/path]" -> backend origin + base path. */
+/* "http://host[:port][/path]" -> backend host and port (declared by the
+ * caller once the options are read) + base path. */
 static const char *parse_backend_url(cmd_parms *cmd, const char *url,
-                                     apx_mapping *m)
+                                     apx_mapping *m, apr_uri_t *puri)
 {
     apr_uri_t uri;
-    const char *err;
 
     if (apr_uri_parse(cmd->pool, url, &uri) != APR_SUCCESS || !uri.scheme
         || !uri.hostname)
@@ -190,10 +190,7 @@ static const char *parse_backend_url(cmd_parms *cmd, const char *url,
                             url);
     if (!uri.port)
         uri.port = 80;
-    err = apx_backend_declare(cmd->pool, uri.hostname, uri.port, &m->backend);
-    if (err)
-        return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
-                            cmd->cmd->name, url, err);
+    *puri = uri;
     m->url = url;
     m->base = uri.path && *uri.path ? uri.path : "/";
     m->host_hdr = uri.port_str ? apr_pstrcat(cmd->pool, uri.hostname, ":",
@@ -235,15 +232,14 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
         m->park_delay = t;
     }
     else if (!strcasecmp(key, "max")) {
-        if ((err = apx_parse_uint(cmd, val, 0, 100000,
-                                  &m->backend->pool_max)))
+        if ((err = apx_parse_uint(cmd, val, 0, 100000, &m->pool_max)))
             return apr_pstrcat(cmd->pool, err, " (option max=)", NULL);
     }
     else if (!strcasecmp(key, "ttl")) {
         if ((err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
                                       apr_time_from_sec(86400), &t)))
             return apr_pstrcat(cmd->pool, err, " (option ttl=)", NULL);
-        m->backend->pool_ttl = t;
+        m->pool_ttl = t;
     }
     else if (!strcasecmp(key, "cache")) {
         if (!strcasecmp(val, "on"))
@@ -271,9 +267,13 @@ static const char *set_pass(cmd_parms *cmd, void *dconf, const char *args)
 {
     apx_mapping *m = apr_pcalloc(cmd->pool, sizeof(*m));
     const char *path, *url, *opt, *err;
+    apr_uri_t uri;
 
     m->park_delay = -1;
     m->cache = -1;
+    m->pool_max = APX_DEFAULT_POOL_MAX;
+    m->pool_ttl = APX_DEFAULT_POOL_TTL;
+    memset(&uri, 0, sizeof(uri));
     if (cmd->path) {
         path = cmd->path;
         url = ap_getword_conf(cmd->pool, &args);
@@ -302,11 +302,17 @@ static const char *set_pass(cmd_parms *cmd, void *dconf, const char *args)
                                 "options after '!'", cmd->cmd->name, args);
     }
     else {
-        if ((err = parse_backend_url(cmd, url, m)))
+        if ((err = parse_backend_url(cmd, url, m, &uri)))
             return err;
         while (*(opt = ap_getword_conf(cmd->pool, &args)))
             if ((err = parse_map_option(cmd, m, opt)))
                 return err;
+        /* after the options: max= and ttl= choose the origin's record */
+        err = apx_backend_declare(cmd->pool, uri.hostname, uri.port,
+                                  m->pool_max, m->pool_ttl, &m->backend);
+        if (err)
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
+                                cmd->cmd->name, url, err);
     }
     if (cmd->path) {
         ((apx_dir_conf *)dconf)->map = m;

@@ -18,6 +18,8 @@
 #include "http_log.h"
 #include "apr_atomic.h"
 
+#include "mod_asyncproxy_compat.h"
+
 #include "apx_coro.h"
 #include "apx_poller.h"
 
@@ -82,9 +84,13 @@ typedef struct apx_cache_set {
     apr_interval_time_t ttl;        /* AsyncProxyCacheTTL, -1 unset, 0 off */
 } apx_cache_set;
 
-/* One backend origin (scheme http, host, port) and, per child, its pool
- * of idle keep-alive connections (mod_asyncproxy_backend.c). Created at
- * configuration time; the pool part is set up at child_init. */
+/* One backend origin (scheme http, host, port) with one pair of pool
+ * settings (max, ttl) and, per child, its pool of idle keep-alive
+ * connections (mod_asyncproxy_backend.c). Mappings to the same origin with
+ * the same settings share one record and one pool; mappings whose max= or
+ * ttl= differ get a record each, so every mapping gets the pool it asked
+ * for (README: AsyncProxyPass options). Created at configuration time; the
+ * pool part is set up at child_init. */
 typedef struct apx_backend apx_backend;
 struct apx_backend {
     const char *hostname;
@@ -105,7 +111,9 @@ typedef struct apx_mapping {
     const char *url;                /* as configured, for messages */
     const char *base;               /* path prefix on the backend ("/v1/") */
     const char *host_hdr;           /* Host sent when not preserving */
-    apx_backend *backend;
+    apx_backend *backend;           /* origin + this mapping's pool */
+    unsigned pool_max;              /* max= (default APX_DEFAULT_POOL_MAX) */
+    apr_interval_time_t pool_ttl;   /* ttl= (default APX_DEFAULT_POOL_TTL) */
     /* 0: inherit the server's value */
     apr_interval_time_t timeout;          /* whole response head wait, and
                                            * each later read or write */
@@ -301,10 +309,13 @@ int apx_proxy_body_left(const struct apx_req *rq);
 const char *apx_proxy_target(request_rec *r, const apx_mapping *m);
 
 /* mod_asyncproxy_backend.c: origins and their per-child keep-alive pools.
- * apx_backend_declare() runs at configuration time (finds or creates the
- * origin in apx_gconf.backends; returns an error message or NULL). */
+ * apx_backend_declare() runs at configuration time: finds the record of
+ * (hostname, port, pool_max, pool_ttl) in apx_gconf.backends or creates
+ * it; returns an error message or NULL. */
 const char *apx_backend_declare(apr_pool_t *pconf, const char *hostname,
-                                apr_port_t port, apx_backend **pb);
+                                apr_port_t port, unsigned pool_max,
+                                apr_interval_time_t pool_ttl,
+                                apx_backend **pb);
 /* child_init: creates every origin's pool. */
 void apx_backends_child_init(apr_pool_t *pchild);
 /* A live idle keep-alive connection to be (its fd, checked with a

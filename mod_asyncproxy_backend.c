@@ -6,8 +6,8 @@
 /* mod_asyncproxy_backend.c — backend origins and, per child, their pools of
  * idle keep-alive connections.
  *
- * An origin (http, host, port) is declared while the configuration is read
- * and resolved then. At child_init every origin gets its pool: a ring of
+ * An origin (http, host, port) with its pool settings (max, ttl) is
+ * declared while the configuration is read and resolved then. At child_init every origin gets its pool: a ring of
  * idle connections (fd + the time it went idle) used as a LIFO — the most
  * recently used connection is the one most likely still open on the
  * backend — whose oldest entries, at the other end, are the first to expire.
@@ -59,8 +59,15 @@ typedef struct backend_pool {
 /* ------------------------------------------------------------------ */
 /* configuration                                                        */
 
+/* The pool settings are part of the key: they were once fields written by
+ * every mapping to the origin, so the last AsyncProxyPass read (in any
+ * virtual host) decided them for all. Keyed, each mapping gets the max=
+ * and ttl= it says; equal settings still share one pool (and its warm
+ * connections). */
 const char *apx_backend_declare(apr_pool_t *pconf, const char *hostname,
-                                apr_port_t port, apx_backend **pb)
+                                apr_port_t port, unsigned pool_max,
+                                apr_interval_time_t pool_ttl,
+                                apx_backend **pb)
 {
     apr_array_header_t *all = apx_gconf.backends;
     apx_backend *be;
@@ -69,7 +76,8 @@ const char *apx_backend_declare(apr_pool_t *pconf, const char *hostname,
 
     for (i = 0; i < all->nelts; i++) {
         be = APR_ARRAY_IDX(all, i, apx_backend *);
-        if (be->port == port && !strcasecmp(be->hostname, hostname)) {
+        if (be->port == port && !strcasecmp(be->hostname, hostname)
+            && be->pool_max == pool_max && be->pool_ttl == pool_ttl) {
             *pb = be;
             return NULL;
         }
@@ -81,8 +89,8 @@ const char *apx_backend_declare(apr_pool_t *pconf, const char *hostname,
     be->hostport = strchr(hostname, ':')
                    ? apr_psprintf(pconf, "[%s]:%u", hostname, (unsigned)port)
                    : apr_psprintf(pconf, "%s:%u", hostname, (unsigned)port);
-    be->pool_max = APX_DEFAULT_POOL_MAX;
-    be->pool_ttl = APX_DEFAULT_POOL_TTL;
+    be->pool_max = pool_max;
+    be->pool_ttl = pool_ttl;
     rv = apr_sockaddr_info_get(&be->addr, be->hostname, APR_UNSPEC, port, 0,
                                pconf);
     if (rv != APR_SUCCESS) {

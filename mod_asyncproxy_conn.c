@@ -852,7 +852,7 @@ static void drive(apx_conn *ac, int step)
                 return;
             continue;
         case AT_PROCESS:
-            c->cs->state = CONN_STATE_PROCESSING;
+            c->cs->state = APX_CS_PROCESSING;
             c->cs->sense = CONN_SENSE_DEFAULT;
             ap_run_process_connection(c);
             /* fall through */
@@ -881,7 +881,7 @@ static void drive(apx_conn *ac, int step)
                 close_conn(ac);
                 return;
             }
-            if (c->cs->state == CONN_STATE_KEEPALIVE)
+            if (c->cs->state == APX_CS_KEEPALIVE)
                 c->cs->state = CONN_STATE_WRITE_COMPLETION;
             if (c->cs->state != CONN_STATE_WRITE_COMPLETION || c->aborted) {
                 close_conn(ac);

@@ -17,6 +17,7 @@
 #include "http_log.h"
 #include "http_protocol.h"
 #include "http_request.h"
+#include "mod_core.h"
 #include "apr_lib.h"
 #include "apr_strings.h"
 
@@ -77,23 +78,69 @@ static int next_decoded(const char **p, const char *end)
     return (unsigned char)s[0];
 }
 
-/* 1 when a segment of the raw path s..end is "." or ".." (also spelt
- * %2e): the backend would resolve it, possibly above the mapping's base. */
+/* Path segments as a backend may read them: a segment ends at '/' and also
+ * at '\' or an encoded slash ("%2F", "%5C": AllowEncodedSlashes On or
+ * NoDecode lets them through, and some backends decode before resolving),
+ * and only what precedes a ';' counts (Tomcat and Jetty read "..;x" as
+ * ".."). next_segment() classifies the segment at *ps and moves past it. */
+enum { SEG_NAME, SEG_DOT, SEG_DOTDOT, SEG_EMPTY };
+
+static int next_segment(const char **ps, const char *end)
+{
+    const char *p = *ps;
+    int dots = 0, other = 0, params = 0, ch;
+
+    while (p < end) {
+        ch = next_decoded(&p, end);
+        if (ch == '/' || ch == '\\')
+            break;
+        if (ch == ';')
+            params = 1;
+        else if (params)
+            continue;
+        else if (ch == '.')
+            dots++;
+        else
+            other++;
+    }
+    *ps = p;
+    if (other || dots > 2)
+        return SEG_NAME;
+    return dots == 2 ? SEG_DOTDOT : dots == 1 ? SEG_DOT : SEG_EMPTY;
+}
+
+/* 1 when a segment of the raw path s..end is a dot segment: the backend
+ * would resolve it, possibly above the mapping's base. */
 static int has_dot_segment(const char *s, const char *end)
 {
     while (s < end) {
-        const char *seg = s, *p = s;
-        int dots = 0, other = 0;
+        int kind = next_segment(&s, end);
 
-        while (p < end && *p != '/') {
-            if (next_decoded(&p, end) == '.')
-                dots++;
-            else
-                other++;
-        }
-        if (p > seg && !other && dots <= 2)
+        if (kind == SEG_DOT || kind == SEG_DOTDOT)
             return 1;
-        s = p < end ? p + 1 : p;
+    }
+    return 0;
+}
+
+/* 1 when resolving the dot segments of s..end climbs above its start: the
+ * backend would then leave the mapping's base path. Empty segments count
+ * for nothing (a backend may merge slashes). */
+static int leaves_base(const char *s, const char *end)
+{
+    long depth = 0;
+
+    while (s < end) {
+        switch (next_segment(&s, end)) {
+        case SEG_DOTDOT:
+            if (--depth < 0)
+                return 1;
+            break;
+        case SEG_NAME:
+            depth++;
+            break;
+        default:
+            break;
+        }
     }
     return 0;
 }
@@ -137,7 +184,7 @@ static const char *raw_rest(apr_pool_t *p, const char *path, const char *end,
 
 /* The request target for the backend: the mapping's base, the rest of the
  * client's path after the prefix (raw bytes: percent-encoding unchanged),
- * and the raw query. */
+ * and the raw query. NULL when the path would leave the base (400). */
 const char *apx_proxy_target(request_rec *r, const apx_mapping *m)
 {
     const char *end, *path = raw_path(r->unparsed_uri, &end);
@@ -146,11 +193,16 @@ const char *apx_proxy_target(request_rec *r, const apx_mapping *m)
 
     rest = raw_rest(r->pool, path, end, m->path, m->path_len);
     if (!rest) {
-        /* Fall back on httpd's normalised path, re-encoded. */
+        /* Fall back on httpd's normalised path, re-encoded. httpd removed
+         * the "." and ".." it knows, but not "..;" nor a ".." that an
+         * encoded slash hides until after its normalisation (r->uri then
+         * holds a plain "../"): refuse what would still climb out. */
         const char *u = r->uri;
 
         if (!strncmp(u, m->path, m->path_len))
             u += m->path_len;
+        if (leaves_base(u, u + strlen(u)))
+            return NULL;
         rest = ap_escape_uri(r->pool, u);
     }
     if (*end == '?') {
@@ -163,15 +215,116 @@ const char *apx_proxy_target(request_rec *r, const apx_mapping *m)
 }
 
 /* Marks r as ours (mod_proxy does the same with PROXYREQ_REVERSE, which
- * also makes httpd keep the backend's Date and Server fields). */
-static void claim_request(request_rec *r, const apx_mapping *m)
+ * also makes httpd keep the backend's Date and Server fields). Returns OK,
+ * or HTTP_BAD_REQUEST for a path that would leave the mapping's base. */
+static int claim_request(request_rec *r, const apx_mapping *m)
 {
+    const char *target = apx_proxy_target(r, m);
+
+    if (!target) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00127)
+                      "refused: the path of '%s' would leave the base of "
+                      "AsyncProxyPass %s %s on the backend", r->unparsed_uri,
+                      m->path, m->url);
+        return HTTP_BAD_REQUEST;
+    }
     ap_set_module_config(r->request_config, &asyncproxy_module, (void *)m);
     r->handler = "asyncproxy";
     r->proxyreq = PROXYREQ_REVERSE;
     r->filename = apr_pstrcat(r->pool, "asyncproxy:http://",
-                              m->backend->hostport, apx_proxy_target(r, m),
-                              NULL);
+                              m->backend->hostport, target, NULL);
+    return OK;
+}
+
+/* Max-Forwards = 1*DIGIT (RFC 9110 §7.6.2); -1 when invalid. A count
+ * above MAX_FORWARDS_CAP is as good as unlimited and is clamped to it. */
+#define MAX_FORWARDS_CAP 1000000000L
+static long parse_max_forwards(const char *v)
+{
+    long n = 0;
+
+    if (!*v)
+        return -1;
+    for (; *v; v++) {
+        if (!apr_isdigit(*v))
+            return -1;
+        if (n <= MAX_FORWARDS_CAP)
+            n = n * 10 + (*v - '0');
+    }
+    return n > MAX_FORWARDS_CAP ? MAX_FORWARDS_CAP : n;
+}
+
+/* The methods of a proxied path as far as the proxy is concerned (the
+ * backend decides the rest): all but CONNECT; httpd's Allow adds TRACE
+ * unless TraceEnable is off. */
+static void set_allowed(request_rec *r)
+{
+    r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST)
+                 | (AP_METHOD_BIT << M_PUT) | (AP_METHOD_BIT << M_DELETE)
+                 | (AP_METHOD_BIT << M_OPTIONS) | (AP_METHOD_BIT << M_PATCH);
+    r->allowed_methods->method_mask = r->allowed;
+}
+
+/* What a proxy answers itself, before any backend exchange (RFC 9110
+ * §7.6.2, §9.3.6): DECLINED to proxy r, else the hook's result (DONE once
+ * answered, or an error status).
+ *   CONNECT                  405: a reverse proxy opens no tunnels.
+ *   TRACE                    as httpd answers its own: 405 when TraceEnable
+ *                            is off; echoed when Max-Forwards is 0.
+ *   OPTIONS, Max-Forwards 0  200 with Allow, no body.
+ *   Max-Forwards n > 0       forwarded as n - 1 (any method, as mod_proxy;
+ *                            0 on other methods goes on unchanged).
+ *   Max-Forwards invalid     400 (as mod_proxy): a hop that cannot count
+ *                            must not pass the request on. */
+static int answer_locally(request_rec *r)
+{
+    const core_server_config *core =
+        ap_get_core_module_config(r->server->module_config);
+    const char *v = apr_table_get(r->headers_in, "Max-Forwards");
+    request_rec *first = r;
+    long n = -1;
+
+    if (r->method_number == M_CONNECT) {
+        set_allowed(r);
+        return HTTP_METHOD_NOT_ALLOWED;
+    }
+    /* An internal redirect (ErrorDocument, ...) shares headers_in with the
+     * request it came from: count this hop once per client request. */
+    while (first->prev)
+        first = first->prev;
+    if (v && apr_table_get(first->notes, "asyncproxy-max-forwards"))
+        v = NULL;
+    else if (v)
+        apr_table_setn(first->notes, "asyncproxy-max-forwards", v);
+    if (v && (n = parse_max_forwards(v)) < 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00128)
+                      "invalid Max-Forwards '%s' in the request", v);
+        return HTTP_BAD_REQUEST;
+    }
+    if (r->method_number == M_TRACE
+        && (n == 0 || core->trace_enable == AP_TRACE_DISABLE)) {
+        set_allowed(r);
+        return ap_send_http_trace(r);
+    }
+    if (r->method_number == M_OPTIONS && n == 0) {
+        set_allowed(r);
+        if (ap_send_http_options(r) != OK)
+            return DECLINED;
+        ap_set_content_length(r, 0);
+        return DONE;
+    }
+    if (n > 0)
+        apr_table_setn(r->headers_in, "Max-Forwards",
+                       apr_ltoa(r->pool, n - 1));
+    return DECLINED;
+}
+
+/* Answers r here, or claims it for m. */
+static int take_request(request_rec *r, const apx_mapping *m)
+{
+    int rc = answer_locally(r);
+
+    return rc != DECLINED ? rc : claim_request(r, m);
 }
 
 static int asyncproxy_translate(request_rec *r)
@@ -194,8 +347,7 @@ static int asyncproxy_translate(request_rec *r)
     }
     if (!m || m->excluded)
         return DECLINED;
-    claim_request(r, m);
-    return OK;
+    return take_request(r, m);
 }
 
 /* No file walk for a proxied request. */
@@ -217,8 +369,7 @@ static int asyncproxy_fixups(request_rec *r)
     dc = ap_get_module_config(r->per_dir_config, &asyncproxy_module);
     if (!dc || !dc->map || dc->map->excluded)
         return DECLINED;
-    claim_request(r, dc->map);
-    return OK;
+    return take_request(r, dc->map);
 }
 
 const apx_mapping *apx_proxy_match(request_rec *r)

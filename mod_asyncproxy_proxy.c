@@ -1255,6 +1255,14 @@ static int setup(proxy_ctx *px)
     px->client_timeout = r->server->timeout;
     px->idempotent = method_is_idempotent(r);
     px->target = apx_proxy_target(r, m);
+    if (!px->target) {
+        /* translate_name or fixups refused it already when they claimed
+         * r; this is a request they did not see */
+        rq->outcome = APX_OUT_ERROR;
+        rq->status = HTTP_BAD_REQUEST;
+        rq->note = "bad-request";
+        return STEP_FAIL;
+    }
     px->url = apr_pstrcat(r->pool, "http://", px->be->hostport, px->target,
                           NULL);
     px->bb = apr_brigade_create(r->pool, px->c->bucket_alloc);

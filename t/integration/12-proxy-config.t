@@ -118,6 +118,8 @@ AsyncProxyPass /API2/ HTTP://$B TIMEOUT=1m
 AsyncProxyPassReverse /api/ http://$B/v1/
 AsyncProxyPass /api/static/ !
 AsyncProxyPass /other http://localhost:1/
+AsyncProxyPass /pool-one/ http://$B/v1/ max=1
+AsyncProxyPass /pool-fifty/ http://$B/v1/ max=50 ttl=60s
 <Location /reports/>
     AsyncProxyPass http://$B/reports/ timeout=300
     AsyncProxyPassReverse http://$B/reports/
@@ -153,6 +155,14 @@ for my $mpm (qw(event worker)) {
                                 conf => "AsyncProxyPass /api/ http://$B/b/");
         my ($rc, $out) = $h->configtest;
         is($rc, 0, "[$mpm] the same path in the main server and a virtual host is allowed") or diag $out;
+    }
+    # max= and ttl= are per mapping: different values for one backend, in
+    # one server or across servers, are no conflict (each gets its pool)
+    {
+        my $h = APX::Httpd->new(mpm => $mpm, global => "AsyncProxyPass /a/ http://$B/ max=50 ttl=10s",
+                                conf => "AsyncProxyPass /b/ http://$B/ max=1\nAsyncProxyPass /c/ http://$B/ max=0");
+        my ($rc, $out) = $h->configtest;
+        is($rc, 0, "[$mpm] mappings to one backend with different max=/ttl= pass configtest") or diag $out;
     }
 }
 
