@@ -22,7 +22,6 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Load qw(:all);
-use IO::Select;
 use POSIX ();
 use Time::HiRes qw(sleep time);
 
@@ -55,36 +54,22 @@ sub normal {
     return parse_done($line);
 }
 
-# Starts an attack in the background; returns once it says "ready N".
+# Starts an attack in the background; returns once it says "ready N"
+# (its output is read with APX::Load's wait_line()).
 sub attack {
     my ($port, @args) = @_;
     my $pid = open(my $fh, '-|', $HOSTILE, '-p', $port, @args) or die "hostile: $!";
     my $job = { pid => $pid, fh => $fh, buf => '' };
-    my $line = read_line($job, qr/^ready (\d+)/, 60);
+    my $line = wait_line($job, qr/^ready (\d+)/, 60);
     ($job->{ready}) = ($line // '') =~ /^ready (\d+)/;
     $job->{ready} //= 0;
     return $job;
 }
 
-sub read_line {
-    my ($job, $re, $timeout) = @_;
-    my $end = time + $timeout;
-    while (1) {
-        while ($job->{buf} =~ s/^([^\n]*)\n//) {
-            my $l = $1;
-            return $l if $l =~ $re;
-        }
-        my $left = $end - time;
-        return undef if $left <= 0 || !IO::Select->new($job->{fh})->can_read($left);
-        my $n = sysread($job->{fh}, $job->{buf}, 65536, length $job->{buf});
-        return undef unless $n;
-    }
-}
-
 sub stop_attack {
     my ($job) = @_;
     kill 'TERM', $job->{pid};
-    my $line = read_line($job, qr/^done /, 30);
+    my $line = wait_line($job, qr/^done /, 30);
     close $job->{fh};
     waitpid($job->{pid}, 0);
     return parse_done($line);
