@@ -1293,6 +1293,7 @@ static apx_park shed_tick;
 static int my_slot = -1;
 static rlim_t fd_soft_limit;
 static apr_uint32_t conn_cap;   /* the MPM's limit with every thread idle */
+static unsigned not_accepting_ticks;    /* the tick's own (one at a time) */
 
 static volatile apr_uint32_t shed_tick_on;     /* the record is ours */
 
@@ -1363,8 +1364,11 @@ static void shed_tick_fire(apx_park *p, apr_thread_t *thd)
 
         if (ps && ps->connections > conns)
             conns = ps->connections;
-        if (ps && ps->not_accepting)
-            /* the listener is off: get well under its limit again */
+        /* the listener is off (for two looks in a row: all MPM threads
+         * busy for a moment turns it off too): get under its limit again */
+        not_accepting_ticks = ps && ps->not_accepting
+                              ? not_accepting_ticks + 1 : 0;
+        if (not_accepting_ticks >= 2)
             shed = 16 + idle / 8;
         else if (conn_cap && conns + conn_cap / 16 >= conn_cap)
             /* about to be: make room before it stops */
