@@ -729,7 +729,7 @@ static void park_keepalive(apx_conn *ac)
 /* Answers a head we will not let httpd read (it would block on it) and
  * closes: written through the connection's filters (TLS too), flushed
  * without blocking by the write-completion step. */
-static int refuse_head(apx_conn *ac, int status)
+static void write_refusal(apx_conn *ac, int status)
 {
     conn_rec *c = ac->c;
     apr_bucket_brigade *bb = apr_brigade_create(c->pool, c->bucket_alloc);
@@ -752,6 +752,11 @@ static int refuse_head(apx_conn *ac, int status)
     if (ap_pass_brigade(c->output_filters, bb) != APR_SUCCESS)
         c->aborted = 1;
     apr_table_setn(c->notes, "short-lingering-close", "1");
+}
+
+static int refuse_head(apx_conn *ac, int status)
+{
+    write_refusal(ac, status);
     return AT_WC;
 }
 
@@ -784,12 +789,11 @@ static int await_head(apx_conn *ac, unsigned why)
         close_conn(ac);
         return -1;
     }
-    if (rc == HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE)
-        return refuse_head(ac, rc);
     if (rc != APX_HEAD_MORE) {
-        /* over a line or field-count limit: httpd reads up to the limit,
-         * all of it buffered, and answers 400/414 itself */
-        return AT_PROCESS;
+        /* Over a limit: answered here. httpd would answer it too, but it
+         * reads an over-long line to its end first (AP_GETLINE_NOSPC_EOL),
+         * with blocking reads, however slowly it comes. */
+        return refuse_head(ac, rc);
     }
     deadline = apx_head_deadline(h);
     if (now >= deadline || apr_atomic_read32(&apx_ch->stopping)) {
@@ -1274,8 +1278,16 @@ static int asyncproxy_process_connection(conn_rec *c)
     if (!apx_head_is_waiting(h))
         apx_head_begin(h, apr_time_now());
     rc = apx_head_read(h);
-    if (rc != APX_HEAD_MORE)
-        return DECLINED;    /* whole, closed or over a limit: httpd's */
+    if (rc == APX_HEAD_COMPLETE || rc == APX_HEAD_CLOSED)
+        return DECLINED;    /* httpd's: it reads the head from our buffer */
+    if (rc != APX_HEAD_MORE) {
+        /* over a limit: httpd would read the rest of the line, blocking
+         * (see await_head()); the MPM flushes this small answer in its
+         * lingering close */
+        write_refusal(ac, rc);
+        c->cs->state = CONN_STATE_LINGER;
+        return DONE;
+    }
     ac->want_head = 1;
     c->cs->state = CONN_STATE_SUSPENDED;
     return DONE;

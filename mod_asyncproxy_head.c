@@ -27,7 +27,9 @@
  * A head that breaks a limit httpd would enforce on it anyway — longer than
  * LimitRequestLine or LimitRequestFieldSize, more fields than
  * LimitRequestFields (the largest values of any virtual host) — is refused
- * here with the status httpd would answer, without waiting for its end.
+ * with the status httpd would answer (414, 400; 431 past 1 MiB when
+ * LimitRequestFields is 0), by the caller, without waiting for its end:
+ * httpd itself would read an over-long line to its end first.
  *
  * Threads: the thread that owns the connection (an MPM thread in the
  * process_connection hook, a module worker otherwise); the configuration
@@ -238,8 +240,10 @@ static void scan(apx_head *h, const char *d, apr_size_t len)
             h->result = HTTP_BAD_REQUEST;
         }
     }
+    /* past every limit at once (LimitRequestFields 0): httpd would read on
+     * with blocking reads, so the module answers this one itself */
     if (h->result == APX_HEAD_MORE && h->scanned > head_cap)
-        h->result = HTTP_BAD_REQUEST;
+        h->result = HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE;
 }
 
 static void scan_brigade(apx_head *h, apr_bucket_brigade *bb)

@@ -195,6 +195,24 @@ $h2->start;
     is(fig($h2, 'HeadTimeouts') - $t0, 1, '... counted in HeadTimeouts');
     close $s;
 
+    # heads over httpd's limits, trickled after the limit: answered at once
+    # from what is buffered (httpd's own 414/400), not after the deadline
+    for my $case (['request line over LimitRequestLine', "GET /s/" . ('a' x 9000), 414],
+                  ['field over LimitRequestFieldSize',
+                   "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " . ('b' x 9000), 400]) {
+        my ($what, $bytes, $want) = @$case;
+        my $c = client($h2->port);
+        print $c get_req('/s/delay/0/10');
+        my $b = '';
+        my $r0 = read_response($c, \$b, 5);
+        print $c $bytes;
+        my $t1 = time;
+        my $r1 = read_response($c, \$b, 10);
+        is($r1 && $r1->{status}, $want, "adopted connection, $what: $want");
+        cmp_ok(time - $t1, '<', 1.5, sprintf('... at once, not at the header deadline (%.2f s)', time - $t1));
+        close $c;
+    }
+
     # the first head of a new connection, too, in the poller
     $s = client($h2->port);
     $t = time;
@@ -205,6 +223,29 @@ $h2->start;
     close $s;
 }
 $h2->stop;
+
+# LimitRequestFields 0 (no limit in httpd): the module still bounds a head
+my $h3 = APX::Httpd->new(
+    mpm => 'event', threads => 25, timeout => 60, keepalive_timeout => 30,
+    global => "LimitRequestFields 0\n", conf => $MAP,
+);
+$h3->start;
+{
+    my $r0 = fig($h3, 'HeadRefused');
+    my $c = client($h3->port);
+    print $c get_req('/s/delay/0/10');
+    my $b = '';
+    read_response($c, \$b, 5);
+    local $SIG{PIPE} = 'IGNORE';
+    my $field = 'X-F: ' . ('c' x 1000) . "\r\n";
+    print $c "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    for (1 .. 1100) { last unless print $c $field }
+    my $r1 = read_response($c, \$b, 10);
+    is($r1 && $r1->{status}, 431, 'LimitRequestFields 0: a head past 1 MiB is refused by the module (431)');
+    is(fig($h3, 'HeadRefused') - $r0, 1, '... counted in HeadRefused');
+    close $c;
+}
+$h3->stop;
 
 # ------------------------------------------------------------------------
 # server B: 2,000 idle adopted connections at the child's connection limit
