@@ -448,7 +448,8 @@ apx_hc *apx_hc_create(proxy_ctx *px)
                                                   &asyncproxy_module);
     const apx_srv_conf *sc = px->rq->sconf;
     apx_cache_set set;
-    const char *v;
+    const char *v, *xff, *xfh, *xfp;
+    const char *host = apr_table_get(r->headers_in, "Host");
     apx_hc *hc;
     apx_cc cc;
 
@@ -483,6 +484,12 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         set_label(hc, "BYPASS");
         return NULL;
     }
+    /* A GET with Content-Length: 0 has no body: it is fetched as a plain
+     * GET, and a hit leaves nothing unread in the connection. */
+    if (px->body_kind == REQ_BODY_LENGTH && px->body_length == 0) {
+        px->body_kind = REQ_BODY_NONE;
+        px->body_done = 1;
+    }
     /* a GET with a body: its answer may depend on it, and a hit would
      * leave it unread in the connection */
     if (!px->body_done) {
@@ -491,10 +498,18 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         return NULL;
     }
     hc->only_if_cached = (cc.flags & APX_CC_ONLY_IF_CACHED) != 0;
-    hc->key = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s",
+    /* Whatever of the client's the backend is sent beyond the target is
+     * in the key, as sent: the Host with its port (AsyncProxyPreserveHost
+     * forwards it, X-Forwarded-Host always), and the X-Forwarded-Host and
+     * -Proto a trusted proxy passed on. A response that reflects them is
+     * only ever served to requests that would have made the same. */
+    apx_px_forwarded(px, &xff, &xfh, &xfp);
+    hc->key = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s\n%s%s\n%s%s",
                            r->server->defn_name ? r->server->defn_name : "",
                            r->server->defn_line_number, ap_http_scheme(r),
-                           r->hostname ? r->hostname : "",
+                           host ? host : "",
+                           xfh ? "=" : "", xfh ? xfh : "",
+                           xfp ? "=" : "", xfp ? xfp : "",
                            px->be->hostport, px->target);
     hc->klen = strlen(hc->key);
     hc->accept_gz = apx_gz_accepts(apr_table_get(r->headers_in,
@@ -971,9 +986,11 @@ static void collect_field(void *baton, const char *name, const char *value)
     field_list *fl = baton;
     hc_field *f;
 
-    /* kept apart, or computed on every response */
+    /* kept apart (the type is set through httpd, the ETag depends on the
+     * copy served), or computed on every response (Age). Everything else,
+     * Content-Encoding included, is stored exactly as it came. */
     if (!strcasecmp(name, "Content-Type") || !strcasecmp(name, "ETag")
-        || !strcasecmp(name, "Age") || !strcasecmp(name, "Content-Encoding"))
+        || !strcasecmp(name, "Age"))
         return;
     f = apr_array_push(fl->a);
     f->name = name;
@@ -1019,12 +1036,6 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
     fl.bytes = 0;
     apx_px_each_field(px, collect_field, &fl);
     collect_field(&fl, "Via", apx_px_via(px));
-    if (cenc) {
-        /* the backend's own coding: stored and served as it came */
-        collect_field(&fl, "Content-Encoding", cenc);
-        APR_ARRAY_IDX(fl.a, fl.a->nelts - 1, hc_field).name =
-            "Content-Encoding";
-    }
     status_line = px->resp.reason_len
                   ? apr_psprintf(r->pool, "%d %.*s", px->resp.status,
                                  (int)px->resp.reason_len, px->resp.reason)
@@ -1116,8 +1127,10 @@ static void publish(apx_hc *hc, hc_obj *o)
     apr_size_t klen = hc->klen;
 
     if (vary && *vary) {
-        int skip_ae = hc->set.gzip
-                      && !apx_px_resp_field(px, "Content-Encoding");
+        /* With our gzip copy the fetch carried no Accept-Encoding: what
+         * came back is the answer to every client's, whatever coding the
+         * backend chose, so Accept-Encoding is no part of the key. */
+        int skip_ae = hc->set.gzip;
 
         /* the marker outlives no variant it points to */
         put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, o->ce.expires,
