@@ -54,7 +54,6 @@
 #include "http_protocol.h"
 #include "http_request.h"
 #include "apr_buckets.h"
-#include "apr_date.h"
 #include "apr_lib.h"
 #include "apr_strings.h"
 
@@ -787,6 +786,7 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
     request_rec *r = hc->r;
     int gz_out = o->gz && hc->accept_gz;
     const char *etag = gz_out ? o->etag_gz : o->etag;
+    const char *ims;
     apr_int64_t age;
     unsigned i;
 
@@ -817,12 +817,15 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
         apr_table_setn(r->headers_out, "Age",
                        apr_psprintf(r->pool, "%" APR_INT64_T_FMT, age));
 
+    /* RFC 9110 §13.1.3: an If-Modified-Since that is no HTTP-date is
+     * ignored (parsed as 0) */
+    ims = apr_table_get(r->headers_in, "If-Modified-Since");
     if (o->status == HTTP_OK
         && apx_fresh_not_modified(apr_table_get(r->headers_in,
                                                 "If-None-Match"),
-                                  apr_date_parse_http(
-                                      apr_table_get(r->headers_in,
-                                                    "If-Modified-Since")),
+                                  ims ? apx_fresh_parse_date(ims, strlen(ims),
+                                                             apr_time_now())
+                                      : 0,
                                   etag, o->last_modified)) {
         apr_atomic_inc32(&apx_ch->n.cache_not_modified);
         r->status = HTTP_NOT_MODIFIED;
@@ -869,23 +872,19 @@ static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
     apx_cc_init(&rs.cc);
     if ((v = apx_px_resp_list(px, "Cache-Control")))
         apx_cc_parse(&rs.cc, v, strlen(v));
-    if ((v = apx_px_resp_field(px, "Expires"))) {
+    /* all Expires lines joined: two of them are no HTTP-date, so the
+     * response is stale (RFC 9111 §4.2.1) */
+    if ((v = apx_px_resp_list(px, "Expires"))) {
         rs.has_expires = 1;
-        rs.expires = apr_date_parse_http(v);
+        rs.expires = apx_fresh_parse_date(v, strlen(v), resp_time);
     }
     if ((v = apx_px_resp_field(px, "Date")))
-        rs.date = apr_date_parse_http(v);
+        rs.date = apx_fresh_parse_date(v, strlen(v), resp_time);
     if ((v = apx_px_resp_field(px, "Last-Modified")))
-        rs.last_modified = apr_date_parse_http(v);
+        rs.last_modified = apx_fresh_parse_date(v, strlen(v), resp_time);
     rs.age = -1;
-    if ((v = apx_px_resp_field(px, "Age"))) {
-        apr_int64_t a;
-        char *end;
-
-        a = apr_strtoi64(v, &end, 10);
-        if (end != v && !*end && a >= 0)
-            rs.age = a;
-    }
+    if ((v = apx_px_resp_list(px, "Age")))
+        rs.age = apx_fresh_parse_age(v, strlen(v));
     rs.has_etag = apx_px_resp_field(px, "ETag") != NULL;
     rs.set_cookie = apx_px_resp_field(px, "Set-Cookie") != NULL;
     if ((v = apx_px_resp_list(px, "Vary"))) {
@@ -1061,7 +1060,8 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
     o->etag = put_str(&p, etag);
     o->status_line = put_str(&p, status_line);
     o->status = px->resp.status;
-    o->last_modified = lm ? apr_date_parse_http(lm) : 0;
+    o->last_modified = lm ? apx_fresh_parse_date(lm, strlen(lm),
+                                                 apr_time_now()) : 0;
     o->ft = *t;
 
     o->body = hc->cap;

@@ -30,8 +30,9 @@ enum {
     APX_CC_ONLY_IF_CACHED   = 0x0080,
     APX_CC_MUST_UNDERSTAND  = 0x0100,
     APX_CC_IMMUTABLE        = 0x0200,
-    /* a directive we need was malformed (max-age=abc, s-maxage="",
-     * conflicting duplicates): the response is treated as not storable */
+    /* freshness information was malformed or repeated (max-age=abc,
+     * s-maxage="", max-age twice): RFC 9111 §4.2.1, the response is stale
+     * (a freshness lifetime of 0) */
     APX_CC_INVALID          = 0x8000
 };
 
@@ -112,10 +113,24 @@ enum {
     APX_STORE_EXPIRED,          /* already stale on arrival (lifetime <=
                                  * corrected_initial_age), even with
                                  * stale-while-revalidate */
-    APX_STORE_INVALID,          /* malformed Cache-Control */
+    APX_STORE_INVALID,          /* malformed or repeated max-age /
+                                 * s-maxage: stale on arrival, and no stale
+                                 * window lets it be used */
     APX_STORE_MUST_UNDERSTAND   /* must-understand on a status we do not
                                  * know the semantics of */
 };
+
+/* An HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, or the obsolete rfc850 and
+ * asctime forms, case-sensitive, GMT only, a day that exists; surrounding
+ * whitespace is ignored. Returns 0 for anything else (the caller decides
+ * what invalid means: an Expires in the past, a Date or Last-Modified
+ * absent, an If-Modified-Since ignored). now (µs) places rfc850's
+ * two-digit year (more than 50 years ahead: the century before). */
+apr_time_t apx_fresh_parse_date(const char *s, size_t len, apr_time_t now);
+/* The Age field (RFC 9111 §5.1): the first member of a list; a value that
+ * is not a non-negative integer is ignored (-1, as absent); clamped to
+ * 2^31. s NULL: -1. */
+apr_int64_t apx_fresh_parse_age(const char *s, size_t len);
 
 /* What to remember with a stored response. */
 typedef struct apx_fresh_times {

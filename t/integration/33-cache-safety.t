@@ -33,8 +33,10 @@ use APX::Backend;
 use APX::Client qw(:all);
 use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Uncompress::Gunzip qw(gunzip $GunzipError);
+use POSIX ();
 
 # ---------------------------------------------------------------- content
+sub http_date { POSIX::strftime('%a, %d %b %Y %H:%M:%S GMT', gmtime($_[0])) }
 my $TEXT = join('', map { "line $_ of a text the backend compresses itself\n" } 1 .. 300);
 my $GZ;
 gzip(\$TEXT => \$GZ) or die "gzip: $GzipError";
@@ -75,6 +77,18 @@ sub backend {
         my $body = join(' ', map { "$_=" . ($req->{hdr}{$_} // '-') }
                         qw(host x-forwarded-host x-forwarded-proto x-forwarded-for)) . " seq=$seq\n";
         return reply($req, 200, $body, @ma60, 'Content-Type' => 'text/html');
+    }
+    if ($t =~ m{/fresh-info/(\w+)}) {
+        # freshness information RFC 9111 calls invalid: stale on arrival
+        my $kind = $1;
+        my $in60 = http_date(time + 60);
+        my @h = $kind eq 'pst'   ? ('Expires' => ($in60 =~ s/GMT$/PST/r))
+              : $kind eq 'nocomma' ? ('Expires' => ($in60 =~ s/,//r))
+              : $kind eq 'twoexp' ? ('Expires' => $in60, 'Expires' => http_date(time + 120))
+              : $kind eq 'dupma' ? ('Cache-Control' => 'max-age=60, max-age=60')
+              : $kind eq 'junkma' ? ('Cache-Control' => 'max-age=60s')
+              :                    ('Expires' => $in60);    # 'good'
+        return reply($req, 200, "$kind seq=$seq\n", 'Content-Type' => 'text/plain', @h);
     }
     return reply($req, 200, "$req->{method} $t seq=$seq\n", @ma60, 'Content-Type' => 'text/plain');
 }
@@ -286,6 +300,23 @@ sub get { my ($port, $path, @hdr) = @_; return http_request($port, 'GET', $path,
     my $b2 = http_request($HP, 'GET', '/g/body/1', body => 'hello');
     is(word($b1) . ' ' . word($b2), 'BYPASS BYPASS', 'GET with a 5-byte body: BYPASS, BYPASS');
     is(bcount('/g/body/1'), 2, '... both reached the backend');
+}
+
+# =================================================== invalid freshness information
+{
+    for my $c (['good', 'Expires in 60 s', 'MISS HIT'],
+               ['pst', 'Expires in 60 s with the zone PST', 'BYPASS BYPASS'],
+               ['nocomma', 'Expires in 60 s without the comma', 'BYPASS BYPASS'],
+               ['twoexp', 'two Expires lines', 'BYPASS BYPASS'],
+               ['dupma', 'Cache-Control: max-age=60, max-age=60', 'BYPASS BYPASS'],
+               ['junkma', 'Cache-Control: max-age=60s', 'BYPASS BYPASS']) {
+        my ($kind, $what, $want) = @$c;
+        my $path = "/g/fresh-info/$kind";
+        my $r1 = get($HP, $path);
+        my $r2 = get($HP, $path);
+        is(word($r1) . ' ' . word($r2), $want, "$what: $want" . ($want =~ /BYPASS/ ? ' (stale on arrival)' : ''));
+        is(bcount($path), $want =~ /HIT/ ? 1 : 2, '... ' . ($want =~ /HIT/ ? 'one backend request' : 'both reached the backend'));
+    }
 }
 
 ok($h->stop, 'server stops');

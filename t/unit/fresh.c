@@ -210,10 +210,10 @@ static void test_cc_invalid(void)
     cc = cc_of("max-age=20, max-age=10");
     is_int(cc.max_age, 10, "... in either order");
     cc = cc_of("max-age=10, max-age=10");
-    ok(!(cc.flags & APX_CC_INVALID) && cc.max_age == 10,
-       "equal duplicates are not a conflict");
+    ok((cc.flags & APX_CC_INVALID) && cc.max_age == 10,
+       "equal duplicates are duplicates too (RFC 9111 4.2.1: stale)");
     cc = cc_of("max-age=10, max-age=\"10\"");
-    ok(!(cc.flags & APX_CC_INVALID), "token and quoted forms of one value agree");
+    ok(cc.flags & APX_CC_INVALID, "... also in token and quoted forms");
     cc = cc_of("max-age=abc, no-store");
     ok((cc.flags & APX_CC_INVALID) && (cc.flags & APX_CC_NO_STORE),
        "garbage costs one element: the next one is still read");
@@ -1039,6 +1039,200 @@ static void test_default_ttl_from_arrival(void)
            "max-age=1 after a 1 s response delay: already expired");
 }
 
+/* ---------------------------------------------------------------------------
+ * RFC 9111 parsing: HTTP-dates (Expires, Date), Age, invalid freshness
+ */
+
+#define NOW_2026 ((apr_time_t)1796342400 * APR_USEC_PER_SEC)   /* 2026-12-04 */
+
+static void test_parse_date(void)
+{
+    static const struct {
+        const char *in;
+        apr_int64_t want;       /* seconds; 0: invalid */
+        const char *why;
+    } cases[] = {
+        { "Sun, 06 Nov 1994 08:49:37 GMT", 784111777, "IMF-fixdate" },
+        { "Sunday, 06-Nov-94 08:49:37 GMT", 784111777, "rfc850" },
+        { "Sun Nov  6 08:49:37 1994", 784111777, "asctime, one-digit day" },
+        { "Sun Nov 06 08:49:37 1994", 784111777, "asctime, two-digit day" },
+        { "Tue, 15 Nov 2022 08:12:31 GMT", 1668499951, "IMF-fixdate 2022" },
+        { " Sun, 06 Nov 1994 08:49:37 GMT\t", 784111777,
+          "surrounding whitespace ignored" },
+        { "Mon, 06 Nov 1994 08:49:37 GMT", 784111777,
+          "a wrong weekday is not checked (the date is)" },
+        { "Thu, 29 Feb 1996 00:00:00 GMT", 825552000, "29 February, leap year" },
+        { "Tue, 29 Feb 2000 12:00:00 GMT", 951825600, "29 February 2000 (400)" },
+        { "Sun, 06 Nov 1994 08:49:60 GMT", 784111800, "a leap second" },
+        { "Fri, 31 Dec 9999 23:59:59 GMT", 253402300799LL, "year 9999" },
+        { "Thursday, 01-Jan-70 00:00:00 GMT", 3155760000LL,
+          "rfc850 year 70 in 2026: 2070 (44 years ahead)" },
+        { "Tuesday, 01-Jan-80 00:00:00 GMT", 315532800,
+          "rfc850 year 80 in 2026: 1980 (2080 is > 50 years ahead)" },
+        /* invalid: every other form */
+        { "Sun, 06 Nov 1994 08:49:37 PST", 0, "a zone other than GMT" },
+        { "Sun, 06 Nov 1994 08:49:37 UTC", 0, "UTC is not GMT" },
+        { "Sun, 06 Nov 1994 08:49:37 +0000", 0, "a numeric zone" },
+        { "Sun, 06 Nov 1994 08:49:37", 0, "no zone" },
+        { "Sun 06 Nov 1994 08:49:37 GMT", 0, "missing comma" },
+        { "Sun,06 Nov 1994 08:49:37 GMT", 0, "missing space after the comma" },
+        { "Sun, 6 Nov 1994 08:49:37 GMT", 0, "one-digit day in IMF-fixdate" },
+        { "Sun, 06 Nov 94 08:49:37 GMT", 0, "two-digit year in IMF-fixdate" },
+        { "06 Nov 1994 08:49:37 GMT", 0, "no weekday" },
+        { "sun, 06 Nov 1994 08:49:37 GMT", 0, "lower-case weekday" },
+        { "Sun, 06 nov 1994 08:49:37 GMT", 0, "lower-case month" },
+        { "Sun, 06 Nov 1994 08:49:37 gmt", 0, "lower-case GMT" },
+        { "Sun, 06 Nov 1994 08:49:37 GMTX", 0, "trailing bytes" },
+        { "Sun, 06 Nov 1994 08:49:37 GMT, Mon, 07 Nov 1994 08:49:37 GMT", 0,
+          "two values (two Expires lines joined)" },
+        { "Sun, 31 Feb 1994 08:49:37 GMT", 0, "31 February" },
+        { "Mon, 29 Feb 1900 00:00:00 GMT", 0, "29 February 1900 (no leap year)" },
+        { "Sun, 00 Nov 1994 08:49:37 GMT", 0, "day 0" },
+        { "Sun, 06 Nov 1994 24:00:00 GMT", 0, "hour 24" },
+        { "Sun, 06 Nov 1994 08:60:00 GMT", 0, "minute 60" },
+        { "Sun, 06 Nov 1994 08:49:61 GMT", 0, "second 61" },
+        { "Sun, 06 Nov 1994 8:49:37 GMT ", 0, "one-digit hour" },
+        { "Sun, 06 Nov 1994 08-49-37 GMT", 0, "wrong time separators" },
+        { "Sun, 06 Nov 1994 08:49:3x GMT", 0, "a letter in the time" },
+        { "Sun, 06 Xyz 1994 08:49:37 GMT", 0, "no such month" },
+        { "Sunday, 06-Nov-1994 08:49:37 GMT", 0, "rfc850 with a 4-digit year" },
+        { "Sun, 06-Nov-94 08:49:37 GMT", 0, "rfc850 with a short weekday" },
+        { "Sunday, 06 Nov 94 08:49:37 GMT", 0, "rfc850 without dashes" },
+        { "Sun Nov 6 08:49:37 1994", 0, "asctime with one space" },
+        { "Sun Nov  6 08:49:37 94", 0, "asctime with a 2-digit year" },
+        { "0", 0, "\"0\"" },
+        { "-1", 0, "\"-1\"" },
+        { "", 0, "empty" },
+        { "1994-11-06T08:49:37Z", 0, "ISO 8601" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        apr_time_t got = apx_fresh_parse_date(cases[i].in, strlen(cases[i].in),
+                                              NOW_2026);
+
+        if (!tap_ok(got == apr_time_from_sec(cases[i].want), "date: %s",
+                    cases[i].why))
+            printf("#   '%s': got %lld s, expected %lld\n", cases[i].in,
+                   (long long)apr_time_sec(got), (long long)cases[i].want);
+    }
+    is_int(apx_fresh_parse_date(NULL, 0, NOW_2026), 0, "date: NULL");
+    is_int(apx_fresh_parse_date("Sun, 06 Nov 1994 08:49:37 GMTxxxx", 29,
+                                NOW_2026), apr_time_from_sec(784111777),
+           "date: len bounds the parse");
+    is_int(apx_fresh_parse_date("Tuesday, 01-Jan-80 00:00:00 GMT", 31,
+                                apr_time_from_sec(0)),
+           apr_time_from_sec(315532800),
+           "date: rfc850 year 80 seen in 1970: 1980");
+}
+
+static void test_parse_age(void)
+{
+    static const struct {
+        const char *in;
+        apr_int64_t want;
+        const char *why;
+    } cases[] = {
+        { "60", 60, "a number" },
+        { "0", 0, "zero" },
+        { " 60\t", 60, "surrounding whitespace" },
+        { "60, 70", 60, "a list: the first member" },
+        { "60,abc", 60, "a list: later garbage discarded" },
+        { ", ,5", 5, "empty list elements are none" },
+        { "2147483648", DMAX, "2^31" },
+        { "99999999999999999999", DMAX, "huge: clamped to 2^31" },
+        { "abc", -1, "not a number: ignored" },
+        { "abc, 5", -1, "the first member invalid: ignored" },
+        { "-5", -1, "negative" },
+        { "+5", -1, "a sign" },
+        { "5s", -1, "a unit" },
+        { "1.5", -1, "a fraction" },
+        { "5 6", -1, "two numbers" },
+        { "\"5\"", -1, "quoted" },
+        { "0x10", -1, "hex" },
+        { "", -1, "empty" },
+        { " , ", -1, "only separators" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        apr_int64_t got = apx_fresh_parse_age(cases[i].in, strlen(cases[i].in));
+
+        if (!tap_ok(got == cases[i].want, "age: %s", cases[i].why))
+            printf("#   '%s': got %lld, expected %lld\n", cases[i].in,
+                   (long long)got, (long long)cases[i].want);
+    }
+    is_int(apx_fresh_parse_age(NULL, 0), -1, "age: NULL");
+    is_int(apx_fresh_parse_age("123", 2), 12, "age: len bounds the parse");
+}
+
+/* Invalid or repeated freshness information makes the response stale
+ * (RFC 9111 §4.2.1): stored only where a stale window lets it be used. */
+static void test_invalid_freshness(void)
+{
+    static const struct {
+        const char *cc;
+        int expires;            /* 0: none, 1: valid (T+600), -1: invalid */
+        int want;
+        const char *why;
+    } cases[] = {
+        { "max-age=60", 0, APX_STORE_OK, "valid max-age: stored" },
+        { "max-age=abc", 0, APX_STORE_INVALID, "junk max-age: stale" },
+        { "max-age=60abc", 0, APX_STORE_INVALID, "max-age with trailing junk" },
+        { "max-age=", 0, APX_STORE_INVALID, "empty max-age" },
+        { "max-age", 0, APX_STORE_INVALID, "max-age without value" },
+        { "max-age=-1", 0, APX_STORE_INVALID, "negative max-age" },
+        { "max-age=60, max-age=60", 0, APX_STORE_INVALID,
+          "duplicate max-age, equal" },
+        { "max-age=60, max-age=30", 0, APX_STORE_INVALID,
+          "duplicate max-age, different" },
+        { "s-maxage=60, s-maxage=60", 0, APX_STORE_INVALID, "duplicate s-maxage" },
+        { "s-maxage=x, max-age=60", 0, APX_STORE_INVALID,
+          "junk s-maxage beside a valid max-age" },
+        { "max-age=abc", 1, APX_STORE_INVALID,
+          "junk max-age beside a valid Expires: still stale" },
+        { NULL, 1, APX_STORE_OK, "valid Expires: stored" },
+        { NULL, -1, APX_STORE_EXPIRED, "invalid Expires: already expired" },
+        { "max-age=60", -1, APX_STORE_OK, "invalid Expires beside max-age: max-age" },
+        { "max-age=abc, stale-while-revalidate=30", 0, APX_STORE_OK,
+          "junk max-age with stale-while-revalidate: stored stale" },
+        { "max-age=1, max-age=1, stale-if-error=30", 0, APX_STORE_OK,
+          "duplicate max-age with stale-if-error: stored stale" },
+        { "max-age=abc, must-revalidate, stale-if-error=30", 0, APX_STORE_INVALID,
+          "junk max-age with must-revalidate: never stale-served" },
+    };
+    apx_fresh_req rq;
+    apx_fresh_resp rs;
+    apx_fresh_times t;
+    size_t i;
+
+    req_init(&rq);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int got;
+
+        resp_init(&rs, 200, cases[i].cc);
+        if (cases[i].expires) {
+            rs.has_expires = 1;
+            rs.expires = cases[i].expires > 0 ? T(600) : 0;
+            rs.date = T(0);
+        }
+        memset(&t, 0, sizeof(t));
+        got = apx_fresh_storable(&rq, &rs, &no_default, &t);
+        is_int(got, cases[i].want, cases[i].why);
+        if (got == APX_STORE_OK && rs.cc.flags & APX_CC_INVALID) {
+            is_int(t.lifetime, 0, "... with a lifetime of 0");
+            ok(apx_fresh_state(&t, T(0)) != APX_FRESH, "... never fresh");
+        }
+    }
+    resp_init(&rs, 200, "max-age=abc, stale-while-revalidate=30");
+    apx_fresh_storable(&rq, &rs, &no_default, &t);
+    is_int(apx_fresh_state(&t, T(1)), APX_STALE_REVALIDATE,
+           "junk max-age + swr: served stale while refreshed");
+    is_int(apx_fresh_state(&t, T(31)), APX_STALE, "... until the window ends");
+    ok(!strcmp(apx_fresh_reason(APX_STORE_INVALID), "invalid-cache-control"),
+       "its reason word: invalid-cache-control");
+}
+
 int main(void)
 {
     test_cc_init();
@@ -1061,5 +1255,8 @@ int main(void)
     test_not_modified();
     test_reason();
     test_default_ttl_from_arrival();
+    test_parse_date();
+    test_parse_age();
+    test_invalid_freshness();
     return done_testing();
 }
