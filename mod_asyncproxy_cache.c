@@ -56,6 +56,7 @@
 #include "apr_buckets.h"
 #include "apr_lib.h"
 #include "apr_strings.h"
+#include "apr_uri.h"
 
 #include "apx_cache.h"
 #include "apx_fresh.h"
@@ -77,13 +78,21 @@ extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 /* Hits go out in slices of this, each taken by the client before the next
  * (half the core output filter's 64 KiB blocking threshold). */
 #define SERVE_SLICE     (32 * 1024)
+/* How long an invalidation's mark stays: a fetch in flight for longer
+ * than that (the backend timeouts allow it) may still store what it read
+ * before the change. The mark is a few hundred bytes, and the next fetch
+ * of the key replaces it. */
+#define GONE_TTL        apr_time_from_sec(120)
 /* Lookups per request: marker -> variant, then again after a wait. */
 #define MAX_ROUNDS      4
 #define VARY_KEY_MIN    256
 
 #define HDR_LABEL       "X-AsyncProxy-Cache"
 
-enum { OBJ_PENDING = 1, OBJ_READY, OBJ_VARY, OBJ_PASS };
+/* OBJ_GONE: what an invalidation leaves under a primary key, so a fetch
+ * that began before it finds the key changed even when nothing else was
+ * stored there (still_current()); a lookup takes it for a miss. */
+enum { OBJ_PENDING = 1, OBJ_READY, OBJ_VARY, OBJ_PASS, OBJ_GONE };
 
 enum {
     ROLE_HIT = 1,
@@ -91,7 +100,9 @@ enum {
     ROLE_WAIT,
     ROLE_FILL,
     ROLE_PASS,          /* fetch, store when storable, no coalescing */
-    ROLE_FETCH          /* fetch, never store (HEAD miss, fallbacks) */
+    ROLE_FETCH,         /* fetch, never store (HEAD miss, fallbacks) */
+    ROLE_UNSAFE         /* an unsafe method: proxied, and a non-error
+                         * answer invalidates what is stored for it */
 };
 
 typedef struct hc_waiter hc_waiter;
@@ -120,6 +131,10 @@ typedef struct hc_obj {
     /* OBJ_VARY: the field names of the variants' Vary */
     const char *vary;
     int skip_ae;                    /* Accept-Encoding is ours, not a key */
+    /* in its variants' keys: a marker made anew (first store, a changed
+     * Vary, after an invalidation) gets a new one, so the variants stored
+     * under an earlier marker are never reached again and age out */
+    apr_uint64_t gen;
 
     /* OBJ_READY */
     int status;
@@ -144,6 +159,7 @@ struct apx_hc {
     proxy_ctx *px;
     request_rec *r;
     apx_cache_set set;              /* effective settings */
+    const char *kpre;               /* the key up to the backend URL */
     const char *key;                /* primary key */
     apr_size_t klen;
     const char *vkey;               /* variant key, when a marker said so */
@@ -151,6 +167,13 @@ struct apx_hc {
     int accept_gz;                  /* the client takes gzip */
     int strip;                      /* fetch for the store: see skip */
     int only_if_cached;             /* the request's only-if-cached */
+    int unsafe;                     /* ROLE_UNSAFE */
+    /* held until r->pool goes: what the last lookup found under the
+     * primary key. A fetch is stored only while it is still there (or a
+     * marker of the same generation): else the key was invalidated (or
+     * filled by someone else) meanwhile. */
+    hc_obj *prim;
+    int prim_set;                   /* prim is a snapshot (NULL: empty) */
     hc_obj *obj;                    /* referenced: what we serve */
     hc_obj *stale;                  /* referenced: stale-if-error fallback */
     hc_obj *pending;                /* referenced: filled or waited on */
@@ -163,6 +186,8 @@ struct apx_hc {
 };
 
 static apx_cache *store;
+/* The last generation handed to a Vary marker. */
+static volatile apr_uint64_t last_gen;
 
 /* ------------------------------------------------------------------ */
 /* configuration                                                        */
@@ -414,20 +439,26 @@ static const char *vary_get(void *baton, const char *name)
     return apr_table_get(((request_rec *)baton)->headers_in, name);
 }
 
-/* key + "\n" + the request's values of the marker's Vary fields. */
-static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae)
+/* key + "\n" + the marker's generation + "\n" + the request's values of
+ * the marker's Vary fields. */
+static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae,
+                            apr_uint64_t gen)
 {
     static const char *const ae[] = { "accept-encoding", NULL };
     request_rec *r = hc->r;
     apr_size_t cap = VARY_KEY_MIN, need;
+    char head[24];
+    apr_size_t hlen;
     char *buf;
 
+    hlen = (apr_size_t)apr_snprintf(head, sizeof(head), "\n%" APR_UINT64_T_HEX_FMT
+                                    "\n", gen);
     for (;;) {
-        buf = apr_palloc(r->pool, hc->klen + 1 + cap);
+        buf = apr_palloc(r->pool, hc->klen + hlen + cap);
         memcpy(buf, hc->key, hc->klen);
-        buf[hc->klen] = '\n';
+        memcpy(buf + hc->klen, head, hlen);
         need = apx_fresh_vary_key(vary, skip_ae ? ae : NULL, vary_get, r,
-                                  buf + hc->klen + 1, cap);
+                                  buf + hc->klen + hlen, cap);
         if (need == (apr_size_t)-1)
             return 0;
         if (need < cap)
@@ -435,8 +466,25 @@ static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae)
         cap = need + 1;
     }
     hc->vkey = buf;
-    hc->vklen = hc->klen + 1 + need;
+    hc->vklen = hc->klen + hlen + need;
     return 1;
+}
+
+/* RFC 9110 §9.2.1 and the IANA method registry: the methods that ask for
+ * nothing to change. Any other, unknown ones included, may change the
+ * resource (RFC 9111 §4.4). */
+static int method_is_safe(const char *method)
+{
+    static const char *const safe[] = {
+        "GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT", "SEARCH",
+        NULL
+    };
+    int i;
+
+    for (i = 0; safe[i]; i++)
+        if (!strcmp(method, safe[i]))
+            return 1;
+    return 0;
 }
 
 apx_hc *apx_hc_create(proxy_ctx *px)
@@ -468,11 +516,29 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         hc->set.gzip = 1;
     if (hc->set.ttl == -1)
         hc->set.ttl = 0;
+    /* Whatever of the client's the backend is sent beyond the target is
+     * in the key, as sent: the Host with its port (AsyncProxyPreserveHost
+     * forwards it, X-Forwarded-Host always), and the X-Forwarded-Host and
+     * -Proto a trusted proxy passed on. A response that reflects them is
+     * only ever served to requests that would have made the same. */
+    apx_px_forwarded(px, &xff, &xfh, &xfp);
+    hc->kpre = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s\n%s%s\n",
+                            r->server->defn_name ? r->server->defn_name : "",
+                            r->server->defn_line_number, ap_http_scheme(r),
+                            host ? host : "",
+                            xfh ? "=" : "", xfh ? xfh : "",
+                            xfp ? "=" : "", xfp ? xfp : "");
+    hc->key = apr_pstrcat(r->pool, hc->kpre, px->be->hostport, px->target,
+                          NULL);
+    hc->klen = strlen(hc->key);
     if (r->method_number != M_GET) {
         /* (HEAD is M_GET with header_only) */
         hc->reason = "method";
         set_label(hc, "BYPASS");
-        return NULL;
+        if (method_is_safe(r->method))
+            return NULL;
+        hc->unsafe = 1;
+        return hc;
     }
     apx_cc_init(&cc);
     v = apr_table_get(r->headers_in, "Cache-Control");
@@ -497,20 +563,6 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         return NULL;
     }
     hc->only_if_cached = (cc.flags & APX_CC_ONLY_IF_CACHED) != 0;
-    /* Whatever of the client's the backend is sent beyond the target is
-     * in the key, as sent: the Host with its port (AsyncProxyPreserveHost
-     * forwards it, X-Forwarded-Host always), and the X-Forwarded-Host and
-     * -Proto a trusted proxy passed on. A response that reflects them is
-     * only ever served to requests that would have made the same. */
-    apx_px_forwarded(px, &xff, &xfh, &xfp);
-    hc->key = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s\n%s%s\n%s%s",
-                           r->server->defn_name ? r->server->defn_name : "",
-                           r->server->defn_line_number, ap_http_scheme(r),
-                           host ? host : "",
-                           xfh ? "=" : "", xfh ? xfh : "",
-                           xfp ? "=" : "", xfp ? xfp : "",
-                           px->be->hostport, px->target);
-    hc->klen = strlen(hc->key);
     hc->accept_gz = apx_gz_accepts(apr_table_get(r->headers_in,
                                                  "Accept-Encoding"));
     return hc;
@@ -550,6 +602,11 @@ static int claim_fresh_pending(apx_hc *hc, const char *key, apr_size_t klen,
         return ROLE_FETCH;
     }
     hc->pending = p;
+    if (!hc->vkey) {
+        /* the primary key now holds ours */
+        hold_for_request(hc->r, p);
+        hc->prim = p;
+    }
     return ROLE_FILL;
 }
 
@@ -564,14 +621,21 @@ static int lookup(apx_hc *hc, apr_time_t now)
     int flags = r->header_only ? APX_CACHE_LOOKUP_ONLY : 0;
 
     hc->vkey = NULL;
+    hc->prim = NULL;
+    hc->prim_set = 1;
     for (;;) {
         e = apx_cache_get_ref(store, key, klen, now, flags, &err);
         if (!e)
             return r->header_only ? ROLE_FETCH : ROLE_PASS;
         o = OBJ(e);
+        if (!hc->vkey) {
+            hold_for_request(r, o);
+            hc->prim = o;
+        }
         switch (o->kind) {
         case OBJ_VARY:
-            if (hc->vkey || !make_variant_key(hc, o->vary, o->skip_ae)) {
+            if (hc->vkey
+                || !make_variant_key(hc, o->vary, o->skip_ae, o->gen)) {
                 apx_cache_unref(store, e);
                 return ROLE_FETCH;
             }
@@ -582,6 +646,11 @@ static int lookup(apx_hc *hc, apr_time_t now)
         case OBJ_PASS:
             apx_cache_unref(store, e);
             return r->header_only ? ROLE_FETCH : ROLE_PASS;
+        case OBJ_GONE:
+            apx_cache_unref(store, e);
+            if (r->header_only)
+                return ROLE_FETCH;
+            return claim_fresh_pending(hc, key, klen, now);
         case OBJ_PENDING:
             hc->pending = o;
             if (!r->header_only && apr_atomic_cas32(&o->claimed, 1, 0) == 0)
@@ -1093,8 +1162,8 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
 
 /* A marker under key: OBJ_PASS or OBJ_VARY. */
 static void put_marker(const char *key, apr_size_t klen, int kind,
-                       const char *vary, int skip_ae, apr_time_t expires,
-                       apr_time_t now)
+                       const char *vary, int skip_ae, apr_uint64_t gen,
+                       apr_time_t expires, apr_time_t now)
 {
     apr_size_t vlen = vary ? strlen(vary) + 1 : 0;
     hc_obj *m = calloc(1, sizeof(*m) + vlen);
@@ -1107,6 +1176,7 @@ static void put_marker(const char *key, apr_size_t klen, int kind,
         m->vary = (const char *)(m + 1);
     }
     m->skip_ae = skip_ae;
+    m->gen = gen;
     m->ce.size = sizeof(*m) + vlen;
     m->ce.expires = expires;
     m->ce.refs = 1;
@@ -1117,32 +1187,94 @@ static void put_marker(const char *key, apr_size_t klen, int kind,
     apx_cache_unref(store, &m->ce);
 }
 
-/* Publishes o under the key this request's variant has. */
-static void publish(apx_hc *hc, hc_obj *o)
+/* Whether the primary key still holds what this request's lookup found
+ * there (a Vary marker: one of the same generation). An unsafe request's
+ * invalidation, or another request's store, replaced it otherwise: what
+ * this fetch read may predate the change, so it is not stored. */
+static int still_current(apx_hc *hc)
+{
+    apx_cache_entry *e;
+    apr_status_t err;
+    int same;
+
+    if (!hc->prim_set)
+        return 0;
+    /* now = 0: whatever is linked, expired or not (a slow fetch outlives
+     * its pending entry's AsyncProxyCacheWait) */
+    e = apx_cache_get_ref(store, hc->key, hc->klen, 0, APX_CACHE_LOOKUP_ONLY,
+                          &err);
+    if (!e)
+        return !hc->prim;
+    same = hc->prim
+           && (e == &hc->prim->ce
+               || (hc->prim->kind == OBJ_VARY && OBJ(e)->kind == OBJ_VARY
+                   && OBJ(e)->gen == hc->prim->gen));
+    apx_cache_unref(store, e);
+    return same;
+}
+
+/* Notes what the primary key holds now (NULL: nothing). */
+static void snapshot_prim(apx_hc *hc)
+{
+    apx_cache_entry *e;
+    apr_status_t err;
+
+    e = apx_cache_get_ref(store, hc->key, hc->klen, 0, APX_CACHE_LOOKUP_ONLY,
+                          &err);
+    hc->prim = NULL;
+    hc->prim_set = 1;
+    if (e) {
+        hold_for_request(hc->r, OBJ(e));
+        hc->prim = OBJ(e);
+        apx_cache_unref(store, e);
+    }
+}
+
+/* Publishes o under the key this request's variant has; 1 when stored. */
+static int publish(apx_hc *hc, hc_obj *o)
 {
     proxy_ctx *px = hc->px;
+    request_rec *r = hc->r;
     apr_time_t now = apr_time_now();
     const char *vary = apx_px_resp_list(px, "Vary");
     const char *key = hc->key;
     apr_size_t klen = hc->klen;
 
+    if (!still_current(hc)) {
+        if (APLOGrtrace1(r))
+            ap_log_rerror(APLOG_MARK, APLOG_TRACE1, 0, r, APXLOGNO(00151)
+                          "response for %s not stored: the key changed "
+                          "while it was fetched (invalidated)", px->url);
+        return 0;
+    }
     if (vary && *vary) {
         /* With our gzip copy the fetch carried no Accept-Encoding: what
          * came back is the answer to every client's, whatever coding the
          * backend chose, so Accept-Encoding is no part of the key. */
         int skip_ae = hc->set.gzip;
+        hc_obj *m = hc->prim;
+        int same = m && m->kind == OBJ_VARY && m->skip_ae == skip_ae
+                   && !strcmp(m->vary, vary);
+        apr_uint64_t gen = same ? m->gen : apr_atomic_inc64(&last_gen) + 1;
 
         /* the marker outlives no variant it points to */
-        put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, o->ce.expires,
-                   now);
-        if (make_variant_key(hc, vary, skip_ae)) {
-            key = hc->vkey;
-            klen = hc->vklen;
-        }
+        if (!same || o->ce.expires > m->ce.expires)
+            put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, gen,
+                       same && m->ce.expires > o->ce.expires
+                       ? m->ce.expires : o->ce.expires, now);
+        /* a Vary we cannot key on (malformed) is not stored at all: under
+         * the primary key it would be served to every variant */
+        if (!make_variant_key(hc, vary, skip_ae, gen))
+            return 0;
+        key = hc->vkey;
+        klen = hc->vklen;
     }
-    if (apx_cache_put(store, &o->ce, key, klen, now, 0) != APR_SUCCESS)
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, hc->r, APXLOGNO(00125)
+    if (apx_cache_put(store, &o->ce, key, klen, now, 0) != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APXLOGNO(00125)
                       "response for %s not stored (cache busy)", px->url);
+        return 0;
+    }
+    return 1;
 }
 
 /* The fetch will not be stored: later requests go straight through for
@@ -1150,7 +1282,8 @@ static void publish(apx_hc *hc, hc_obj *o)
 static void mark_pass(apx_hc *hc)
 {
     put_marker(hc->vkey ? hc->vkey : hc->key, hc->vkey ? hc->vklen : hc->klen,
-               OBJ_PASS, NULL, 0, apr_time_now() + PASS_TTL, apr_time_now());
+               OBJ_PASS, NULL, 0, 0, apr_time_now() + PASS_TTL,
+               apr_time_now());
 }
 
 /* A usable stale object when the backend failed (stale-if-error). */
@@ -1225,8 +1358,7 @@ static int fetch(apx_hc *hc, int role)
         hc_obj *o = build_obj(hc, &t);
 
         if (o) {
-            publish(hc, o);
-            release_pending(hc, 1);
+            release_pending(hc, publish(hc, o));
             rc = serve(hc, o, "MISS");
             apx_cache_unref(store, &o->ce);
             return rc;
@@ -1303,11 +1435,177 @@ static void refresh(apx_hc *hc, hc_obj *old)
     rq->note = note;
 }
 
+/* ------------------------------------------------------------------ */
+/* invalidation (RFC 9111 section 4.4)                                  */
+
+/* An authority without the scheme's default port, for comparing. */
+static const char *bare_authority(apr_pool_t *p, const char *hostinfo,
+                                  const char *scheme)
+{
+    const char *dflt = !strcasecmp(scheme, "https") ? ":443" : ":80";
+    apr_size_t n = strlen(hostinfo), d = strlen(dflt);
+
+    if (n > d && !strcmp(hostinfo + n - d, dflt))
+        return apr_pstrmemdup(p, hostinfo, n - d);
+    return hostinfo;
+}
+
+static int same_authority(apr_pool_t *p, const char *a, const char *b,
+                          const char *scheme)
+{
+    return a && b && !strcasecmp(bare_authority(p, a, scheme),
+                                 bare_authority(p, b, scheme));
+}
+
+/* A path of this server under this request's mapping -> the backend
+ * target a GET for it is fetched with (as apx_proxy_target() makes it), or
+ * NULL when it lies outside the mapping. A longer mapping that would
+ * take the path instead is not looked for: its entries stay. */
+static const char *client_path_target(apx_hc *hc, const char *path,
+                                      const char *query)
+{
+    const apx_mapping *m = hc->px->map;
+    const char *rest;
+    apr_size_t blen = strlen(m->base);
+
+    if (strncmp(path, m->path, m->path_len)
+        || !(m->path_len == 0 || m->path[m->path_len - 1] == '/'
+             || path[m->path_len] == '\0' || path[m->path_len] == '/'))
+        return NULL;
+    rest = path + m->path_len;
+    if (blen && m->base[blen - 1] == '/' && *rest == '/')
+        rest++;
+    return apr_pstrcat(hc->r->pool, m->base, rest, query ? "?" : "", query,
+                       NULL);
+}
+
+/* The backend target that a Location or Content-Location value names when
+ * it is of this request's origin (RFC 9111 section 4.4: never another
+ * host), or NULL. The value is the backend's, before
+ * AsyncProxyPassReverse: an absolute URL of the backend names a backend
+ * target; one of the client's Host, or a reference relative to the
+ * client's URL (as the client resolves it), a path of this server. */
+static const char *same_origin_target(apx_hc *hc, const char *value)
+{
+    request_rec *r = hc->r;
+    apr_pool_t *p = r->pool;
+    const char *scheme = ap_http_scheme(r);
+    const char *host = apr_table_get(r->headers_in, "Host");
+    char *v, *query, *frag, *path;
+    apr_uri_t u;
+
+    if (!value || !*value)
+        return NULL;
+    v = apr_pstrdup(p, value);
+    if ((frag = strchr(v, '#')))
+        *frag = '\0';
+    if (strstr(v, "://") || (v[0] == '/' && v[1] == '/')) {
+        if (apr_uri_parse(p, v, &u) != APR_SUCCESS || !u.hostinfo)
+            return NULL;
+        path = u.path && *u.path ? u.path : "/";
+        if (u.scheme && !strcasecmp(u.scheme, "http")
+            && same_authority(p, u.hostinfo, hc->px->be->hostport, "http"))
+            return apr_pstrcat(p, path, u.query ? "?" : "", u.query, NULL);
+        if ((u.scheme && strcasecmp(u.scheme, scheme))
+            || !same_authority(p, u.hostinfo, host, scheme))
+            return NULL;
+        return client_path_target(hc, path, u.query);
+    }
+    if ((query = strchr(v, '?')))
+        *query++ = '\0';
+    if (*v == '/') {
+        path = v;
+    }
+    else {
+        /* relative to the client's path: its directory, or itself for a
+         * bare "?query" */
+        const char *end, *cur = r->parsed_uri.path ? r->parsed_uri.path : "/";
+
+        if (!*v) {
+            path = apr_pstrdup(p, cur);
+        }
+        else {
+            end = strrchr(cur, '/');
+            path = apr_pstrcat(p, apr_pstrmemdup(p, cur, end ? (apr_size_t)
+                                                 (end - cur) + 1 : 0),
+                               v, NULL);
+        }
+    }
+    /* no dot-segment removal: such a reference is left alone */
+    if (strstr(path, "/./") || strstr(path, "/../") || *path != '/'
+        || (strlen(path) >= 2 && !strcmp(path + strlen(path) - 2, "/."))
+        || (strlen(path) >= 3 && !strcmp(path + strlen(path) - 3, "/..")))
+        return NULL;
+    return client_path_target(hc, path, query);
+}
+
+/* Replaces what a primary key holds by an invalidation's mark; 1 when it
+ * held something. */
+static int forget(const char *key, apr_size_t klen)
+{
+    apr_time_t now = apr_time_now();
+    int had = apx_cache_invalidate(store, key, klen);
+
+    put_marker(key, klen, OBJ_GONE, NULL, 0, 0, now + GONE_TTL, now);
+    return had;
+}
+
+/* A non-error answer to an unsafe method: what is stored for the target
+ * and for a same-origin Location / Content-Location goes, every Vary
+ * variant with it (they hang off the primary key's marker). A fetch of
+ * one of them still in flight is not stored (still_current()). */
+static void invalidate(apx_hc *hc)
+{
+    static const char *const fields[] = { "Location", "Content-Location",
+                                          NULL };
+    proxy_ctx *px = hc->px;
+    request_rec *r = hc->r;
+    int i, n;
+
+    n = forget(hc->key, hc->klen);
+    for (i = 0; fields[i]; i++) {
+        const char *t = same_origin_target(hc, apx_px_resp_field(px,
+                                                                 fields[i]));
+        const char *k;
+
+        if (!t)
+            continue;
+        k = apr_pstrcat(r->pool, hc->kpre, px->be->hostport, t, NULL);
+        if (strcmp(k, hc->key))
+            n += forget(k, strlen(k));
+    }
+    apr_table_setn(r->notes, "asyncproxy-cache-invalidated",
+                   apr_itoa(r->pool, n));
+}
+
+/* An unsafe method through a cached scope: the plain proxy path, plus
+ * the invalidation as soon as the answer's head is known (a client that
+ * follows its Location already misses the old copy). */
+static int run_unsafe(apx_hc *hc)
+{
+    proxy_ctx *px = hc->px;
+    int rc;
+
+    rc = apx_px_build_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_exchange(px);
+    if (rc != STEP_OK)
+        return rc;
+    if (px->resp.status >= 200 && px->resp.status < 400)
+        invalidate(hc);
+    rc = apx_px_apply_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_relay(px, apx_px_relay_init(px));
+    return rc;
+}
+
 int apx_hc_run(proxy_ctx *px)
 {
     apx_hc *hc = px->hc;
     int round, role = ROLE_FETCH, rc;
 
+    if (hc->unsafe)
+        return run_unsafe(hc);
     /* a coroutine destroyed mid-fetch still wakes its waiters */
     apr_pool_cleanup_register(hc->r->pool, hc, release_pending_cleanup,
                               apr_pool_cleanup_null);
@@ -1319,6 +1617,9 @@ int apx_hc_run(proxy_ctx *px)
         if (rc < 0)
             return STEP_FAIL;
         if (rc == 0) {
+            /* the fetch we waited for is over (or still running): what
+             * we fetch is stored if the key holds then what it holds now */
+            snapshot_prim(hc);
             role = ROLE_PASS;
             break;
         }
