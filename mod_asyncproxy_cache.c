@@ -83,6 +83,10 @@ extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
  * before the change. The mark is a few hundred bytes, and the next fetch
  * of the key replaces it. */
 #define GONE_TTL        apr_time_from_sec(120)
+/* How long a stale response with a validator is kept to be revalidated
+ * (a conditional request and a 304 instead of the whole body) when
+ * nothing needs its memory first (LRU). */
+#define KEEP_STALE      apr_time_from_sec(600)
 /* Lookups per request: marker -> variant, then again after a wait. */
 #define MAX_ROUNDS      4
 #define VARY_KEY_MIN    256
@@ -116,7 +120,8 @@ typedef struct hc_field {
     const char *name, *value;
 } hc_field;
 
-typedef struct hc_obj {
+typedef struct hc_obj hc_obj;
+struct hc_obj {
     apx_cache_entry ce;
     int kind;                       /* OBJ_* */
 
@@ -126,6 +131,10 @@ typedef struct hc_obj {
     int done;                       /* fetch ended: waiters look again */
     int stored;                     /* ... and stored something: else the
                                      * waiters go to the backend themselves */
+    /* referenced: what the fetch stored, when every waiter may have it
+     * (same variant): they take it without a lookup, which a response
+     * that is stale at once (no-cache) would send to the backend again */
+    struct hc_obj *result;
     volatile apr_uint32_t claimed;  /* one request fetches */
 
     /* OBJ_VARY: the field names of the variants' Vary */
@@ -145,12 +154,15 @@ typedef struct hc_obj {
     const char *etag, *etag_gz;
     apr_time_t last_modified;
     apx_fresh_times ft;
-    char *body;                     /* malloc()ed */
+    char *body;                     /* malloc()ed, or body_owner's */
+    /* referenced: the object whose body this one shares (a 304 updated
+     * the head of that one; always the first owner, so no chains) */
+    struct hc_obj *body_owner;
     apr_size_t body_len;            /* as stored */
     apr_size_t plain_len;           /* decompressed, when gz */
     int gz;                         /* body is our gzip copy */
     volatile apr_uint32_t refreshing;
-} hc_obj;
+};
 
 #define OBJ(e) APX_CONTAINER_OF((e), hc_obj, ce)
 
@@ -174,6 +186,12 @@ struct apx_hc {
      * filled by someone else) meanwhile. */
     hc_obj *prim;
     int prim_set;                   /* prim is a snapshot (NULL: empty) */
+    hc_obj *reval;                  /* held: the stale object a FILL
+                                     * revalidates (it has a validator) */
+    int cond;                       /* the head being built carries our
+                                     * conditionals */
+    int share;                      /* what publish() stored suits every
+                                     * request waiting on our pending */
     hc_obj *obj;                    /* referenced: what we serve */
     hc_obj *stale;                  /* referenced: stale-if-error fallback */
     hc_obj *pending;                /* referenced: filled or waited on */
@@ -293,9 +311,15 @@ static void destroy_obj(apx_cache_entry *e, void *baton)
 {
     hc_obj *o = OBJ(e);
 
-    if (o->kind == OBJ_PENDING)
+    if (o->kind == OBJ_PENDING) {
         pthread_mutex_destroy(&o->mtx);
-    free(o->body);
+        if (o->result)
+            apx_cache_unref(store, &o->result->ce);
+    }
+    if (o->body_owner)
+        apx_cache_unref(store, &o->body_owner->ce);
+    else
+        free(o->body);
     free(o);
 }
 
@@ -424,7 +448,8 @@ static void set_label(apx_hc *hc, const char *label)
     apr_table_setn(r->notes, "asyncproxy-cache", label);
     if (hc->reason)
         apr_table_setn(r->notes, "asyncproxy-cache-reason", hc->reason);
-    if (!strcmp(label, "HIT"))
+    /* REVALIDATED: served from memory after a 304 */
+    if (!strcmp(label, "HIT") || !strcmp(label, "REVALIDATED"))
         apr_atomic_inc32(&n->cache_hits);
     else if (!strcmp(label, "MISS"))
         apr_atomic_inc32(&n->cache_misses);
@@ -578,6 +603,10 @@ int apx_hc_skip_request_field(const apx_hc *hc, const char *name)
 
     if (!hc->strip)
         return 0;
+    /* ours, put in place of the client's for a revalidation */
+    if (hc->cond && (!strcasecmp(name, "If-None-Match")
+                     || !strcasecmp(name, "If-Modified-Since")))
+        return 0;
     for (i = 0; fill[i]; i++)
         if (!strcasecmp(name, fill[i]))
             return 1;
@@ -670,6 +699,13 @@ static int lookup(apx_hc *hc, apr_time_t now)
             hc->stale = o;
             return r->header_only ? ROLE_FETCH : ROLE_PASS;
         default:
+            /* stale: with a validator it is revalidated (RFC 9111 4.3.1)
+             * by the request that claims the key; the others wait for
+             * that as for a miss */
+            if (!r->header_only && (o->etag || o->last_modified)) {
+                hold_for_request(r, o);
+                hc->reval = o;
+            }
             apx_cache_unref(store, e);
             if (r->header_only)
                 return ROLE_FETCH;
@@ -724,7 +760,7 @@ static void delist(void *arg)
 
 /* The fetch of a pending object ended (stored or not): every waiter is
  * woken to look again. */
-static void release_pending(apx_hc *hc, int stored)
+static void release_pending(apx_hc *hc, int stored, hc_obj *result)
 {
     hc_obj *o = hc->pending;
     hc_waiter *w;
@@ -735,6 +771,10 @@ static void release_pending(apx_hc *hc, int stored)
     pthread_mutex_lock(&o->mtx);
     o->done = 1;
     o->stored = stored;
+    if (stored && result && !o->result) {
+        apx_cache_ref(&result->ce);
+        o->result = result;
+    }
     for (w = o->waiters; w; w = w->next) {
         w->linked = 0;
         if (apx_ch && apx_ch->engine)
@@ -747,7 +787,7 @@ static void release_pending(apx_hc *hc, int stored)
 
 static apr_status_t release_pending_cleanup(void *data)
 {
-    release_pending(data, 0);
+    release_pending(data, 0, NULL);
     return APR_SUCCESS;
 }
 
@@ -770,7 +810,12 @@ static int wait_for_fetch(apx_hc *hc)
     delist(hc);
     if (d)
         apx_coro_defer_disarm(coro, d);
-    stored = hc->pending->stored;   /* set under the mutex delist took */
+    /* set under the mutex delist took */
+    stored = hc->pending->stored;
+    if (stored && hc->pending->result && !apx_px_wait_interrupted(px, ev)) {
+        hc->obj = hc->pending->result;
+        apx_cache_ref(&hc->obj->ce);
+    }
     drop(&hc->pending);
     if (apx_px_wait_interrupted(px, ev))
         return -1;
@@ -915,11 +960,22 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
 /* ------------------------------------------------------------------ */
 /* fetching into the store                                              */
 
-/* Whether the head in px->resp may be stored; fills *t when it may. */
-static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
-                  apx_fresh_times *t)
+/* Where decide() reads a response's fields: first value, or all values of
+ * a list field joined with ", "; NULL when absent. */
+typedef const char *(*field_get_fn)(void *baton, const char *name, int list);
+
+static const char *px_field(void *baton, const char *name, int list)
 {
-    proxy_ctx *px = hc->px;
+    return list ? apx_px_resp_list(baton, name)
+                : apx_px_resp_field(baton, name);
+}
+
+/* Whether a response with this status and these fields may be stored;
+ * fills *t when it may. */
+static int decide_fields(apx_hc *hc, int status, field_get_fn get,
+                         void *baton, apr_time_t req_time,
+                         apr_time_t resp_time, apx_fresh_times *t)
+{
     request_rec *r = hc->r;
     apx_fresh_req rq;
     apx_fresh_resp rs;
@@ -937,48 +993,63 @@ static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
     if ((v = apr_table_get(r->headers_in, "Cache-Control")))
         apx_cc_parse(&rq.cc, v, strlen(v));
 
-    rs.status = px->resp.status;
+    rs.status = status;
     apx_cc_init(&rs.cc);
-    if ((v = apx_px_resp_list(px, "Cache-Control")))
+    if ((v = get(baton, "Cache-Control", 1)))
         apx_cc_parse(&rs.cc, v, strlen(v));
     /* all Expires lines joined: two of them are no HTTP-date, so the
      * response is stale (RFC 9111 §4.2.1) */
-    if ((v = apx_px_resp_list(px, "Expires"))) {
+    if ((v = get(baton, "Expires", 1))) {
         rs.has_expires = 1;
         rs.expires = apx_fresh_parse_date(v, strlen(v), resp_time);
     }
-    if ((v = apx_px_resp_field(px, "Date")))
+    if ((v = get(baton, "Date", 0)))
         rs.date = apx_fresh_parse_date(v, strlen(v), resp_time);
-    if ((v = apx_px_resp_field(px, "Last-Modified")))
+    if ((v = get(baton, "Last-Modified", 0)))
         rs.last_modified = apx_fresh_parse_date(v, strlen(v), resp_time);
     rs.age = -1;
-    if ((v = apx_px_resp_list(px, "Age")))
+    if ((v = get(baton, "Age", 1)))
         rs.age = apx_fresh_parse_age(v, strlen(v));
-    rs.has_etag = apx_px_resp_field(px, "ETag") != NULL;
-    rs.set_cookie = apx_px_resp_field(px, "Set-Cookie") != NULL;
-    if ((v = apx_px_resp_list(px, "Vary"))) {
-        const char *s = v;
+    rs.has_etag = get(baton, "ETag", 0) != NULL;
+    rs.set_cookie = get(baton, "Set-Cookie", 0) != NULL;
+    if ((v = get(baton, "Vary", 1))) {
+        const char *sv = v;
         char *tok;
 
-        while ((tok = ap_get_list_item(r->pool, &s)) != NULL)
+        while ((tok = ap_get_list_item(r->pool, &sv)) != NULL)
             if (!strcmp(tok, "*"))
                 rs.vary_star = 1;
     }
-    if ((v = apx_px_resp_field(px, "Pragma")) && ap_find_token(r->pool, v,
-                                                        "no-cache"))
+    if ((v = get(baton, "Pragma", 1)) && ap_find_token(r->pool, v,
+                                                     "no-cache"))
         rs.pragma_no_cache = 1;
     rs.request_time = req_time;
     rs.response_time = resp_time;
     pol.default_ttl = hc->set.ttl > 0 ? hc->set.ttl : 0;
+    pol.keep = KEEP_STALE;
 
     why = apx_fresh_storable(&rq, &rs, &pol, t);
-    if (why == APX_STORE_OK && px->resp.content_length >= 0
-        && (apr_uint64_t)px->resp.content_length
-           > (apr_uint64_t)apx_gconf.cache_max_object)
-        hc->reason = "too-large";
-    else if (why != APX_STORE_OK)
+    if (why != APX_STORE_OK)
         hc->reason = apx_fresh_reason(why);
-    return why == APX_STORE_OK && !hc->reason;
+    return why == APX_STORE_OK;
+}
+
+/* Whether the head in px->resp may be stored; fills *t when it may. */
+static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
+                  apx_fresh_times *t)
+{
+    proxy_ctx *px = hc->px;
+
+    if (!decide_fields(hc, px->resp.status, px_field, px, req_time,
+                       resp_time, t))
+        return 0;
+    if (px->resp.content_length >= 0
+        && (apr_uint64_t)px->resp.content_length
+           > (apr_uint64_t)apx_gconf.cache_max_object) {
+        hc->reason = "too-large";
+        return 0;
+    }
+    return 1;
 }
 
 enum { CAP_DONE = 10, CAP_TOO_BIG };
@@ -1231,15 +1302,15 @@ static void snapshot_prim(apx_hc *hc)
 }
 
 /* Publishes o under the key this request's variant has; 1 when stored. */
-static int publish(apx_hc *hc, hc_obj *o)
+static int publish(apx_hc *hc, hc_obj *o, const char *vary)
 {
     proxy_ctx *px = hc->px;
     request_rec *r = hc->r;
     apr_time_t now = apr_time_now();
-    const char *vary = apx_px_resp_list(px, "Vary");
     const char *key = hc->key;
     apr_size_t klen = hc->klen;
 
+    hc->share = !vary || !*vary;
     if (!still_current(hc)) {
         if (APLOGrtrace1(r))
             ap_log_rerror(APLOG_MARK, APLOG_TRACE1, 0, r, APXLOGNO(00151)
@@ -1264,6 +1335,8 @@ static int publish(apx_hc *hc, hc_obj *o)
                        ? m->ce.expires : o->ce.expires, now);
         /* a Vary we cannot key on (malformed) is not stored at all: under
          * the primary key it would be served to every variant */
+        /* our waiters came through the same marker: the same variant */
+        hc->share = same && hc->vkey;
         if (!make_variant_key(hc, vary, skip_ae, gen))
             return 0;
         key = hc->vkey;
@@ -1310,20 +1383,271 @@ static int serve_stale_on_error(apx_hc *hc)
     return serve(hc, hc->stale, "STALE");
 }
 
+/* ------------------------------------------------------------------ */
+/* revalidation (RFC 9111 section 4.3)                                  */
+
+/* Builds the request head; for a revalidation of old with the cache's
+ * conditionals in place of the client's (which serve() answers later, from
+ * the outcome). Each validator old has goes: the entity-tag, and the
+ * Last-Modified date (4.3.1). */
+static int build_head(apx_hc *hc, hc_obj *old)
+{
+    request_rec *r = hc->r;
+    const char *inm, *ims;
+    int rc;
+
+    if (!old)
+        return apx_px_build_head(hc->px);
+    inm = apr_table_get(r->headers_in, "If-None-Match");
+    ims = apr_table_get(r->headers_in, "If-Modified-Since");
+    apr_table_unset(r->headers_in, "If-None-Match");
+    apr_table_unset(r->headers_in, "If-Modified-Since");
+    if (old->etag)
+        apr_table_setn(r->headers_in, "If-None-Match", old->etag);
+    if (old->last_modified) {
+        char *d = apr_palloc(r->pool, APR_RFC822_DATE_LEN);
+
+        apr_rfc822_date(d, old->last_modified);
+        apr_table_setn(r->headers_in, "If-Modified-Since", d);
+    }
+    hc->cond = 1;
+    rc = apx_px_build_head(hc->px);
+    hc->cond = 0;
+    apr_table_unset(r->headers_in, "If-None-Match");
+    apr_table_unset(r->headers_in, "If-Modified-Since");
+    if (inm)
+        apr_table_setn(r->headers_in, "If-None-Match", inm);
+    if (ims)
+        apr_table_setn(r->headers_in, "If-Modified-Since", ims);
+    return rc;
+}
+
+/* Fields a 304 does not replace in the stored response (RFC 9111 3.2):
+ * the ones describing the stored body as we keep it (its length, coding,
+ * type, the entity-tag our gzip copy's is made from), and those computed
+ * on every response. */
+static int keeps_stored(const char *name)
+{
+    static const char *const kept[] = {
+        "Content-Length", "Content-Encoding", "Content-Type", "ETag",
+        "Content-Range", "Age", "Via", "Transfer-Encoding", NULL
+    };
+    int i;
+
+    for (i = 0; kept[i]; i++)
+        if (!strcasecmp(name, kept[i]))
+            return 1;
+    return 0;
+}
+
+typedef struct merged_head {
+    apr_array_header_t *a;          /* hc_field */
+    apr_size_t bytes;               /* of the names and values */
+    const hc_obj *old;
+    apr_pool_t *p;
+} merged_head;
+
+static void collect_304(void *baton, const char *name, const char *value)
+{
+    merged_head *mh = baton;
+    hc_field *f;
+
+    if (keeps_stored(name))
+        return;
+    f = apr_array_push(mh->a);
+    f->name = name;
+    f->value = value;
+}
+
+/* decide()'s view of the merged head (ETag and Content-Type are kept
+ * apart in the object). */
+static const char *merged_field(void *baton, const char *name, int list)
+{
+    merged_head *mh = baton;
+    const char *all = NULL;
+    int i;
+
+    if (!strcasecmp(name, "ETag"))
+        return mh->old->etag;
+    if (!strcasecmp(name, "Content-Type"))
+        return mh->old->ctype;
+    for (i = 0; i < mh->a->nelts; i++) {
+        const hc_field *f = &APR_ARRAY_IDX(mh->a, i, hc_field);
+
+        if (strcasecmp(f->name, name))
+            continue;
+        if (!list)
+            return f->value;
+        all = all ? apr_pstrcat(mh->p, all, ", ", f->value, NULL) : f->value;
+    }
+    return all;
+}
+
+/* The stored head of old updated with the 304's fields (4.3.4): each
+ * field the 304 carries replaces all of old's of that name. */
+static void merge_head(apx_hc *hc, const hc_obj *old, merged_head *mh)
+{
+    apr_array_header_t *fresh = apr_array_make(hc->r->pool, 16,
+                                               sizeof(hc_field));
+    merged_head m304;
+    unsigned i;
+    int j;
+
+    m304.a = fresh;
+    apx_px_each_field(hc->px, collect_304, &m304);
+    mh->a = apr_array_make(hc->r->pool, (int)old->nfields + fresh->nelts,
+                           sizeof(hc_field));
+    mh->old = old;
+    mh->p = hc->r->pool;
+    mh->bytes = 0;
+    for (i = 0; i < old->nfields; i++) {
+        int replaced = 0;
+
+        for (j = 0; j < fresh->nelts && !replaced; j++)
+            replaced = !strcasecmp(old->fields[i].name,
+                                   APR_ARRAY_IDX(fresh, j, hc_field).name);
+        if (!replaced)
+            *(hc_field *)apr_array_push(mh->a) = old->fields[i];
+    }
+    for (j = 0; j < fresh->nelts; j++)
+        *(hc_field *)apr_array_push(mh->a) = APR_ARRAY_IDX(fresh, j,
+                                                           hc_field);
+    for (j = 0; j < mh->a->nelts; j++) {
+        const hc_field *f = &APR_ARRAY_IDX(mh->a, j, hc_field);
+
+        mh->bytes += strlen(f->name) + strlen(f->value) + 2;
+    }
+}
+
+/* A new object: old's status, body (shared, not copied) and coding with
+ * the merged head and new freshness. */
+static hc_obj *build_updated(apx_hc *hc, const hc_obj *old,
+                             const merged_head *mh, const apx_fresh_times *t)
+{
+    const char *lm = merged_field((void *)mh, "Last-Modified", 0);
+    apr_size_t bytes;
+    hc_obj *o, *owner;
+    char *p;
+    int i;
+
+    bytes = sizeof(*o) + mh->a->nelts * sizeof(hc_field) + mh->bytes
+            + (old->ctype ? strlen(old->ctype) + 1 : 0)
+            + (old->etag ? strlen(old->etag) + 1 : 0)
+            + (old->etag_gz ? strlen(old->etag_gz) + 1 : 0)
+            + (old->status_line ? strlen(old->status_line) + 1 : 0);
+    o = calloc(1, bytes);
+    if (!o)
+        return NULL;
+    o->kind = OBJ_READY;
+    o->fields = (hc_field *)(o + 1);
+    p = (char *)(o->fields + mh->a->nelts);
+    for (i = 0; i < mh->a->nelts; i++) {
+        const hc_field *f = &APR_ARRAY_IDX(mh->a, i, hc_field);
+
+        o->fields[i].name = put_str(&p, f->name);
+        o->fields[i].value = put_str(&p, f->value);
+    }
+    o->nfields = (unsigned)mh->a->nelts;
+    o->ctype = put_str(&p, old->ctype);
+    o->etag = put_str(&p, old->etag);
+    o->etag_gz = put_str(&p, old->etag_gz);
+    o->status_line = put_str(&p, old->status_line);
+    o->status = old->status;
+    o->last_modified = lm ? apx_fresh_parse_date(lm, strlen(lm),
+                                                 apr_time_now()) : 0;
+    o->ft = *t;
+    owner = old->body_owner ? old->body_owner : (hc_obj *)old;
+    apx_cache_ref(&owner->ce);
+    o->body_owner = owner;
+    o->body = owner->body;
+    o->body_len = old->body_len;
+    o->plain_len = old->plain_len;
+    o->gz = old->gz;
+    /* the body counts here: the entry that held it is no longer linked
+     * once this one replaces it */
+    o->ce.size = bytes + o->body_len;
+    o->ce.expires = apx_fresh_keep_until(t);
+    o->ce.refs = 1;
+    return o;
+}
+
+/* The backend answered a revalidation 304. Ends that exchange; *out is
+ * the updated object (referenced; *stored: published), or NULL when the
+ * 304 names another representation than old (4.3.4: it then updates
+ * nothing, and the caller asks again without conditionals). */
+static int take_304(apx_hc *hc, hc_obj *old, apr_time_t req_time,
+                    hc_obj **out, int *stored)
+{
+    proxy_ctx *px = hc->px;
+    const char *etag = apx_px_resp_field(px, "ETag");
+    merged_head mh;
+    apx_fresh_times t;
+    int rc, ok;
+
+    *out = NULL;
+    *stored = 0;
+    if (apx_px_check_head(px) != STEP_OK)
+        return STEP_FAIL;
+    /* no body: this pools the backend connection */
+    rc = capture(hc, apx_px_relay_init(px));
+    if (rc != CAP_DONE)
+        return STEP_FAIL;
+    if (etag && (!old->etag || !apx_fresh_not_modified(etag, 0, old->etag,
+                                                        0)))
+        return STEP_OK;
+    merge_head(hc, old, &mh);
+    ok = decide_fields(hc, old->status, merged_field, &mh, req_time,
+                       apr_time_now(), &t);
+    if (!ok) {
+        /* still good for this request, which it validated: served once,
+         * as fresh as it is now */
+        memset(&t, 0, sizeof(t));
+        t.response_time = apr_time_now();
+    }
+    *out = build_updated(hc, old, &mh, &t);
+    if (!*out)
+        return STEP_OK;
+    if (ok)
+        *stored = publish(hc, *out, merged_field(&mh, "Vary", 1));
+    return STEP_OK;
+}
+
 /* Fetches for the store (FILL, PASS) or not (FETCH), and answers. */
 static int fetch(apx_hc *hc, int role)
 {
     proxy_ctx *px = hc->px;
-    apr_time_t req_time = apr_time_now();
+    apr_time_t req_time;
     apx_fresh_times t;
+    hc_obj *old = role == ROLE_FILL ? hc->reval : NULL;
     int rc;
 
+again:
+    req_time = apr_time_now();
     hc->strip = role == ROLE_FILL || role == ROLE_PASS;
-    rc = apx_px_build_head(px);
+    rc = build_head(hc, old);
     if (rc == STEP_OK)
         rc = apx_px_exchange(px);
+    if (rc == STEP_OK && old && px->resp.status == HTTP_NOT_MODIFIED) {
+        hc_obj *o;
+        int stored;
+
+        rc = take_304(hc, old, req_time, &o, &stored);
+        if (rc != STEP_OK) {
+            release_pending(hc, 0, NULL);
+            return rc;
+        }
+        if (!o) {
+            /* not ours to update: the whole response, unconditionally */
+            old = NULL;
+            goto again;
+        }
+        release_pending(hc, stored, stored && hc->share ? o : NULL);
+        rc = serve(hc, o, "REVALIDATED");
+        apx_cache_unref(store, &o->ce);
+        return rc;
+    }
     if (rc != STEP_OK) {
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         if (px->rq->outcome == APX_OUT_ERROR && px->rq->status >= 500
             && stale_usable(hc))
             return serve_stale_on_error(hc);
@@ -1331,13 +1655,13 @@ static int fetch(apx_hc *hc, int role)
         return rc;
     }
     if (px->resp.status >= 500 && stale_usable(hc)) {
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         return serve_stale_on_error(hc);
     }
     if (role == ROLE_FETCH || !decide(hc, req_time, apr_time_now(), &t)) {
         if (role != ROLE_FETCH && hc->reason)
             mark_pass(hc);
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         set_label(hc, role == ROLE_FETCH && !hc->reason ? "MISS" : "BYPASS");
         rc = apx_px_apply_head(px);
         if (rc == STEP_OK)
@@ -1348,7 +1672,7 @@ static int fetch(apx_hc *hc, int role)
     /* storable: the whole body first, then one object for everyone */
     rc = apx_px_apply_head(px);
     if (rc != STEP_OK) {
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         return rc;
     }
     apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
@@ -1358,12 +1682,14 @@ static int fetch(apx_hc *hc, int role)
         hc_obj *o = build_obj(hc, &t);
 
         if (o) {
-            release_pending(hc, publish(hc, o));
+            int stored = publish(hc, o, apx_px_resp_list(px, "Vary"));
+
+            release_pending(hc, stored, hc->share ? o : NULL);
             rc = serve(hc, o, "MISS");
             apx_cache_unref(store, &o->ce);
             return rc;
         }
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         hc->reason = "out-of-memory";
         set_label(hc, "BYPASS");
         if (hc->cap_len)
@@ -1375,7 +1701,7 @@ static int fetch(apx_hc *hc, int role)
     if (rc == CAP_TOO_BIG) {
         hc->reason = "too-large";
         mark_pass(hc);
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         set_label(hc, "BYPASS");
         /* what was read goes first; the body continues as a plain relay */
         if (hc->cap_len) {
@@ -1389,7 +1715,7 @@ static int fetch(apx_hc *hc, int role)
             return rc;
         return apx_px_relay(px, hc->body_ended);
     }
-    release_pending(hc, 0);
+    release_pending(hc, 0, NULL);
     return rc;
 }
 
@@ -1411,9 +1737,20 @@ static void refresh(apx_hc *hc, hc_obj *old)
     hc->reason = NULL;
     /* the client may leave now: it has its response */
     rq->detached = 1;
-    rc = apx_px_build_head(px);
+    rc = build_head(hc, old->etag || old->last_modified ? old : NULL);
     if (rc == STEP_OK)
         rc = apx_px_exchange(px);
+    if (rc == STEP_OK && (old->etag || old->last_modified)
+        && px->resp.status == HTTP_NOT_MODIFIED) {
+        hc_obj *o;
+        int stored;
+
+        /* a 304 naming another representation updates nothing: the
+         * next request after the window fetches the whole */
+        if (take_304(hc, old, req_time, &o, &stored) == STEP_OK && o)
+            apx_cache_unref(store, &o->ce);
+        rc = STEP_FAIL;     /* done: nothing more to read or store */
+    }
     if (rc == STEP_OK)
         rc = apx_px_check_head(px);
     if (rc == STEP_OK && decide(hc, req_time, apr_time_now(), &t)) {
@@ -1423,7 +1760,7 @@ static void refresh(apx_hc *hc, hc_obj *old)
             hc_obj *o = build_obj(hc, &t);
 
             if (o) {
-                publish(hc, o);
+                publish(hc, o, apx_px_resp_list(px, "Vary"));
                 apx_cache_unref(store, &o->ce);
             }
         }
@@ -1616,6 +1953,11 @@ int apx_hc_run(proxy_ctx *px)
         rc = wait_for_fetch(hc);
         if (rc < 0)
             return STEP_FAIL;
+        if (hc->obj) {
+            /* the fetch we waited for left what it stored for us */
+            role = ROLE_HIT;
+            break;
+        }
         if (rc == 0) {
             /* the fetch we waited for is over (or still running): what
              * we fetch is stored if the key holds then what it holds now */
@@ -1627,7 +1969,7 @@ int apx_hc_run(proxy_ctx *px)
     }
     if (hc->only_if_cached && role != ROLE_HIT && role != ROLE_STALE) {
         /* RFC 9111 section 5.2.1.7: a stored response or 504 */
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         drop(&hc->stale);
         hc->reason = "only-if-cached";
         set_label(hc, "BYPASS");

@@ -546,7 +546,7 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
 {
     const apx_cc *cc = &rs->cc;
     apr_interval_time_t lifetime, age;
-    int explicit_fresh;
+    int explicit_fresh, no_cache, validator;
 
     if (!rq->method_get && !rq->method_head)
         return APX_STORE_METHOD;
@@ -564,8 +564,12 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
     }
     if (cc->flags & APX_CC_PRIVATE)
         return APX_STORE_PRIVATE;
-    if ((cc->flags & APX_CC_NO_CACHE)
-        || (rs->pragma_no_cache && cc_is_empty(cc)))
+    /* §5.2.2.4: no-cache may be stored, but every use is revalidated
+     * first: only worth it with a validator to revalidate with */
+    validator = rs->has_etag || rs->last_modified;
+    no_cache = (cc->flags & APX_CC_NO_CACHE)
+               || (rs->pragma_no_cache && cc_is_empty(cc));
+    if (no_cache && !validator)
         return APX_STORE_NO_CACHE;
     /* §3.5: proxy-revalidate is not among the directives that allow it */
     if (rq->authorization
@@ -583,7 +587,10 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
         && !(cc->flags & APX_CC_PUBLIC))
         return APX_STORE_STATUS;
     age = initial_age(rs);
-    if (!explicit_fresh) {
+    if (no_cache) {
+        lifetime = 0;
+    }
+    else if (!explicit_fresh) {
         if (pol->default_ttl <= 0)
             return APX_STORE_NO_FRESHNESS;
         /* The administrator's TTL counts from arrival: a backend slower
@@ -593,7 +600,7 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
     }
     if (pol->max_ttl > 0 && lifetime > pol->max_ttl)
         lifetime = pol->max_ttl;
-    if (lifetime <= age) {
+    if (lifetime <= age && !no_cache) {
         /* Stale on arrival: still worth storing while a stale window
          * lets it be served (a slow backend's max-age=1 with
          * stale-while-revalidate=30). */
@@ -615,7 +622,8 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
         t->fresh_until = t->response_time + lifetime - age;
         t->revalidate = (cc->flags & (APX_CC_MUST_REVALIDATE
                                       | APX_CC_PROXY_REVALIDATE))
-                        || cc->s_maxage >= 0;
+                        || cc->s_maxage >= 0 || no_cache;
+        t->keep = validator && pol->keep > 0 ? pol->keep : 0;
         t->swr = t->sie = 0;
         if (!t->revalidate) {
             if (cc->swr > 0)
@@ -667,7 +675,11 @@ apr_time_t apx_fresh_keep_until(const apx_fresh_times *t)
 {
     apr_interval_time_t extra = t->swr > t->sie ? t->swr : t->sie;
 
-    return t->revalidate || extra < 0 ? t->fresh_until : t->fresh_until + extra;
+    if (t->revalidate || extra < 0)
+        extra = 0;
+    if (t->keep > extra)
+        extra = t->keep;
+    return t->fresh_until + extra;
 }
 
 /* ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ static void resp_init(apx_fresh_resp *rs, int status, const char *cc)
     rs->response_time = T(0);
 }
 
-static const apx_fresh_policy no_default = { 0, 0 };
+static const apx_fresh_policy no_default = { 0, 0, 0 };
 
 /* Storing decision for a GET without request directives. */
 static int store_cc(int status, const char *cc, const apx_fresh_policy *pol,
@@ -286,7 +286,7 @@ static void test_store_basic(void)
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
-    apx_fresh_policy ttl10 = { SEC(10), 0 };
+    apx_fresh_policy ttl10 = { SEC(10), 0, 0 };
 
     memset(&t, 0, sizeof(t));
     is_int(store_cc(200, "max-age=60", &no_default, &t), APX_STORE_OK,
@@ -468,9 +468,9 @@ static void test_store_lifetime(void)
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
-    apx_fresh_policy ttl10 = { SEC(10), 0 };
-    apx_fresh_policy cap30 = { SEC(10), SEC(30) };
-    apx_fresh_policy subsec = { MS(250), 0 };
+    apx_fresh_policy ttl10 = { SEC(10), 0, 0 };
+    apx_fresh_policy cap30 = { SEC(10), SEC(30), 0 };
+    apx_fresh_policy subsec = { MS(250), 0, 0 };
 
     req_init(&rq);
     resp_init(&rs, 200, "max-age=60, s-maxage=120");
@@ -1015,7 +1015,7 @@ static void test_reason(void)
  * response delay in the age (RFC 9111 section 4.2.3). */
 static void test_default_ttl_from_arrival(void)
 {
-    apx_fresh_policy ttl500 = { apr_time_from_msec(500), 0 };
+    apx_fresh_policy ttl500 = { apr_time_from_msec(500), 0, 0 };
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
@@ -1233,6 +1233,81 @@ static void test_invalid_freshness(void)
        "its reason word: invalid-cache-control");
 }
 
+/* no-cache with a validator is stored to be revalidated on every use;
+ * a response with a validator is kept `keep` past its freshness. */
+static void test_revalidation(void)
+{
+    static const struct {
+        const char *cc;
+        int etag, lm, pragma;
+        int want;
+        const char *why;
+    } cases[] = {
+        { "no-cache", 0, 0, 0, APX_STORE_NO_CACHE, "no-cache, no validator: not stored" },
+        { "no-cache", 1, 0, 0, APX_STORE_OK, "no-cache with an ETag: stored" },
+        { "no-cache", 0, 1, 0, APX_STORE_OK, "no-cache with a Last-Modified: stored" },
+        { "no-cache=\"x-a\"", 1, 0, 0, APX_STORE_OK, "no-cache with field names and an ETag" },
+        { "no-cache, max-age=60", 1, 0, 0, APX_STORE_OK, "no-cache beside max-age=60" },
+        { "no-cache, no-store", 1, 0, 0, APX_STORE_NO_STORE, "no-store wins" },
+        { "no-cache, private", 1, 0, 0, APX_STORE_PRIVATE, "private wins" },
+        { NULL, 1, 0, 1, APX_STORE_OK, "Pragma: no-cache with an ETag: stored" },
+        { NULL, 0, 0, 1, APX_STORE_NO_CACHE, "Pragma: no-cache without one: not" },
+    };
+    apx_fresh_policy keep = { 0, 0, SEC(600) };
+    apx_fresh_req rq;
+    apx_fresh_resp rs;
+    apx_fresh_times t;
+    size_t i;
+
+    req_init(&rq);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int got;
+
+        resp_init(&rs, 200, cases[i].cc);
+        rs.has_etag = cases[i].etag;
+        rs.last_modified = cases[i].lm ? T(-1000) : 0;
+        rs.pragma_no_cache = cases[i].pragma;
+        memset(&t, 0, sizeof(t));
+        got = apx_fresh_storable(&rq, &rs, &keep, &t);
+        is_int(got, cases[i].want, cases[i].why);
+        if (got == APX_STORE_OK) {
+            is_int(apx_fresh_state(&t, T(0)), APX_STALE, "... stale at once: revalidated before use");
+            ok(t.revalidate && !t.swr && !t.sie, "... never served stale");
+            is_int(apx_fresh_keep_until(&t), t.fresh_until + SEC(600), "... kept 600 s for it");
+        }
+    }
+    resp_init(&rs, 500, "no-cache");
+    rs.has_etag = 1;
+    is_int(apx_fresh_storable(&rq, &rs, &keep, &t), APX_STORE_STATUS,
+           "no-cache does not make a 500 storable");
+    resp_init(&rs, 200, "no-cache, stale-while-revalidate=30");
+    rs.has_etag = 1;
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_state(&t, T(1)), APX_STALE, "no-cache ignores stale-while-revalidate");
+
+    resp_init(&rs, 200, "max-age=60");
+    rs.has_etag = 1;
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(660), "max-age=60 with an ETag: kept until 60 + 600 s");
+    resp_init(&rs, 200, "max-age=60, stale-if-error=900");
+    rs.has_etag = 1;
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(960), "... or the longer stale-if-error window");
+    resp_init(&rs, 200, "max-age=60");
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(60), "no validator: not kept past freshness");
+    resp_init(&rs, 200, "max-age=60, must-revalidate");
+    rs.last_modified = T(-5);
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(660), "must-revalidate with a validator: kept to be revalidated");
+    is_int(apx_fresh_state(&t, T(61)), APX_STALE, "... and never served stale");
+    resp_init(&rs, 200, "max-age=1");
+    rs.has_etag = 1;
+    rs.age = 5;
+    is_int(apx_fresh_storable(&rq, &rs, &keep, &t), APX_STORE_EXPIRED,
+           "stale on arrival is still not stored, validator or not");
+}
+
 int main(void)
 {
     test_cc_init();
@@ -1258,5 +1333,6 @@ int main(void)
     test_parse_date();
     test_parse_age();
     test_invalid_freshness();
+    test_revalidation();
     return done_testing();
 }
