@@ -652,6 +652,7 @@ static int lookup(apx_hc *hc, apr_time_t now)
     hc->vkey = NULL;
     hc->prim = NULL;
     hc->prim_set = 1;
+    hc->reval = NULL;
     for (;;) {
         e = apx_cache_get_ref(store, key, klen, now, flags, &err);
         if (!e)
@@ -801,7 +802,7 @@ static int wait_for_fetch(apx_hc *hc)
     apx_coro *coro = px->rq->coro;
     apx_defer *d;
     unsigned ev;
-    int stored;
+    int stored, gone;
 
     apr_atomic_inc32(&apx_ch->n.cache_coalesced);
     d = apx_coro_defer(coro, delist, hc);
@@ -810,14 +811,15 @@ static int wait_for_fetch(apx_hc *hc)
     delist(hc);
     if (d)
         apx_coro_defer_disarm(coro, d);
+    gone = apx_px_wait_interrupted(px, ev);
     /* set under the mutex delist took */
     stored = hc->pending->stored;
-    if (stored && hc->pending->result && !apx_px_wait_interrupted(px, ev)) {
+    if (stored && hc->pending->result && !gone) {
         hc->obj = hc->pending->result;
         apx_cache_ref(&hc->obj->ce);
     }
     drop(&hc->pending);
-    if (apx_px_wait_interrupted(px, ev))
+    if (gone)
         return -1;
     if (!ev || (ev & APX_EV_TIMEOUT) || !stored)
         return 0;
@@ -1333,10 +1335,10 @@ static int publish(apx_hc *hc, hc_obj *o, const char *vary)
             put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, gen,
                        same && m->ce.expires > o->ce.expires
                        ? m->ce.expires : o->ce.expires, now);
-        /* a Vary we cannot key on (malformed) is not stored at all: under
-         * the primary key it would be served to every variant */
         /* our waiters came through the same marker: the same variant */
         hc->share = same && hc->vkey;
+        /* a Vary we cannot key on (malformed) is not stored at all: under
+         * the primary key it would be served to every variant */
         if (!make_variant_key(hc, vary, skip_ae, gen))
             return 0;
         key = hc->vkey;
