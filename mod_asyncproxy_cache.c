@@ -1014,14 +1014,11 @@ static int decide_fields(apx_hc *hc, int status, field_get_fn get,
         rs.age = apx_fresh_parse_age(v, strlen(v));
     rs.has_etag = get(baton, "ETag", 0) != NULL;
     rs.set_cookie = get(baton, "Set-Cookie", 0) != NULL;
-    if ((v = get(baton, "Vary", 1))) {
-        const char *sv = v;
-        char *tok;
-
-        while ((tok = ap_get_list_item(r->pool, &sv)) != NULL)
-            if (!strcmp(tok, "*"))
-                rs.vary_star = 1;
-    }
+    /* Vary: *, or a list we cannot make a key of (not field names):
+     * every request would be a variant of its own */
+    if ((v = get(baton, "Vary", 1))
+        && apx_fresh_vary_key(v, NULL, NULL, NULL, NULL, 0) == (size_t)-1)
+        rs.vary_star = 1;
     if ((v = get(baton, "Pragma", 1)) && ap_find_token(r->pool, v,
                                                      "no-cache"))
         rs.pragma_no_cache = 1;
@@ -1337,8 +1334,8 @@ static int publish(apx_hc *hc, hc_obj *o, const char *vary)
                        ? m->ce.expires : o->ce.expires, now);
         /* our waiters came through the same marker: the same variant */
         hc->share = same && hc->vkey;
-        /* a Vary we cannot key on (malformed) is not stored at all: under
-         * the primary key it would be served to every variant */
+        /* never under the primary key: it would be served to every
+         * variant (decide() refused a malformed Vary already) */
         if (!make_variant_key(hc, vary, skip_ae, gen))
             return 0;
         key = hc->vkey;

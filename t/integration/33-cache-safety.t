@@ -78,6 +78,11 @@ sub backend {
                         qw(host x-forwarded-host x-forwarded-proto x-forwarded-for)) . " seq=$seq\n";
         return reply($req, 200, $body, @ma60, 'Content-Type' => 'text/html');
     }
+    if ($t =~ m{/badvary/}) {
+        # a Vary that names no field: no key can tell the variants apart
+        return reply($req, 200, 'x-a=' . ($req->{hdr}{'x-a'} // '-') . " seq=$seq\n", @ma60,
+                     'Content-Type' => 'text/plain', 'Vary' => 'X-A B');
+    }
     if ($t =~ m{/fresh-info/(\w+)}) {
         # freshness information RFC 9111 calls invalid: stale on arrival
         my $kind = $1;
@@ -317,6 +322,14 @@ sub get { my ($port, $path, @hdr) = @_; return http_request($port, 'GET', $path,
         is(word($r1) . ' ' . word($r2), $want, "$what: $want" . ($want =~ /BYPASS/ ? ' (stale on arrival)' : ''));
         is(bcount($path), $want =~ /HIT/ ? 1 : 2, '... ' . ($want =~ /HIT/ ? 'one backend request' : 'both reached the backend'));
     }
+}
+
+# =================================================== a Vary that cannot be keyed
+{
+    my $a = get($HP, '/g/badvary/1', 'X-A' => 'one');
+    my $b = get($HP, '/g/badvary/1', 'X-A' => 'two');
+    is(word($a) . ' ' . word($b), 'BYPASS BYPASS', 'Vary: "X-A B" (not a list of field names): BYPASS, BYPASS');
+    like($b && $b->{body} // '', qr/^x-a=two /, '... the second client gets its own answer, not the first one\'s');
 }
 
 ok($h->stop, 'server stops');
