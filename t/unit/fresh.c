@@ -1065,6 +1065,11 @@ static void test_parse_date(void)
         { "Tue, 29 Feb 2000 12:00:00 GMT", 951825600, "29 February 2000 (400)" },
         { "Sun, 06 Nov 1994 08:49:60 GMT", 784111800, "a leap second" },
         { "Fri, 31 Dec 9999 23:59:59 GMT", 253402300799LL, "year 9999" },
+        { "Mon, 01 Jan 1900 00:00:00 GMT", -2208988800LL,
+          "before 1970: a valid date (Expires: in the past)" },
+        { "Thu, 01 Jan 1970 00:00:00 GMT", 0,
+          "the epoch itself is 0, which callers read as invalid: in the past "
+          "either way" },
         { "Thursday, 01-Jan-70 00:00:00 GMT", 3155760000LL,
           "rfc850 year 70 in 2026: 2070 (44 years ahead)" },
         { "Tuesday, 01-Jan-80 00:00:00 GMT", 315532800,
@@ -1233,6 +1238,61 @@ static void test_invalid_freshness(void)
        "its reason word: invalid-cache-control");
 }
 
+/* The date and Age parsers on mutated inputs in exact-size buffers (ASan
+ * catches a read past len; the unit-asan build runs this too): whatever
+ * they accept is a real time that formats back to a string they parse to
+ * the same value. Deterministic (a fixed LCG), no clock. */
+static void test_parse_mutations(void)
+{
+    static const char *const seeds[] = {
+        "Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+        "Sun Nov  6 08:49:37 1994", "Tue, 29 Feb 2000 23:59:60 GMT",
+        "60, 70", "2147483648"
+    };
+    static const char alphabet[] = "0123456789 ,:-GMTSunNovFebday\t\"";
+    unsigned x = 12345, i, bad = 0, roundtrip_bad = 0, accepted = 0;
+
+    for (i = 0; i < 50000; i++) {
+        const char *seed = seeds[i % (sizeof(seeds) / sizeof(seeds[0]))];
+        size_t len = strlen(seed), k, edits;
+        char *buf, fmt[APR_RFC822_DATE_LEN];
+        apr_time_t t;
+        apr_int64_t age;
+
+        x = x * 1103515245 + 12345;
+        if ((x >> 16) % 8 == 0 && len)
+            len = (x >> 8) % len;       /* truncated */
+        buf = malloc(len ? len : 1);
+        memcpy(buf, seed, len);
+        edits = (x >> 20) % 4;
+        for (k = 0; k < edits && len; k++) {
+            x = x * 1103515245 + 12345;
+            buf[(x >> 16) % len] = alphabet[(x >> 8) % (sizeof(alphabet) - 1)];
+        }
+        t = apx_fresh_parse_date(buf, len, NOW_2026);
+        age = apx_fresh_parse_age(buf, len);
+        if (age < -1 || age > DMAX)
+            bad++;
+        if (t) {
+            accepted++;
+            /* 0001-01-01 .. 9999-12-31 */
+            if (t < apr_time_from_sec(-62135596800LL)
+                || t > apr_time_from_sec(253402300800LL))
+                bad++;
+            if (t > 0) {
+                /* APR formats no time before 1970 */
+                apr_rfc822_date(fmt, t);
+                if (apx_fresh_parse_date(fmt, strlen(fmt), NOW_2026) != t)
+                    roundtrip_bad++;
+            }
+        }
+        free(buf);
+    }
+    is_int(bad, 0, "mutated dates and ages: results always in range");
+    is_int(roundtrip_bad, 0, "every accepted date formats back to itself");
+    ok(accepted > 1000, "mutations still accept valid dates (%u)", accepted);
+}
+
 /* no-cache with a validator is stored to be revalidated on every use;
  * a response with a validator is kept `keep` past its freshness. */
 static void test_revalidation(void)
@@ -1334,5 +1394,6 @@ int main(void)
     test_parse_age();
     test_invalid_freshness();
     test_revalidation();
+    test_parse_mutations();
     return done_testing();
 }
