@@ -51,7 +51,12 @@ sub backend {
                                           @txt, 'Cache-Control' => 'max-age=60', 'Vary' => 'X-Lang');
         }
         my $r = APX::Backend::response(200, $body, @txt, 'Cache-Control' => 'max-age=60');
-        return [[sleep => 1], [send => $r]] if $t =~ m{/slow/} && first_time($t);
+        if ($t =~ m{/slow/} && first_time($t)) {
+            # the first GET is held until the test has sent its PUT
+            my $until = time + 10;
+            sleep 0.02 until -e ctl_file('release') || time > $until;
+        }
+        return $r;
         return $r;
     }
     if ($m eq 'OPTIONS') {
@@ -192,11 +197,13 @@ for my $c (['/c/fail404/x', 404], ['/c/fail500/x', 500]) {
     my $n0 = () = $be->requests;
     my $s = connect_to($HP);
     send_raw($s, "GET $path HTTP/1.1\r\nHost: 127.0.0.1:$HP\r\nConnection: close\r\n\r\n");
-    # the GET is at the backend, whose handler left its mark and answers
-    # 1 s later
-    ok(wait_for(sub { -e ctl_file($path) }, 5), 'a GET whose backend takes 1 s is in flight');
+    # the GET is at the backend, whose handler left its mark and holds
+    # the answer until the PUT went through
+    ok(wait_for(sub { -e ctl_file($path) }, 5), 'a GET is in flight (the backend holds its answer)');
     my $u = call('PUT', $path, body => 'changed');
     is($u && $u->{status}, 200, '... a PUT to it meanwhile: 200');
+    open my $rel, '>', ctl_file('release') or die;
+    close $rel;
     my $buf = '';
     my $r = read_response($s, \$buf, timeout => 10);
     close $s;

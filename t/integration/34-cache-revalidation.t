@@ -52,8 +52,12 @@ sub backend {
         # no-cache, an ETag per version
         my $tag = qq("$version");
         $tag = '"other"' if $inm && $t =~ m{/nc/mismatch} && $version eq 'v1' && ctl("$path-304other");
-        return [[sleep => ($t =~ m{/slow} ? 0.5 : 0)],
-                [send => APX::Backend::response(304, '', 'ETag' => $tag, 'Cache-Control' => 'no-cache',
+        if ($inm && $inm eq qq("$version") && $t =~ m{/slow}) {
+            # held until the test saw every other request park on this one
+            my $until = time + 10;
+            sleep 0.02 until -e ctl_name('release') || time > $until;
+        }
+        return [[send => APX::Backend::response(304, '', 'ETag' => $tag, 'Cache-Control' => 'no-cache',
                                                 'X-Seq' => $seq, 'X-Updated' => "by-304-$seq")]]
             if $inm && $inm eq qq("$version");
         return APX::Backend::response(200, "$version body seq=$seq\n", @txt, 'ETag' => qq("$version"),
@@ -203,8 +207,13 @@ sub breqs { my ($path) = @_; return grep { $_->{target} eq $path } $be->requests
     get($p);
     my $n0 = scalar breqs($p);
     my $N = 30;
+    my %f0 = figures($HP);
     my @s = map { connect_to($HP) } 1 .. $N;
     send_raw($_, "GET $p HTTP/1.1\r\nHost: 127.0.0.1:$HP\r\nConnection: close\r\n\r\n") for @s;
+    # the backend holds its 304 until the other requests wait for it
+    my $parked = wait_for(sub { my %f = figures($HP); ($f{CacheCoalesced} // 0) - ($f0{CacheCoalesced} // 0) >= $N - 1 }, 10);
+    ok($parked, ($N - 1) . ' requests park on the one revalidation (CacheCoalesced)');
+    set_ctl('release', 1);
     my (%w, $bodies);
     for my $s (@s) {
         my $buf = '';
