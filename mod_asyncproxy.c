@@ -137,6 +137,8 @@ static void *merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
                                                  : base->preserve_host;
     sc->add_forwarded = add->add_forwarded != -1 ? add->add_forwarded
                                                  : base->add_forwarded;
+    /* a virtual host's list replaces the main server's */
+    sc->trusted = add->trusted ? add->trusted : base->trusted;
     sc->timeout = add->timeout ? add->timeout : base->timeout;
     sc->connect_timeout = add->connect_timeout ? add->connect_timeout
                                                : base->connect_timeout;
@@ -377,6 +379,30 @@ static const char *set_srv_flag(cmd_parms *cmd, void *dummy, int on)
     return NULL;
 }
 
+/* AsyncProxyTrustedProxies ADDR[/BITS|/MASK] ...: one argument per call. */
+static const char *set_trusted(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    apx_srv_conf *sc = ap_get_module_config(cmd->server->module_config,
+                                            &asyncproxy_module);
+    char *ip = apr_pstrdup(cmd->pool, arg);
+    char *mask = strchr(ip, '/');
+    apr_ipsubnet_t *sub;
+    apr_status_t rv;
+
+    if (mask)
+        *mask++ = '\0';
+    rv = apr_ipsubnet_create(&sub, ip, mask, cmd->pool);
+    if (rv != APR_SUCCESS)
+        return apr_psprintf(cmd->pool, "%s: '%s' is not an IP address or "
+                            "network (192.0.2.1, 10.0.0.0/8, "
+                            "10.0.0.0/255.0.0.0, 2001:db8::/32)",
+                            cmd->cmd->name, arg);
+    if (!sc->trusted)
+        sc->trusted = apr_array_make(cmd->pool, 4, sizeof(apr_ipsubnet_t *));
+    APR_ARRAY_PUSH(sc->trusted, apr_ipsubnet_t *) = sub;
+    return NULL;
+}
+
 static const char *set_srv_time(cmd_parms *cmd, void *dummy,
                                 const char *arg)
 {
@@ -417,6 +443,10 @@ static const command_rec asyncproxy_cmds[] = {
     AP_INIT_TAKE1("AsyncProxyLaneQueue", set_lane, NULL, RSRC_CONF,
                   "such requests waiting for a lane thread per child; "
                   "beyond: 503 (default: 4 per lane thread)"),
+    AP_INIT_ITERATE("AsyncProxyTrustedProxies", set_trusted, NULL, RSRC_CONF,
+                    "addresses or networks of proxies in front of this "
+                    "server whose X-Forwarded-* are believed (default: "
+                    "none; a client's are replaced by this hop's)"),
     AP_INIT_TAKE1("AsyncProxyTimeout", set_srv_time, NULL, RSRC_CONF,
                   "backend response and I/O timeout (default: Timeout)"),
     AP_INIT_TAKE1("AsyncProxyConnectTimeout", set_srv_time, NULL, RSRC_CONF,

@@ -136,6 +136,9 @@ typedef struct apx_srv_conf {
     apr_array_header_t *reverses;   /* apx_reverse */
     int preserve_host;              /* -1 unset */
     int add_forwarded;              /* X-Forwarded-*; -1 unset */
+    /* AsyncProxyTrustedProxies: apr_ipsubnet_t *, NULL unset. Only a peer
+     * in it has its X-Forwarded-* extended or passed on. */
+    apr_array_header_t *trusted;
     apr_interval_time_t timeout;    /* 0 unset: the server's Timeout */
     apr_interval_time_t connect_timeout;
     apr_interval_time_t park_delay; /* -1 unset */

@@ -54,9 +54,9 @@
 #include "http_protocol.h"
 #include "http_request.h"
 #include "apr_buckets.h"
-#include "apr_date.h"
 #include "apr_lib.h"
 #include "apr_strings.h"
+#include "apr_uri.h"
 
 #include "apx_cache.h"
 #include "apx_fresh.h"
@@ -78,13 +78,25 @@ extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 /* Hits go out in slices of this, each taken by the client before the next
  * (half the core output filter's 64 KiB blocking threshold). */
 #define SERVE_SLICE     (32 * 1024)
+/* How long an invalidation's mark stays: a fetch in flight for longer
+ * than that (the backend timeouts allow it) may still store what it read
+ * before the change. The mark is a few hundred bytes, and the next fetch
+ * of the key replaces it. */
+#define GONE_TTL        apr_time_from_sec(120)
+/* How long a stale response with a validator is kept to be revalidated
+ * (a conditional request and a 304 instead of the whole body) when
+ * nothing needs its memory first (LRU). */
+#define KEEP_STALE      apr_time_from_sec(600)
 /* Lookups per request: marker -> variant, then again after a wait. */
 #define MAX_ROUNDS      4
 #define VARY_KEY_MIN    256
 
 #define HDR_LABEL       "X-AsyncProxy-Cache"
 
-enum { OBJ_PENDING = 1, OBJ_READY, OBJ_VARY, OBJ_PASS };
+/* OBJ_GONE: what an invalidation leaves under a primary key, so a fetch
+ * that began before it finds the key changed even when nothing else was
+ * stored there (still_current()); a lookup takes it for a miss. */
+enum { OBJ_PENDING = 1, OBJ_READY, OBJ_VARY, OBJ_PASS, OBJ_GONE };
 
 enum {
     ROLE_HIT = 1,
@@ -92,7 +104,9 @@ enum {
     ROLE_WAIT,
     ROLE_FILL,
     ROLE_PASS,          /* fetch, store when storable, no coalescing */
-    ROLE_FETCH          /* fetch, never store (HEAD miss, fallbacks) */
+    ROLE_FETCH,         /* fetch, never store (HEAD miss, fallbacks) */
+    ROLE_UNSAFE         /* an unsafe method: proxied, and a non-error
+                         * answer invalidates what is stored for it */
 };
 
 typedef struct hc_waiter hc_waiter;
@@ -106,7 +120,8 @@ typedef struct hc_field {
     const char *name, *value;
 } hc_field;
 
-typedef struct hc_obj {
+typedef struct hc_obj hc_obj;
+struct hc_obj {
     apx_cache_entry ce;
     int kind;                       /* OBJ_* */
 
@@ -116,11 +131,19 @@ typedef struct hc_obj {
     int done;                       /* fetch ended: waiters look again */
     int stored;                     /* ... and stored something: else the
                                      * waiters go to the backend themselves */
+    /* referenced: what the fetch stored, when every waiter may have it
+     * (same variant): they take it without a lookup, which a response
+     * that is stale at once (no-cache) would send to the backend again */
+    struct hc_obj *result;
     volatile apr_uint32_t claimed;  /* one request fetches */
 
     /* OBJ_VARY: the field names of the variants' Vary */
     const char *vary;
     int skip_ae;                    /* Accept-Encoding is ours, not a key */
+    /* in its variants' keys: a marker made anew (first store, a changed
+     * Vary, after an invalidation) gets a new one, so the variants stored
+     * under an earlier marker are never reached again and age out */
+    apr_uint64_t gen;
 
     /* OBJ_READY */
     int status;
@@ -131,12 +154,15 @@ typedef struct hc_obj {
     const char *etag, *etag_gz;
     apr_time_t last_modified;
     apx_fresh_times ft;
-    char *body;                     /* malloc()ed */
+    char *body;                     /* malloc()ed, or body_owner's */
+    /* referenced: the object whose body this one shares (a 304 updated
+     * the head of that one; always the first owner, so no chains) */
+    struct hc_obj *body_owner;
     apr_size_t body_len;            /* as stored */
     apr_size_t plain_len;           /* decompressed, when gz */
     int gz;                         /* body is our gzip copy */
     volatile apr_uint32_t refreshing;
-} hc_obj;
+};
 
 #define OBJ(e) APX_CONTAINER_OF((e), hc_obj, ce)
 
@@ -145,6 +171,7 @@ struct apx_hc {
     proxy_ctx *px;
     request_rec *r;
     apx_cache_set set;              /* effective settings */
+    const char *kpre;               /* the key up to the backend URL */
     const char *key;                /* primary key */
     apr_size_t klen;
     const char *vkey;               /* variant key, when a marker said so */
@@ -152,6 +179,19 @@ struct apx_hc {
     int accept_gz;                  /* the client takes gzip */
     int strip;                      /* fetch for the store: see skip */
     int only_if_cached;             /* the request's only-if-cached */
+    int unsafe;                     /* ROLE_UNSAFE */
+    /* held until r->pool goes: what the last lookup found under the
+     * primary key. A fetch is stored only while it is still there (or a
+     * marker of the same generation): else the key was invalidated (or
+     * filled by someone else) meanwhile. */
+    hc_obj *prim;
+    int prim_set;                   /* prim is a snapshot (NULL: empty) */
+    hc_obj *reval;                  /* held: the stale object a FILL
+                                     * revalidates (it has a validator) */
+    int cond;                       /* the head being built carries our
+                                     * conditionals */
+    int share;                      /* what publish() stored suits every
+                                     * request waiting on our pending */
     hc_obj *obj;                    /* referenced: what we serve */
     hc_obj *stale;                  /* referenced: stale-if-error fallback */
     hc_obj *pending;                /* referenced: filled or waited on */
@@ -164,6 +204,8 @@ struct apx_hc {
 };
 
 static apx_cache *store;
+/* The last generation handed to a Vary marker. */
+static volatile apr_uint64_t last_gen;
 
 /* ------------------------------------------------------------------ */
 /* configuration                                                        */
@@ -269,9 +311,15 @@ static void destroy_obj(apx_cache_entry *e, void *baton)
 {
     hc_obj *o = OBJ(e);
 
-    if (o->kind == OBJ_PENDING)
+    if (o->kind == OBJ_PENDING) {
         pthread_mutex_destroy(&o->mtx);
-    free(o->body);
+        if (o->result)
+            apx_cache_unref(store, &o->result->ce);
+    }
+    if (o->body_owner)
+        apx_cache_unref(store, &o->body_owner->ce);
+    else
+        free(o->body);
     free(o);
 }
 
@@ -400,7 +448,8 @@ static void set_label(apx_hc *hc, const char *label)
     apr_table_setn(r->notes, "asyncproxy-cache", label);
     if (hc->reason)
         apr_table_setn(r->notes, "asyncproxy-cache-reason", hc->reason);
-    if (!strcmp(label, "HIT"))
+    /* REVALIDATED: served from memory after a 304 */
+    if (!strcmp(label, "HIT") || !strcmp(label, "REVALIDATED"))
         apr_atomic_inc32(&n->cache_hits);
     else if (!strcmp(label, "MISS"))
         apr_atomic_inc32(&n->cache_misses);
@@ -415,20 +464,26 @@ static const char *vary_get(void *baton, const char *name)
     return apr_table_get(((request_rec *)baton)->headers_in, name);
 }
 
-/* key + "\n" + the request's values of the marker's Vary fields. */
-static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae)
+/* key + "\n" + the marker's generation + "\n" + the request's values of
+ * the marker's Vary fields. */
+static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae,
+                            apr_uint64_t gen)
 {
     static const char *const ae[] = { "accept-encoding", NULL };
     request_rec *r = hc->r;
     apr_size_t cap = VARY_KEY_MIN, need;
+    char head[24];
+    apr_size_t hlen;
     char *buf;
 
+    hlen = (apr_size_t)apr_snprintf(head, sizeof(head), "\n%" APR_UINT64_T_HEX_FMT
+                                    "\n", gen);
     for (;;) {
-        buf = apr_palloc(r->pool, hc->klen + 1 + cap);
+        buf = apr_palloc(r->pool, hc->klen + hlen + cap);
         memcpy(buf, hc->key, hc->klen);
-        buf[hc->klen] = '\n';
+        memcpy(buf + hc->klen, head, hlen);
         need = apx_fresh_vary_key(vary, skip_ae ? ae : NULL, vary_get, r,
-                                  buf + hc->klen + 1, cap);
+                                  buf + hc->klen + hlen, cap);
         if (need == (apr_size_t)-1)
             return 0;
         if (need < cap)
@@ -436,8 +491,25 @@ static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae)
         cap = need + 1;
     }
     hc->vkey = buf;
-    hc->vklen = hc->klen + 1 + need;
+    hc->vklen = hc->klen + hlen + need;
     return 1;
+}
+
+/* RFC 9110 §9.2.1 and the IANA method registry: the methods that ask for
+ * nothing to change. Any other, unknown ones included, may change the
+ * resource (RFC 9111 §4.4). */
+static int method_is_safe(const char *method)
+{
+    static const char *const safe[] = {
+        "GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT", "SEARCH",
+        NULL
+    };
+    int i;
+
+    for (i = 0; safe[i]; i++)
+        if (!strcmp(method, safe[i]))
+            return 1;
+    return 0;
 }
 
 apx_hc *apx_hc_create(proxy_ctx *px)
@@ -448,7 +520,8 @@ apx_hc *apx_hc_create(proxy_ctx *px)
                                                   &asyncproxy_module);
     const apx_srv_conf *sc = px->rq->sconf;
     apx_cache_set set;
-    const char *v;
+    const char *v, *xff, *xfh, *xfp;
+    const char *host = apr_table_get(r->headers_in, "Host");
     apx_hc *hc;
     apx_cc cc;
 
@@ -468,11 +541,29 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         hc->set.gzip = 1;
     if (hc->set.ttl == -1)
         hc->set.ttl = 0;
+    /* Whatever of the client's the backend is sent beyond the target is
+     * in the key, as sent: the Host with its port (AsyncProxyPreserveHost
+     * forwards it, X-Forwarded-Host always), and the X-Forwarded-Host and
+     * -Proto a trusted proxy passed on. A response that reflects them is
+     * only ever served to requests that would have made the same. */
+    apx_px_forwarded(px, &xff, &xfh, &xfp);
+    hc->kpre = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s\n%s%s\n",
+                            r->server->defn_name ? r->server->defn_name : "",
+                            r->server->defn_line_number, ap_http_scheme(r),
+                            host ? host : "",
+                            xfh ? "=" : "", xfh ? xfh : "",
+                            xfp ? "=" : "", xfp ? xfp : "");
+    hc->key = apr_pstrcat(r->pool, hc->kpre, px->be->hostport, px->target,
+                          NULL);
+    hc->klen = strlen(hc->key);
     if (r->method_number != M_GET) {
         /* (HEAD is M_GET with header_only) */
         hc->reason = "method";
         set_label(hc, "BYPASS");
-        return NULL;
+        if (method_is_safe(r->method))
+            return NULL;
+        hc->unsafe = 1;
+        return hc;
     }
     apx_cc_init(&cc);
     v = apr_table_get(r->headers_in, "Cache-Control");
@@ -483,6 +574,12 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         set_label(hc, "BYPASS");
         return NULL;
     }
+    /* A GET with Content-Length: 0 has no body: it is fetched as a plain
+     * GET, and a hit leaves nothing unread in the connection. */
+    if (px->body_kind == REQ_BODY_LENGTH && px->body_length == 0) {
+        px->body_kind = REQ_BODY_NONE;
+        px->body_done = 1;
+    }
     /* a GET with a body: its answer may depend on it, and a hit would
      * leave it unread in the connection */
     if (!px->body_done) {
@@ -491,12 +588,6 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         return NULL;
     }
     hc->only_if_cached = (cc.flags & APX_CC_ONLY_IF_CACHED) != 0;
-    hc->key = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s",
-                           r->server->defn_name ? r->server->defn_name : "",
-                           r->server->defn_line_number, ap_http_scheme(r),
-                           r->hostname ? r->hostname : "",
-                           px->be->hostport, px->target);
-    hc->klen = strlen(hc->key);
     hc->accept_gz = apx_gz_accepts(apr_table_get(r->headers_in,
                                                  "Accept-Encoding"));
     return hc;
@@ -511,6 +602,10 @@ int apx_hc_skip_request_field(const apx_hc *hc, const char *name)
     int i;
 
     if (!hc->strip)
+        return 0;
+    /* ours, put in place of the client's for a revalidation */
+    if (hc->cond && (!strcasecmp(name, "If-None-Match")
+                     || !strcasecmp(name, "If-Modified-Since")))
         return 0;
     for (i = 0; fill[i]; i++)
         if (!strcasecmp(name, fill[i]))
@@ -536,6 +631,11 @@ static int claim_fresh_pending(apx_hc *hc, const char *key, apr_size_t klen,
         return ROLE_FETCH;
     }
     hc->pending = p;
+    if (!hc->vkey) {
+        /* the primary key now holds ours */
+        hold_for_request(hc->r, p);
+        hc->prim = p;
+    }
     return ROLE_FILL;
 }
 
@@ -550,14 +650,22 @@ static int lookup(apx_hc *hc, apr_time_t now)
     int flags = r->header_only ? APX_CACHE_LOOKUP_ONLY : 0;
 
     hc->vkey = NULL;
+    hc->prim = NULL;
+    hc->prim_set = 1;
+    hc->reval = NULL;
     for (;;) {
         e = apx_cache_get_ref(store, key, klen, now, flags, &err);
         if (!e)
             return r->header_only ? ROLE_FETCH : ROLE_PASS;
         o = OBJ(e);
+        if (!hc->vkey) {
+            hold_for_request(r, o);
+            hc->prim = o;
+        }
         switch (o->kind) {
         case OBJ_VARY:
-            if (hc->vkey || !make_variant_key(hc, o->vary, o->skip_ae)) {
+            if (hc->vkey
+                || !make_variant_key(hc, o->vary, o->skip_ae, o->gen)) {
                 apx_cache_unref(store, e);
                 return ROLE_FETCH;
             }
@@ -568,6 +676,11 @@ static int lookup(apx_hc *hc, apr_time_t now)
         case OBJ_PASS:
             apx_cache_unref(store, e);
             return r->header_only ? ROLE_FETCH : ROLE_PASS;
+        case OBJ_GONE:
+            apx_cache_unref(store, e);
+            if (r->header_only)
+                return ROLE_FETCH;
+            return claim_fresh_pending(hc, key, klen, now);
         case OBJ_PENDING:
             hc->pending = o;
             if (!r->header_only && apr_atomic_cas32(&o->claimed, 1, 0) == 0)
@@ -587,6 +700,13 @@ static int lookup(apx_hc *hc, apr_time_t now)
             hc->stale = o;
             return r->header_only ? ROLE_FETCH : ROLE_PASS;
         default:
+            /* stale: with a validator it is revalidated (RFC 9111 4.3.1)
+             * by the request that claims the key; the others wait for
+             * that as for a miss */
+            if (!r->header_only && (o->etag || o->last_modified)) {
+                hold_for_request(r, o);
+                hc->reval = o;
+            }
             apx_cache_unref(store, e);
             if (r->header_only)
                 return ROLE_FETCH;
@@ -641,7 +761,7 @@ static void delist(void *arg)
 
 /* The fetch of a pending object ended (stored or not): every waiter is
  * woken to look again. */
-static void release_pending(apx_hc *hc, int stored)
+static void release_pending(apx_hc *hc, int stored, hc_obj *result)
 {
     hc_obj *o = hc->pending;
     hc_waiter *w;
@@ -652,6 +772,10 @@ static void release_pending(apx_hc *hc, int stored)
     pthread_mutex_lock(&o->mtx);
     o->done = 1;
     o->stored = stored;
+    if (stored && result && !o->result) {
+        apx_cache_ref(&result->ce);
+        o->result = result;
+    }
     for (w = o->waiters; w; w = w->next) {
         w->linked = 0;
         if (apx_ch && apx_ch->engine)
@@ -664,7 +788,7 @@ static void release_pending(apx_hc *hc, int stored)
 
 static apr_status_t release_pending_cleanup(void *data)
 {
-    release_pending(data, 0);
+    release_pending(data, 0, NULL);
     return APR_SUCCESS;
 }
 
@@ -678,7 +802,7 @@ static int wait_for_fetch(apx_hc *hc)
     apx_coro *coro = px->rq->coro;
     apx_defer *d;
     unsigned ev;
-    int stored;
+    int stored, gone;
 
     apr_atomic_inc32(&apx_ch->n.cache_coalesced);
     d = apx_coro_defer(coro, delist, hc);
@@ -687,9 +811,15 @@ static int wait_for_fetch(apx_hc *hc)
     delist(hc);
     if (d)
         apx_coro_defer_disarm(coro, d);
-    stored = hc->pending->stored;   /* set under the mutex delist took */
+    gone = apx_px_wait_interrupted(px, ev);
+    /* set under the mutex delist took */
+    stored = hc->pending->stored;
+    if (stored && hc->pending->result && !gone) {
+        hc->obj = hc->pending->result;
+        apx_cache_ref(&hc->obj->ce);
+    }
     drop(&hc->pending);
-    if (apx_px_wait_interrupted(px, ev))
+    if (gone)
         return -1;
     if (!ev || (ev & APX_EV_TIMEOUT) || !stored)
         return 0;
@@ -772,6 +902,7 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
     request_rec *r = hc->r;
     int gz_out = o->gz && hc->accept_gz;
     const char *etag = gz_out ? o->etag_gz : o->etag;
+    const char *ims;
     apr_int64_t age;
     unsigned i;
 
@@ -802,12 +933,15 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
         apr_table_setn(r->headers_out, "Age",
                        apr_psprintf(r->pool, "%" APR_INT64_T_FMT, age));
 
+    /* RFC 9110 §13.1.3: an If-Modified-Since that is no HTTP-date is
+     * ignored (parsed as 0) */
+    ims = apr_table_get(r->headers_in, "If-Modified-Since");
     if (o->status == HTTP_OK
         && apx_fresh_not_modified(apr_table_get(r->headers_in,
                                                 "If-None-Match"),
-                                  apr_date_parse_http(
-                                      apr_table_get(r->headers_in,
-                                                    "If-Modified-Since")),
+                                  ims ? apx_fresh_parse_date(ims, strlen(ims),
+                                                             apr_time_now())
+                                      : 0,
                                   etag, o->last_modified)) {
         apr_atomic_inc32(&apx_ch->n.cache_not_modified);
         r->status = HTTP_NOT_MODIFIED;
@@ -828,11 +962,22 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
 /* ------------------------------------------------------------------ */
 /* fetching into the store                                              */
 
-/* Whether the head in px->resp may be stored; fills *t when it may. */
-static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
-                  apx_fresh_times *t)
+/* Where decide() reads a response's fields: first value, or all values of
+ * a list field joined with ", "; NULL when absent. */
+typedef const char *(*field_get_fn)(void *baton, const char *name, int list);
+
+static const char *px_field(void *baton, const char *name, int list)
 {
-    proxy_ctx *px = hc->px;
+    return list ? apx_px_resp_list(baton, name)
+                : apx_px_resp_field(baton, name);
+}
+
+/* Whether a response with this status and these fields may be stored;
+ * fills *t when it may. */
+static int decide_fields(apx_hc *hc, int status, field_get_fn get,
+                         void *baton, apr_time_t req_time,
+                         apr_time_t resp_time, apx_fresh_times *t)
+{
     request_rec *r = hc->r;
     apx_fresh_req rq;
     apx_fresh_resp rs;
@@ -850,52 +995,60 @@ static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
     if ((v = apr_table_get(r->headers_in, "Cache-Control")))
         apx_cc_parse(&rq.cc, v, strlen(v));
 
-    rs.status = px->resp.status;
+    rs.status = status;
     apx_cc_init(&rs.cc);
-    if ((v = apx_px_resp_list(px, "Cache-Control")))
+    if ((v = get(baton, "Cache-Control", 1)))
         apx_cc_parse(&rs.cc, v, strlen(v));
-    if ((v = apx_px_resp_field(px, "Expires"))) {
+    /* all Expires lines joined: two of them are no HTTP-date, so the
+     * response is stale (RFC 9111 §4.2.1) */
+    if ((v = get(baton, "Expires", 1))) {
         rs.has_expires = 1;
-        rs.expires = apr_date_parse_http(v);
+        rs.expires = apx_fresh_parse_date(v, strlen(v), resp_time);
     }
-    if ((v = apx_px_resp_field(px, "Date")))
-        rs.date = apr_date_parse_http(v);
-    if ((v = apx_px_resp_field(px, "Last-Modified")))
-        rs.last_modified = apr_date_parse_http(v);
+    if ((v = get(baton, "Date", 0)))
+        rs.date = apx_fresh_parse_date(v, strlen(v), resp_time);
+    if ((v = get(baton, "Last-Modified", 0)))
+        rs.last_modified = apx_fresh_parse_date(v, strlen(v), resp_time);
     rs.age = -1;
-    if ((v = apx_px_resp_field(px, "Age"))) {
-        apr_int64_t a;
-        char *end;
-
-        a = apr_strtoi64(v, &end, 10);
-        if (end != v && !*end && a >= 0)
-            rs.age = a;
-    }
-    rs.has_etag = apx_px_resp_field(px, "ETag") != NULL;
-    rs.set_cookie = apx_px_resp_field(px, "Set-Cookie") != NULL;
-    if ((v = apx_px_resp_list(px, "Vary"))) {
-        const char *s = v;
-        char *tok;
-
-        while ((tok = ap_get_list_item(r->pool, &s)) != NULL)
-            if (!strcmp(tok, "*"))
-                rs.vary_star = 1;
-    }
-    if ((v = apx_px_resp_field(px, "Pragma")) && ap_find_token(r->pool, v,
-                                                        "no-cache"))
+    if ((v = get(baton, "Age", 1)))
+        rs.age = apx_fresh_parse_age(v, strlen(v));
+    rs.has_etag = get(baton, "ETag", 0) != NULL;
+    rs.set_cookie = get(baton, "Set-Cookie", 0) != NULL;
+    /* Vary: *, or a list we cannot make a key of (not field names):
+     * every request would be a variant of its own */
+    if ((v = get(baton, "Vary", 1))
+        && apx_fresh_vary_key(v, NULL, NULL, NULL, NULL, 0) == (size_t)-1)
+        rs.vary_star = 1;
+    if ((v = get(baton, "Pragma", 1)) && ap_find_token(r->pool, v,
+                                                     "no-cache"))
         rs.pragma_no_cache = 1;
     rs.request_time = req_time;
     rs.response_time = resp_time;
     pol.default_ttl = hc->set.ttl > 0 ? hc->set.ttl : 0;
+    pol.keep = KEEP_STALE;
 
     why = apx_fresh_storable(&rq, &rs, &pol, t);
-    if (why == APX_STORE_OK && px->resp.content_length >= 0
-        && (apr_uint64_t)px->resp.content_length
-           > (apr_uint64_t)apx_gconf.cache_max_object)
-        hc->reason = "too-large";
-    else if (why != APX_STORE_OK)
+    if (why != APX_STORE_OK)
         hc->reason = apx_fresh_reason(why);
-    return why == APX_STORE_OK && !hc->reason;
+    return why == APX_STORE_OK;
+}
+
+/* Whether the head in px->resp may be stored; fills *t when it may. */
+static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
+                  apx_fresh_times *t)
+{
+    proxy_ctx *px = hc->px;
+
+    if (!decide_fields(hc, px->resp.status, px_field, px, req_time,
+                       resp_time, t))
+        return 0;
+    if (px->resp.content_length >= 0
+        && (apr_uint64_t)px->resp.content_length
+           > (apr_uint64_t)apx_gconf.cache_max_object) {
+        hc->reason = "too-large";
+        return 0;
+    }
+    return 1;
 }
 
 enum { CAP_DONE = 10, CAP_TOO_BIG };
@@ -971,9 +1124,11 @@ static void collect_field(void *baton, const char *name, const char *value)
     field_list *fl = baton;
     hc_field *f;
 
-    /* kept apart, or computed on every response */
+    /* kept apart (the type is set through httpd, the ETag depends on the
+     * copy served), or computed on every response (Age). Everything else,
+     * Content-Encoding included, is stored exactly as it came. */
     if (!strcasecmp(name, "Content-Type") || !strcasecmp(name, "ETag")
-        || !strcasecmp(name, "Age") || !strcasecmp(name, "Content-Encoding"))
+        || !strcasecmp(name, "Age"))
         return;
     f = apr_array_push(fl->a);
     f->name = name;
@@ -1019,12 +1174,6 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
     fl.bytes = 0;
     apx_px_each_field(px, collect_field, &fl);
     collect_field(&fl, "Via", apx_px_via(px));
-    if (cenc) {
-        /* the backend's own coding: stored and served as it came */
-        collect_field(&fl, "Content-Encoding", cenc);
-        APR_ARRAY_IDX(fl.a, fl.a->nelts - 1, hc_field).name =
-            "Content-Encoding";
-    }
     status_line = px->resp.reason_len
                   ? apr_psprintf(r->pool, "%d %.*s", px->resp.status,
                                  (int)px->resp.reason_len, px->resp.reason)
@@ -1050,7 +1199,8 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
     o->etag = put_str(&p, etag);
     o->status_line = put_str(&p, status_line);
     o->status = px->resp.status;
-    o->last_modified = lm ? apr_date_parse_http(lm) : 0;
+    o->last_modified = lm ? apx_fresh_parse_date(lm, strlen(lm),
+                                                 apr_time_now()) : 0;
     o->ft = *t;
 
     o->body = hc->cap;
@@ -1082,8 +1232,8 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
 
 /* A marker under key: OBJ_PASS or OBJ_VARY. */
 static void put_marker(const char *key, apr_size_t klen, int kind,
-                       const char *vary, int skip_ae, apr_time_t expires,
-                       apr_time_t now)
+                       const char *vary, int skip_ae, apr_uint64_t gen,
+                       apr_time_t expires, apr_time_t now)
 {
     apr_size_t vlen = vary ? strlen(vary) + 1 : 0;
     hc_obj *m = calloc(1, sizeof(*m) + vlen);
@@ -1096,6 +1246,7 @@ static void put_marker(const char *key, apr_size_t klen, int kind,
         m->vary = (const char *)(m + 1);
     }
     m->skip_ae = skip_ae;
+    m->gen = gen;
     m->ce.size = sizeof(*m) + vlen;
     m->ce.expires = expires;
     m->ce.refs = 1;
@@ -1106,30 +1257,96 @@ static void put_marker(const char *key, apr_size_t klen, int kind,
     apx_cache_unref(store, &m->ce);
 }
 
-/* Publishes o under the key this request's variant has. */
-static void publish(apx_hc *hc, hc_obj *o)
+/* Whether the primary key still holds what this request's lookup found
+ * there (a Vary marker: one of the same generation). An unsafe request's
+ * invalidation, or another request's store, replaced it otherwise: what
+ * this fetch read may predate the change, so it is not stored. */
+static int still_current(apx_hc *hc)
+{
+    apx_cache_entry *e;
+    apr_status_t err;
+    int same;
+
+    if (!hc->prim_set)
+        return 0;
+    /* now = 0: whatever is linked, expired or not (a slow fetch outlives
+     * its pending entry's AsyncProxyCacheWait) */
+    e = apx_cache_get_ref(store, hc->key, hc->klen, 0, APX_CACHE_LOOKUP_ONLY,
+                          &err);
+    if (!e)
+        return !hc->prim;
+    same = hc->prim
+           && (e == &hc->prim->ce
+               || (hc->prim->kind == OBJ_VARY && OBJ(e)->kind == OBJ_VARY
+                   && OBJ(e)->gen == hc->prim->gen));
+    apx_cache_unref(store, e);
+    return same;
+}
+
+/* Notes what the primary key holds now (NULL: nothing). */
+static void snapshot_prim(apx_hc *hc)
+{
+    apx_cache_entry *e;
+    apr_status_t err;
+
+    e = apx_cache_get_ref(store, hc->key, hc->klen, 0, APX_CACHE_LOOKUP_ONLY,
+                          &err);
+    hc->prim = NULL;
+    hc->prim_set = 1;
+    if (e) {
+        hold_for_request(hc->r, OBJ(e));
+        hc->prim = OBJ(e);
+        apx_cache_unref(store, e);
+    }
+}
+
+/* Publishes o under the key this request's variant has; 1 when stored. */
+static int publish(apx_hc *hc, hc_obj *o, const char *vary)
 {
     proxy_ctx *px = hc->px;
+    request_rec *r = hc->r;
     apr_time_t now = apr_time_now();
-    const char *vary = apx_px_resp_list(px, "Vary");
     const char *key = hc->key;
     apr_size_t klen = hc->klen;
 
+    hc->share = !vary || !*vary;
+    if (!still_current(hc)) {
+        if (APLOGrtrace1(r))
+            ap_log_rerror(APLOG_MARK, APLOG_TRACE1, 0, r, APXLOGNO(00151)
+                          "response for %s not stored: the key changed "
+                          "while it was fetched (invalidated)", px->url);
+        return 0;
+    }
     if (vary && *vary) {
-        int skip_ae = hc->set.gzip
-                      && !apx_px_resp_field(px, "Content-Encoding");
+        /* With our gzip copy the fetch carried no Accept-Encoding: what
+         * came back is the answer to every client's, whatever coding the
+         * backend chose, so Accept-Encoding is no part of the key. */
+        int skip_ae = hc->set.gzip;
+        hc_obj *m = hc->prim;
+        int same = m && m->kind == OBJ_VARY && m->skip_ae == skip_ae
+                   && !strcmp(m->vary, vary);
+        apr_uint64_t gen = same ? m->gen : apr_atomic_inc64(&last_gen) + 1;
 
         /* the marker outlives no variant it points to */
-        put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, o->ce.expires,
-                   now);
-        if (make_variant_key(hc, vary, skip_ae)) {
-            key = hc->vkey;
-            klen = hc->vklen;
-        }
+        if (!same || o->ce.expires > m->ce.expires)
+            put_marker(hc->key, hc->klen, OBJ_VARY, vary, skip_ae, gen,
+                       same && m->ce.expires > o->ce.expires
+                       ? m->ce.expires : o->ce.expires, now);
+        /* our waiters came through the same marker: the same variant */
+        hc->share = same && hc->vkey;
+        /* never under the primary key: it would be served to every
+         * variant (decide() refused a malformed Vary already) */
+        if (!make_variant_key(hc, vary, skip_ae, gen))
+            return 0;
+        key = hc->vkey;
+        klen = hc->vklen;
     }
-    if (apx_cache_put(store, &o->ce, key, klen, now, 0) != APR_SUCCESS)
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, hc->r, APXLOGNO(00125)
+    if (apx_cache_put(store, &o->ce, key, klen, now, 0) != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APXLOGNO(00125)
                       "response for %s not stored (cache busy)", px->url);
+        return 0;
+    }
+    return 1;
 }
 
 /* The fetch will not be stored: later requests go straight through for
@@ -1137,7 +1354,8 @@ static void publish(apx_hc *hc, hc_obj *o)
 static void mark_pass(apx_hc *hc)
 {
     put_marker(hc->vkey ? hc->vkey : hc->key, hc->vkey ? hc->vklen : hc->klen,
-               OBJ_PASS, NULL, 0, apr_time_now() + PASS_TTL, apr_time_now());
+               OBJ_PASS, NULL, 0, 0, apr_time_now() + PASS_TTL,
+               apr_time_now());
 }
 
 /* A usable stale object when the backend failed (stale-if-error). */
@@ -1164,20 +1382,271 @@ static int serve_stale_on_error(apx_hc *hc)
     return serve(hc, hc->stale, "STALE");
 }
 
+/* ------------------------------------------------------------------ */
+/* revalidation (RFC 9111 section 4.3)                                  */
+
+/* Builds the request head; for a revalidation of old with the cache's
+ * conditionals in place of the client's (which serve() answers later, from
+ * the outcome). Each validator old has goes: the entity-tag, and the
+ * Last-Modified date (4.3.1). */
+static int build_head(apx_hc *hc, hc_obj *old)
+{
+    request_rec *r = hc->r;
+    const char *inm, *ims;
+    int rc;
+
+    if (!old)
+        return apx_px_build_head(hc->px);
+    inm = apr_table_get(r->headers_in, "If-None-Match");
+    ims = apr_table_get(r->headers_in, "If-Modified-Since");
+    apr_table_unset(r->headers_in, "If-None-Match");
+    apr_table_unset(r->headers_in, "If-Modified-Since");
+    if (old->etag)
+        apr_table_setn(r->headers_in, "If-None-Match", old->etag);
+    if (old->last_modified) {
+        char *d = apr_palloc(r->pool, APR_RFC822_DATE_LEN);
+
+        apr_rfc822_date(d, old->last_modified);
+        apr_table_setn(r->headers_in, "If-Modified-Since", d);
+    }
+    hc->cond = 1;
+    rc = apx_px_build_head(hc->px);
+    hc->cond = 0;
+    apr_table_unset(r->headers_in, "If-None-Match");
+    apr_table_unset(r->headers_in, "If-Modified-Since");
+    if (inm)
+        apr_table_setn(r->headers_in, "If-None-Match", inm);
+    if (ims)
+        apr_table_setn(r->headers_in, "If-Modified-Since", ims);
+    return rc;
+}
+
+/* Fields a 304 does not replace in the stored response (RFC 9111 3.2):
+ * the ones describing the stored body as we keep it (its length, coding,
+ * type, the entity-tag our gzip copy's is made from), and those computed
+ * on every response. */
+static int keeps_stored(const char *name)
+{
+    static const char *const kept[] = {
+        "Content-Length", "Content-Encoding", "Content-Type", "ETag",
+        "Content-Range", "Age", "Via", "Transfer-Encoding", NULL
+    };
+    int i;
+
+    for (i = 0; kept[i]; i++)
+        if (!strcasecmp(name, kept[i]))
+            return 1;
+    return 0;
+}
+
+typedef struct merged_head {
+    apr_array_header_t *a;          /* hc_field */
+    apr_size_t bytes;               /* of the names and values */
+    const hc_obj *old;
+    apr_pool_t *p;
+} merged_head;
+
+static void collect_304(void *baton, const char *name, const char *value)
+{
+    merged_head *mh = baton;
+    hc_field *f;
+
+    if (keeps_stored(name))
+        return;
+    f = apr_array_push(mh->a);
+    f->name = name;
+    f->value = value;
+}
+
+/* decide()'s view of the merged head (ETag and Content-Type are kept
+ * apart in the object). */
+static const char *merged_field(void *baton, const char *name, int list)
+{
+    merged_head *mh = baton;
+    const char *all = NULL;
+    int i;
+
+    if (!strcasecmp(name, "ETag"))
+        return mh->old->etag;
+    if (!strcasecmp(name, "Content-Type"))
+        return mh->old->ctype;
+    for (i = 0; i < mh->a->nelts; i++) {
+        const hc_field *f = &APR_ARRAY_IDX(mh->a, i, hc_field);
+
+        if (strcasecmp(f->name, name))
+            continue;
+        if (!list)
+            return f->value;
+        all = all ? apr_pstrcat(mh->p, all, ", ", f->value, NULL) : f->value;
+    }
+    return all;
+}
+
+/* The stored head of old updated with the 304's fields (4.3.4): each
+ * field the 304 carries replaces all of old's of that name. */
+static void merge_head(apx_hc *hc, const hc_obj *old, merged_head *mh)
+{
+    apr_array_header_t *fresh = apr_array_make(hc->r->pool, 16,
+                                               sizeof(hc_field));
+    merged_head m304;
+    unsigned i;
+    int j;
+
+    m304.a = fresh;
+    apx_px_each_field(hc->px, collect_304, &m304);
+    mh->a = apr_array_make(hc->r->pool, (int)old->nfields + fresh->nelts,
+                           sizeof(hc_field));
+    mh->old = old;
+    mh->p = hc->r->pool;
+    mh->bytes = 0;
+    for (i = 0; i < old->nfields; i++) {
+        int replaced = 0;
+
+        for (j = 0; j < fresh->nelts && !replaced; j++)
+            replaced = !strcasecmp(old->fields[i].name,
+                                   APR_ARRAY_IDX(fresh, j, hc_field).name);
+        if (!replaced)
+            *(hc_field *)apr_array_push(mh->a) = old->fields[i];
+    }
+    for (j = 0; j < fresh->nelts; j++)
+        *(hc_field *)apr_array_push(mh->a) = APR_ARRAY_IDX(fresh, j,
+                                                           hc_field);
+    for (j = 0; j < mh->a->nelts; j++) {
+        const hc_field *f = &APR_ARRAY_IDX(mh->a, j, hc_field);
+
+        mh->bytes += strlen(f->name) + strlen(f->value) + 2;
+    }
+}
+
+/* A new object: old's status, body (shared, not copied) and coding with
+ * the merged head and new freshness. */
+static hc_obj *build_updated(apx_hc *hc, const hc_obj *old,
+                             const merged_head *mh, const apx_fresh_times *t)
+{
+    const char *lm = merged_field((void *)mh, "Last-Modified", 0);
+    apr_size_t bytes;
+    hc_obj *o, *owner;
+    char *p;
+    int i;
+
+    bytes = sizeof(*o) + mh->a->nelts * sizeof(hc_field) + mh->bytes
+            + (old->ctype ? strlen(old->ctype) + 1 : 0)
+            + (old->etag ? strlen(old->etag) + 1 : 0)
+            + (old->etag_gz ? strlen(old->etag_gz) + 1 : 0)
+            + (old->status_line ? strlen(old->status_line) + 1 : 0);
+    o = calloc(1, bytes);
+    if (!o)
+        return NULL;
+    o->kind = OBJ_READY;
+    o->fields = (hc_field *)(o + 1);
+    p = (char *)(o->fields + mh->a->nelts);
+    for (i = 0; i < mh->a->nelts; i++) {
+        const hc_field *f = &APR_ARRAY_IDX(mh->a, i, hc_field);
+
+        o->fields[i].name = put_str(&p, f->name);
+        o->fields[i].value = put_str(&p, f->value);
+    }
+    o->nfields = (unsigned)mh->a->nelts;
+    o->ctype = put_str(&p, old->ctype);
+    o->etag = put_str(&p, old->etag);
+    o->etag_gz = put_str(&p, old->etag_gz);
+    o->status_line = put_str(&p, old->status_line);
+    o->status = old->status;
+    o->last_modified = lm ? apx_fresh_parse_date(lm, strlen(lm),
+                                                 apr_time_now()) : 0;
+    o->ft = *t;
+    owner = old->body_owner ? old->body_owner : (hc_obj *)old;
+    apx_cache_ref(&owner->ce);
+    o->body_owner = owner;
+    o->body = owner->body;
+    o->body_len = old->body_len;
+    o->plain_len = old->plain_len;
+    o->gz = old->gz;
+    /* the body counts here: the entry that held it is no longer linked
+     * once this one replaces it */
+    o->ce.size = bytes + o->body_len;
+    o->ce.expires = apx_fresh_keep_until(t);
+    o->ce.refs = 1;
+    return o;
+}
+
+/* The backend answered a revalidation 304. Ends that exchange; *out is
+ * the updated object (referenced; *stored: published), or NULL when the
+ * 304 names another representation than old (4.3.4: it then updates
+ * nothing, and the caller asks again without conditionals). */
+static int take_304(apx_hc *hc, hc_obj *old, apr_time_t req_time,
+                    hc_obj **out, int *stored)
+{
+    proxy_ctx *px = hc->px;
+    const char *etag = apx_px_resp_field(px, "ETag");
+    merged_head mh;
+    apx_fresh_times t;
+    int rc, ok;
+
+    *out = NULL;
+    *stored = 0;
+    if (apx_px_check_head(px) != STEP_OK)
+        return STEP_FAIL;
+    /* no body: this pools the backend connection */
+    rc = capture(hc, apx_px_relay_init(px));
+    if (rc != CAP_DONE)
+        return STEP_FAIL;
+    if (etag && (!old->etag || !apx_fresh_not_modified(etag, 0, old->etag,
+                                                        0)))
+        return STEP_OK;
+    merge_head(hc, old, &mh);
+    ok = decide_fields(hc, old->status, merged_field, &mh, req_time,
+                       apr_time_now(), &t);
+    if (!ok) {
+        /* still good for this request, which it validated: served once,
+         * as fresh as it is now */
+        memset(&t, 0, sizeof(t));
+        t.response_time = apr_time_now();
+    }
+    *out = build_updated(hc, old, &mh, &t);
+    if (!*out)
+        return STEP_OK;
+    if (ok)
+        *stored = publish(hc, *out, merged_field(&mh, "Vary", 1));
+    return STEP_OK;
+}
+
 /* Fetches for the store (FILL, PASS) or not (FETCH), and answers. */
 static int fetch(apx_hc *hc, int role)
 {
     proxy_ctx *px = hc->px;
-    apr_time_t req_time = apr_time_now();
+    apr_time_t req_time;
     apx_fresh_times t;
+    hc_obj *old = role == ROLE_FILL ? hc->reval : NULL;
     int rc;
 
+again:
+    req_time = apr_time_now();
     hc->strip = role == ROLE_FILL || role == ROLE_PASS;
-    rc = apx_px_build_head(px);
+    rc = build_head(hc, old);
     if (rc == STEP_OK)
         rc = apx_px_exchange(px);
+    if (rc == STEP_OK && old && px->resp.status == HTTP_NOT_MODIFIED) {
+        hc_obj *o;
+        int stored;
+
+        rc = take_304(hc, old, req_time, &o, &stored);
+        if (rc != STEP_OK) {
+            release_pending(hc, 0, NULL);
+            return rc;
+        }
+        if (!o) {
+            /* not ours to update: the whole response, unconditionally */
+            old = NULL;
+            goto again;
+        }
+        release_pending(hc, stored, stored && hc->share ? o : NULL);
+        rc = serve(hc, o, "REVALIDATED");
+        apx_cache_unref(store, &o->ce);
+        return rc;
+    }
     if (rc != STEP_OK) {
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         if (px->rq->outcome == APX_OUT_ERROR && px->rq->status >= 500
             && stale_usable(hc))
             return serve_stale_on_error(hc);
@@ -1185,13 +1654,13 @@ static int fetch(apx_hc *hc, int role)
         return rc;
     }
     if (px->resp.status >= 500 && stale_usable(hc)) {
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         return serve_stale_on_error(hc);
     }
     if (role == ROLE_FETCH || !decide(hc, req_time, apr_time_now(), &t)) {
         if (role != ROLE_FETCH && hc->reason)
             mark_pass(hc);
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         set_label(hc, role == ROLE_FETCH && !hc->reason ? "MISS" : "BYPASS");
         rc = apx_px_apply_head(px);
         if (rc == STEP_OK)
@@ -1202,7 +1671,7 @@ static int fetch(apx_hc *hc, int role)
     /* storable: the whole body first, then one object for everyone */
     rc = apx_px_apply_head(px);
     if (rc != STEP_OK) {
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         return rc;
     }
     apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
@@ -1212,13 +1681,14 @@ static int fetch(apx_hc *hc, int role)
         hc_obj *o = build_obj(hc, &t);
 
         if (o) {
-            publish(hc, o);
-            release_pending(hc, 1);
+            int stored = publish(hc, o, apx_px_resp_list(px, "Vary"));
+
+            release_pending(hc, stored, hc->share ? o : NULL);
             rc = serve(hc, o, "MISS");
             apx_cache_unref(store, &o->ce);
             return rc;
         }
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         hc->reason = "out-of-memory";
         set_label(hc, "BYPASS");
         if (hc->cap_len)
@@ -1230,7 +1700,7 @@ static int fetch(apx_hc *hc, int role)
     if (rc == CAP_TOO_BIG) {
         hc->reason = "too-large";
         mark_pass(hc);
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         set_label(hc, "BYPASS");
         /* what was read goes first; the body continues as a plain relay */
         if (hc->cap_len) {
@@ -1244,7 +1714,7 @@ static int fetch(apx_hc *hc, int role)
             return rc;
         return apx_px_relay(px, hc->body_ended);
     }
-    release_pending(hc, 0);
+    release_pending(hc, 0, NULL);
     return rc;
 }
 
@@ -1266,9 +1736,20 @@ static void refresh(apx_hc *hc, hc_obj *old)
     hc->reason = NULL;
     /* the client may leave now: it has its response */
     rq->detached = 1;
-    rc = apx_px_build_head(px);
+    rc = build_head(hc, old->etag || old->last_modified ? old : NULL);
     if (rc == STEP_OK)
         rc = apx_px_exchange(px);
+    if (rc == STEP_OK && (old->etag || old->last_modified)
+        && px->resp.status == HTTP_NOT_MODIFIED) {
+        hc_obj *o;
+        int stored;
+
+        /* a 304 naming another representation updates nothing: the
+         * next request after the window fetches the whole */
+        if (take_304(hc, old, req_time, &o, &stored) == STEP_OK && o)
+            apx_cache_unref(store, &o->ce);
+        rc = STEP_FAIL;     /* done: nothing more to read or store */
+    }
     if (rc == STEP_OK)
         rc = apx_px_check_head(px);
     if (rc == STEP_OK && decide(hc, req_time, apr_time_now(), &t)) {
@@ -1278,7 +1759,7 @@ static void refresh(apx_hc *hc, hc_obj *old)
             hc_obj *o = build_obj(hc, &t);
 
             if (o) {
-                publish(hc, o);
+                publish(hc, o, apx_px_resp_list(px, "Vary"));
                 apx_cache_unref(store, &o->ce);
             }
         }
@@ -1290,11 +1771,177 @@ static void refresh(apx_hc *hc, hc_obj *old)
     rq->note = note;
 }
 
+/* ------------------------------------------------------------------ */
+/* invalidation (RFC 9111 section 4.4)                                  */
+
+/* An authority without the scheme's default port, for comparing. */
+static const char *bare_authority(apr_pool_t *p, const char *hostinfo,
+                                  const char *scheme)
+{
+    const char *dflt = !strcasecmp(scheme, "https") ? ":443" : ":80";
+    apr_size_t n = strlen(hostinfo), d = strlen(dflt);
+
+    if (n > d && !strcmp(hostinfo + n - d, dflt))
+        return apr_pstrmemdup(p, hostinfo, n - d);
+    return hostinfo;
+}
+
+static int same_authority(apr_pool_t *p, const char *a, const char *b,
+                          const char *scheme)
+{
+    return a && b && !strcasecmp(bare_authority(p, a, scheme),
+                                 bare_authority(p, b, scheme));
+}
+
+/* A path of this server under this request's mapping -> the backend
+ * target a GET for it is fetched with (as apx_proxy_target() makes it), or
+ * NULL when it lies outside the mapping. A longer mapping that would
+ * take the path instead is not looked for: its entries stay. */
+static const char *client_path_target(apx_hc *hc, const char *path,
+                                      const char *query)
+{
+    const apx_mapping *m = hc->px->map;
+    const char *rest;
+    apr_size_t blen = strlen(m->base);
+
+    if (strncmp(path, m->path, m->path_len)
+        || !(m->path_len == 0 || m->path[m->path_len - 1] == '/'
+             || path[m->path_len] == '\0' || path[m->path_len] == '/'))
+        return NULL;
+    rest = path + m->path_len;
+    if (blen && m->base[blen - 1] == '/' && *rest == '/')
+        rest++;
+    return apr_pstrcat(hc->r->pool, m->base, rest, query ? "?" : "", query,
+                       NULL);
+}
+
+/* The backend target that a Location or Content-Location value names when
+ * it is of this request's origin (RFC 9111 section 4.4: never another
+ * host), or NULL. The value is the backend's, before
+ * AsyncProxyPassReverse: an absolute URL of the backend names a backend
+ * target; one of the client's Host, or a reference relative to the
+ * client's URL (as the client resolves it), a path of this server. */
+static const char *same_origin_target(apx_hc *hc, const char *value)
+{
+    request_rec *r = hc->r;
+    apr_pool_t *p = r->pool;
+    const char *scheme = ap_http_scheme(r);
+    const char *host = apr_table_get(r->headers_in, "Host");
+    char *v, *query, *frag, *path;
+    apr_uri_t u;
+
+    if (!value || !*value)
+        return NULL;
+    v = apr_pstrdup(p, value);
+    if ((frag = strchr(v, '#')))
+        *frag = '\0';
+    if (strstr(v, "://") || (v[0] == '/' && v[1] == '/')) {
+        if (apr_uri_parse(p, v, &u) != APR_SUCCESS || !u.hostinfo)
+            return NULL;
+        path = u.path && *u.path ? u.path : "/";
+        if (u.scheme && !strcasecmp(u.scheme, "http")
+            && same_authority(p, u.hostinfo, hc->px->be->hostport, "http"))
+            return apr_pstrcat(p, path, u.query ? "?" : "", u.query, NULL);
+        if ((u.scheme && strcasecmp(u.scheme, scheme))
+            || !same_authority(p, u.hostinfo, host, scheme))
+            return NULL;
+        return client_path_target(hc, path, u.query);
+    }
+    if ((query = strchr(v, '?')))
+        *query++ = '\0';
+    if (*v == '/') {
+        path = v;
+    }
+    else {
+        /* relative to the client's path: its directory, or itself for a
+         * bare "?query" */
+        const char *end, *cur = r->parsed_uri.path ? r->parsed_uri.path : "/";
+
+        if (!*v) {
+            path = apr_pstrdup(p, cur);
+        }
+        else {
+            end = strrchr(cur, '/');
+            path = apr_pstrcat(p, apr_pstrmemdup(p, cur, end ? (apr_size_t)
+                                                 (end - cur) + 1 : 0),
+                               v, NULL);
+        }
+    }
+    /* no dot-segment removal: such a reference is left alone */
+    if (strstr(path, "/./") || strstr(path, "/../") || *path != '/'
+        || (strlen(path) >= 2 && !strcmp(path + strlen(path) - 2, "/."))
+        || (strlen(path) >= 3 && !strcmp(path + strlen(path) - 3, "/..")))
+        return NULL;
+    return client_path_target(hc, path, query);
+}
+
+/* Replaces what a primary key holds by an invalidation's mark; 1 when it
+ * held something. */
+static int forget(const char *key, apr_size_t klen)
+{
+    apr_time_t now = apr_time_now();
+    int had = apx_cache_invalidate(store, key, klen);
+
+    put_marker(key, klen, OBJ_GONE, NULL, 0, 0, now + GONE_TTL, now);
+    return had;
+}
+
+/* A non-error answer to an unsafe method: what is stored for the target
+ * and for a same-origin Location / Content-Location goes, every Vary
+ * variant with it (they hang off the primary key's marker). A fetch of
+ * one of them still in flight is not stored (still_current()). */
+static void invalidate(apx_hc *hc)
+{
+    static const char *const fields[] = { "Location", "Content-Location",
+                                          NULL };
+    proxy_ctx *px = hc->px;
+    request_rec *r = hc->r;
+    int i, n;
+
+    n = forget(hc->key, hc->klen);
+    for (i = 0; fields[i]; i++) {
+        const char *t = same_origin_target(hc, apx_px_resp_field(px,
+                                                                 fields[i]));
+        const char *k;
+
+        if (!t)
+            continue;
+        k = apr_pstrcat(r->pool, hc->kpre, px->be->hostport, t, NULL);
+        if (strcmp(k, hc->key))
+            n += forget(k, strlen(k));
+    }
+    apr_table_setn(r->notes, "asyncproxy-cache-invalidated",
+                   apr_itoa(r->pool, n));
+}
+
+/* An unsafe method through a cached scope: the plain proxy path, plus
+ * the invalidation as soon as the answer's head is known (a client that
+ * follows its Location already misses the old copy). */
+static int run_unsafe(apx_hc *hc)
+{
+    proxy_ctx *px = hc->px;
+    int rc;
+
+    rc = apx_px_build_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_exchange(px);
+    if (rc != STEP_OK)
+        return rc;
+    if (px->resp.status >= 200 && px->resp.status < 400)
+        invalidate(hc);
+    rc = apx_px_apply_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_relay(px, apx_px_relay_init(px));
+    return rc;
+}
+
 int apx_hc_run(proxy_ctx *px)
 {
     apx_hc *hc = px->hc;
     int round, role = ROLE_FETCH, rc;
 
+    if (hc->unsafe)
+        return run_unsafe(hc);
     /* a coroutine destroyed mid-fetch still wakes its waiters */
     apr_pool_cleanup_register(hc->r->pool, hc, release_pending_cleanup,
                               apr_pool_cleanup_null);
@@ -1305,7 +1952,15 @@ int apx_hc_run(proxy_ctx *px)
         rc = wait_for_fetch(hc);
         if (rc < 0)
             return STEP_FAIL;
+        if (hc->obj) {
+            /* the fetch we waited for left what it stored for us */
+            role = ROLE_HIT;
+            break;
+        }
         if (rc == 0) {
+            /* the fetch we waited for is over (or still running): what
+             * we fetch is stored if the key holds then what it holds now */
+            snapshot_prim(hc);
             role = ROLE_PASS;
             break;
         }
@@ -1313,7 +1968,7 @@ int apx_hc_run(proxy_ctx *px)
     }
     if (hc->only_if_cached && role != ROLE_HIT && role != ROLE_STALE) {
         /* RFC 9111 section 5.2.1.7: a stored response or 504 */
-        release_pending(hc, 0);
+        release_pending(hc, 0, NULL);
         drop(&hc->stale);
         hc->reason = "only-if-cached";
         set_label(hc, "BYPASS");

@@ -321,16 +321,15 @@ static int method_is_idempotent(const request_rec *r)
 typedef struct head_ctx {
     proxy_ctx *px;
     apx_http_conn_tokens *client_conn;
-    int add_forwarded;
 } head_ctx;
 
-/* Fields we write ourselves, or must not forward. */
+/* Fields we write ourselves, or must not forward. The X-Forwarded-* of the
+ * client are always among them: apx_px_forwarded() decides what of them
+ * goes on. */
 static int skip_request_field(const head_ctx *hc, const char *name)
 {
     static const char *const ours[] = {
-        "Host", "Expect", "Content-Length", "Transfer-Encoding", "Via", NULL
-    };
-    static const char *const forwarded[] = {
+        "Host", "Expect", "Content-Length", "Transfer-Encoding", "Via",
         "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", NULL
     };
     int i;
@@ -342,10 +341,6 @@ static int skip_request_field(const head_ctx *hc, const char *name)
             return 1;
     if (hc->px->hc && apx_hc_skip_request_field(hc->px->hc, name))
         return 1;
-    if (hc->add_forwarded)
-        for (i = 0; forwarded[i]; i++)
-            if (!strcasecmp(name, forwarded[i]))
-                return 1;
     return 0;
 }
 
@@ -372,6 +367,46 @@ static int collect_conn_tokens(void *data, const char *key, const char *val)
     return apx_http_conn_tokens_add(t, val, strlen(val)) == APR_SUCCESS;
 }
 
+int apx_px_peer_trusted(const proxy_ctx *px)
+{
+    const apr_array_header_t *t = px->rq->sconf->trusted;
+    apr_sockaddr_t *sa = px->r->connection->client_addr;
+    int i;
+
+    for (i = 0; t && sa && i < t->nelts; i++)
+        if (apr_ipsubnet_test(APR_ARRAY_IDX(t, i, apr_ipsubnet_t *), sa))
+            return 1;
+    return 0;
+}
+
+/* A client's X-Forwarded-* are its word only: what reaches the backend
+ * describes this hop (and the response cache keys on it), unless the peer
+ * is a proxy the administrator trusts to have described the earlier
+ * ones. */
+void apx_px_forwarded(const proxy_ctx *px, const char **xff,
+                      const char **xfh, const char **xfp)
+{
+    request_rec *r = px->r;
+    int add = px->rq->sconf->add_forwarded != 0;    /* -1 (unset): On */
+    int trusted = apx_px_peer_trusted(px);
+    const char *cff = NULL, *cfh = NULL, *cfp = NULL;
+
+    if (trusted) {
+        cff = apr_table_get(r->headers_in, "X-Forwarded-For");
+        cfh = apr_table_get(r->headers_in, "X-Forwarded-Host");
+        cfp = apr_table_get(r->headers_in, "X-Forwarded-Proto");
+    }
+    if (!add) {
+        *xff = cff;
+        *xfh = cfh;
+        *xfp = cfp;
+        return;
+    }
+    *xff = append_value(r->pool, cff, r->useragent_ip);
+    *xfh = cfh ? cfh : apr_table_get(r->headers_in, "Host");
+    *xfp = cfp ? cfp : ap_http_scheme(r);
+}
+
 /* Builds the request head into px->head (r->pool). */
 int apx_px_build_head(proxy_ctx *px)
 {
@@ -382,7 +417,7 @@ int apx_px_build_head(proxy_ctx *px)
     apx_http_conn_tokens conn;
     head_ctx hc;
     const char *host = apr_table_get(r->headers_in, "Host");
-    const char *v;
+    const char *v, *xff, *xfh, *xfp;
     int i;
 
     apx_http_writer_init_pool(&px->head, r->pool, 1024);
@@ -410,7 +445,6 @@ int apx_px_build_head(proxy_ctx *px)
     }
     hc.px = px;
     hc.client_conn = &conn;
-    hc.add_forwarded = sc->add_forwarded != 0;  /* -1 (unset): On */
 
     put_field(px, "Host", sc->preserve_host == 1 && host ? host
                                                           : px->map->host_hdr);
@@ -423,20 +457,13 @@ int apx_px_build_head(proxy_ctx *px)
                      apr_pstrcat(r->pool, "1.1 ", r->server->server_hostname,
                                  NULL));
     put_field(px, "Via", v);
-    if (hc.add_forwarded) {
-        put_field(px, "X-Forwarded-For",
-                  append_value(r->pool,
-                               apr_table_get(r->headers_in, "X-Forwarded-For"),
-                               r->useragent_ip));
-        if (host)
-            put_field(px, "X-Forwarded-Host",
-                      append_value(r->pool,
-                                   apr_table_get(r->headers_in,
-                                                 "X-Forwarded-Host"),
-                                   host));
-        /* we know the scheme the client used: ours replaces any claim */
-        put_field(px, "X-Forwarded-Proto", ap_http_scheme(r));
-    }
+    apx_px_forwarded(px, &xff, &xfh, &xfp);
+    if (xff)
+        put_field(px, "X-Forwarded-For", xff);
+    if (xfh)
+        put_field(px, "X-Forwarded-Host", xfh);
+    if (xfp)
+        put_field(px, "X-Forwarded-Proto", xfp);
     if (px->body_kind == REQ_BODY_CHUNKED)
         put_field(px, "Transfer-Encoding", "chunked");
     else if (px->body_kind == REQ_BODY_LENGTH)

@@ -103,6 +103,15 @@ int apx_px_client_gone(proxy_ctx *px);
 int apx_px_wait_interrupted(proxy_ctx *px, unsigned ev);
 void apx_px_unapply_head(proxy_ctx *px);
 void apx_px_finish_backend(proxy_ctx *px, int reusable);
+/* Whether the client's peer address is in AsyncProxyTrustedProxies. */
+int apx_px_peer_trusted(const proxy_ctx *px);
+/* The X-Forwarded-For, -Host and -Proto values the backend is sent (NULL:
+ * none): this hop's own (the client's address, the Host the request came
+ * with, our scheme), the client's dropped; from a trusted peer, its
+ * X-Forwarded-For appended to and its -Host / -Proto passed on. With
+ * AsyncProxyAddHeaders Off only a trusted peer's values, unchanged. */
+void apx_px_forwarded(const proxy_ctx *px, const char **xff,
+                      const char **xfh, const char **xfp);
 int apx_px_build_head(proxy_ctx *px);
 int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase);
 int apx_px_exchange(proxy_ctx *px);

@@ -30,8 +30,9 @@ enum {
     APX_CC_ONLY_IF_CACHED   = 0x0080,
     APX_CC_MUST_UNDERSTAND  = 0x0100,
     APX_CC_IMMUTABLE        = 0x0200,
-    /* a directive we need was malformed (max-age=abc, s-maxage="",
-     * conflicting duplicates): the response is treated as not storable */
+    /* freshness information was malformed or repeated (max-age=abc,
+     * s-maxage="", max-age twice): RFC 9111 §4.2.1, the response is stale
+     * (a freshness lifetime of 0) */
     APX_CC_INVALID          = 0x8000
 };
 
@@ -91,6 +92,10 @@ typedef struct apx_fresh_policy {
     apr_interval_time_t default_ttl;
     /* upper bound of any lifetime, 0: none */
     apr_interval_time_t max_ttl;
+    /* how long past its freshness a response with a validator (ETag or
+     * Last-Modified) is kept to be revalidated (RFC 9111 §4.3), 0: not
+     * kept */
+    apr_interval_time_t keep;
 } apx_fresh_policy;
 
 /* Why a response is not stored (0: it may be). */
@@ -101,9 +106,10 @@ enum {
                                  * freshness (or a 206, 1xx, 304) */
     APX_STORE_NO_STORE,         /* request or response no-store */
     APX_STORE_PRIVATE,
-    APX_STORE_NO_CACHE,         /* response no-cache or Pragma: no-cache:
-                                 * would need revalidation on every use,
-                                 * which this cache does not do */
+    APX_STORE_NO_CACHE,         /* response no-cache or Pragma: no-cache
+                                 * without a validator to revalidate every
+                                 * use with (with one it is stored, stale
+                                 * at once: revalidate is set) */
     APX_STORE_AUTH,             /* Authorization without public,
                                  * s-maxage or must-revalidate */
     APX_STORE_SET_COOKIE,
@@ -112,10 +118,24 @@ enum {
     APX_STORE_EXPIRED,          /* already stale on arrival (lifetime <=
                                  * corrected_initial_age), even with
                                  * stale-while-revalidate */
-    APX_STORE_INVALID,          /* malformed Cache-Control */
+    APX_STORE_INVALID,          /* malformed or repeated max-age /
+                                 * s-maxage: stale on arrival, and no stale
+                                 * window lets it be used */
     APX_STORE_MUST_UNDERSTAND   /* must-understand on a status we do not
                                  * know the semantics of */
 };
+
+/* An HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, or the obsolete rfc850 and
+ * asctime forms, case-sensitive, GMT only, a day that exists; surrounding
+ * whitespace is ignored. Returns 0 for anything else (the caller decides
+ * what invalid means: an Expires in the past, a Date or Last-Modified
+ * absent, an If-Modified-Since ignored). now (µs) places rfc850's
+ * two-digit year (more than 50 years ahead: the century before). */
+apr_time_t apx_fresh_parse_date(const char *s, size_t len, apr_time_t now);
+/* The Age field (RFC 9111 §5.1): the first member of a list; a value that
+ * is not a non-negative integer is ignored (-1, as absent); clamped to
+ * 2^31. s NULL: -1. */
+apr_int64_t apx_fresh_parse_age(const char *s, size_t len);
 
 /* What to remember with a stored response. */
 typedef struct apx_fresh_times {
@@ -128,8 +148,10 @@ typedef struct apx_fresh_times {
     apr_interval_time_t swr;          /* while one request refreshes it */
     apr_interval_time_t sie;          /* when refreshing it fails */
     int revalidate;                   /* must-revalidate / proxy-revalidate /
-                                       * s-maxage: never stale (swr and sie
-                                       * are then 0) */
+                                       * s-maxage / no-cache: never served
+                                       * stale (swr and sie are then 0) */
+    apr_interval_time_t keep;         /* the policy's keep, when the
+                                       * response has a validator */
 } apx_fresh_times;
 
 /* Decides whether a shared cache may store the response to the request
@@ -154,7 +176,7 @@ int apx_fresh_state(const apx_fresh_times *t, apr_time_t now);
 /* current_age (§4.2.3) in whole seconds, for the Age field. */
 apr_int64_t apx_fresh_age(const apx_fresh_times *t, apr_time_t now);
 /* The last moment the entry can be of any use (fresh_until plus the larger
- * of swr and sie): the cache core's expiry. */
+ * of swr, sie and keep): the cache core's expiry. */
 apr_time_t apx_fresh_keep_until(const apx_fresh_times *t);
 
 /* Conditional GET/HEAD on a stored response (RFC 9110 §13.2.2): 1 when the

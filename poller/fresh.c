@@ -219,9 +219,11 @@ static void apply_directive(apx_cc *cc, const char *name, size_t nlen,
         if (v > *slot)
             *slot = v;
     } else {
-        /* RFC 9111 §4.2.1: with conflicting values, consider the response
-         * stale; the smaller value is kept for a caller that reads it */
-        if (d->kind == CC_DELTA_STRICT && v != *slot)
+        /* RFC 9111 §4.2.1: with more than one value, use the first or
+         * consider the response stale; we take the safe one, even for
+         * equal values (one origin, two opinions). The smaller value is
+         * kept for a caller that reads it. */
+        if (d->kind == CC_DELTA_STRICT)
             cc->flags |= APX_CC_INVALID;
         if (v < *slot)
             *slot = v;
@@ -284,6 +286,190 @@ void apx_cc_parse(apx_cc *cc, const char *value, size_t len)
 }
 
 /* ---------------------------------------------------------------------------
+ * HTTP-date and Age
+ */
+
+static const char *const day_short[] = {
+    "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"
+};
+static const char *const day_long[] = {
+    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+    "Sunday"
+};
+static const char *const month_name[] = {
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+    "Nov", "Dec"
+};
+
+/* n digits at p as a number, -1 when one is not a digit. */
+static int digits(const char *p, int n)
+{
+    int v = 0;
+
+    while (n--) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (*p++ - '0');
+    }
+    return v;
+}
+
+/* Index of the name (exactly len bytes, case-sensitive: RFC 9110 §5.6.7)
+ * in names, or -1. */
+static int name_index(const char *p, size_t len, const char *const *names,
+                      int n)
+{
+    int i;
+
+    for (i = 0; i < n; i++)
+        if (strlen(names[i]) == len && !memcmp(p, names[i], len))
+            return i;
+    return -1;
+}
+
+static int is_leap(int y)
+{
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+/* "HH:MM:SS" -> seconds of the day, -1 when malformed (a leap second 60
+ * is allowed, as the grammar's comment says). */
+static int time_of_day(const char *p)
+{
+    int h, m, sec;
+
+    if (p[2] != ':' || p[5] != ':')
+        return -1;
+    h = digits(p, 2);
+    m = digits(p + 3, 2);
+    sec = digits(p + 6, 2);
+    if (h < 0 || h > 23 || m < 0 || m > 59 || sec < 0 || sec > 60)
+        return -1;
+    return h * 3600 + m * 60 + sec;
+}
+
+/* Seconds since the epoch of a checked calendar date and time, or 0 when
+ * the day does not exist in that month. */
+static apr_time_t civil_time(int year, int mon, int day, int tod)
+{
+    static const int mdays[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31,
+                                 30, 31 };
+    static const int before[] = { 0, 31, 59, 90, 120, 151, 181, 212, 243,
+                                  273, 304, 334 };
+    apr_int64_t days, y1;
+
+    if (year < 1 || day < 1
+        || day > mdays[mon] + (mon == 1 && is_leap(year)))
+        return 0;
+    /* leap days before 1 January of year, counted from year 1 */
+    y1 = year - 1;
+    days = (apr_int64_t)(year - 1970) * 365
+           + (y1 / 4 - y1 / 100 + y1 / 400) - (1969 / 4 - 1969 / 100
+                                                + 1969 / 400)
+           + before[mon] + (mon > 1 && is_leap(year)) + day - 1;
+    return apr_time_from_sec(days * 86400 + tod);
+}
+
+apr_time_t apx_fresh_parse_date(const char *s, size_t len, apr_time_t now)
+{
+    const char *p, *comma;
+    int day, mon, year, tod;
+
+    if (!s)
+        return 0;
+    while (len && is_ows(*s)) {
+        s++;
+        len--;
+    }
+    while (len && is_ows(s[len - 1]))
+        len--;
+
+    if (len == 29 && s[3] == ',') {
+        /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+        if (name_index(s, 3, day_short, 7) < 0 || s[4] != ' ' || s[7] != ' '
+            || s[11] != ' ' || s[16] != ' ' || s[25] != ' '
+            || memcmp(s + 26, "GMT", 3))
+            return 0;
+        day = digits(s + 5, 2);
+        mon = name_index(s + 8, 3, month_name, 12);
+        year = digits(s + 12, 4);
+        tod = time_of_day(s + 17);
+    }
+    else if (len == 24 && s[3] == ' ') {
+        /* asctime: Sun Nov  6 08:49:37 1994 */
+        if (name_index(s, 3, day_short, 7) < 0 || s[7] != ' '
+            || s[10] != ' ' || s[19] != ' ')
+            return 0;
+        mon = name_index(s + 4, 3, month_name, 12);
+        day = s[8] == ' ' ? digits(s + 9, 1) : digits(s + 8, 2);
+        tod = time_of_day(s + 11);
+        year = digits(s + 20, 4);
+    }
+    else if ((comma = memchr(s, ',', len)) != NULL
+             && s + len - comma == 24) {
+        /* rfc850-date: Sunday, 06-Nov-94 08:49:37 GMT */
+        int yy, ny;
+
+        p = comma + 1;
+        if (name_index(s, (size_t)(comma - s), day_long, 7) < 0
+            || p[0] != ' ' || p[3] != '-' || p[7] != '-' || p[10] != ' '
+            || p[19] != ' ' || memcmp(p + 20, "GMT", 3))
+            return 0;
+        day = digits(p + 1, 2);
+        mon = name_index(p + 4, 3, month_name, 12);
+        yy = digits(p + 8, 2);
+        tod = time_of_day(p + 11);
+        if (yy < 0)
+            return 0;
+        /* RFC 9110 §5.6.7: a two-digit year more than 50 years ahead of
+         * now is the most recent past year with those digits */
+        ny = 1970 + (int)(apr_time_sec(now > 0 ? now : 0) / 31556952);
+        year = ny - ny % 100 + yy;
+        if (year > ny + 50)
+            year -= 100;
+    }
+    else {
+        return 0;
+    }
+    if (day < 0 || mon < 0 || year < 0 || tod < 0)
+        return 0;
+    return civil_time(year, mon, day, tod);
+}
+
+apr_int64_t apx_fresh_parse_age(const char *s, size_t len)
+{
+    const char *p = s, *end = s + len, *m, *e;
+    apr_int64_t n = 0;
+
+    if (!s)
+        return -1;
+    /* RFC 9111 §5.1: of a list, the first member counts (empty list
+     * elements are none, RFC 9110 §5.6.1) */
+    for (;;) {
+        while (p < end && (is_ows(*p) || *p == ','))
+            p++;
+        if (p == end)
+            return -1;
+        m = p;
+        while (p < end && *p != ',')
+            p++;
+        e = p;
+        while (e > m && is_ows(e[-1]))
+            e--;
+        if (e > m)
+            break;
+    }
+    /* ... and anything but a non-negative integer is ignored */
+    for (p = m; p < e; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        if (n < FRESH_DELTA_MAX)
+            n = n * 10 + (*p - '0');
+    }
+    return n > FRESH_DELTA_MAX ? FRESH_DELTA_MAX : n;
+}
+
+/* ---------------------------------------------------------------------------
  * Storing, freshness, age
  */
 
@@ -319,6 +505,9 @@ static apr_interval_time_t explicit_lifetime(const apx_fresh_resp *rs)
 {
     apr_time_t date;
 
+    /* §4.2.1: invalid or repeated freshness information: stale */
+    if (rs->cc.flags & APX_CC_INVALID)
+        return 0;
     if (rs->cc.s_maxage >= 0)
         return apr_time_from_sec(clamp_delta(rs->cc.s_maxage));
     if (rs->cc.max_age >= 0)
@@ -357,7 +546,7 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
 {
     const apx_cc *cc = &rs->cc;
     apr_interval_time_t lifetime, age;
-    int explicit_fresh;
+    int explicit_fresh, no_cache, validator;
 
     if (!rq->method_get && !rq->method_head)
         return APX_STORE_METHOD;
@@ -375,11 +564,13 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
     }
     if (cc->flags & APX_CC_PRIVATE)
         return APX_STORE_PRIVATE;
-    if ((cc->flags & APX_CC_NO_CACHE)
-        || (rs->pragma_no_cache && cc_is_empty(cc)))
+    /* §5.2.2.4: no-cache may be stored, but every use is revalidated
+     * first: only worth it with a validator to revalidate with */
+    validator = rs->has_etag || rs->last_modified;
+    no_cache = (cc->flags & APX_CC_NO_CACHE)
+               || (rs->pragma_no_cache && cc_is_empty(cc));
+    if (no_cache && !validator)
         return APX_STORE_NO_CACHE;
-    if (cc->flags & APX_CC_INVALID)
-        return APX_STORE_INVALID;
     /* §3.5: proxy-revalidate is not among the directives that allow it */
     if (rq->authorization
         && !(cc->flags & (APX_CC_PUBLIC | APX_CC_MUST_REVALIDATE))
@@ -396,7 +587,10 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
         && !(cc->flags & APX_CC_PUBLIC))
         return APX_STORE_STATUS;
     age = initial_age(rs);
-    if (!explicit_fresh) {
+    if (no_cache) {
+        lifetime = 0;
+    }
+    else if (!explicit_fresh) {
         if (pol->default_ttl <= 0)
             return APX_STORE_NO_FRESHNESS;
         /* The administrator's TTL counts from arrival: a backend slower
@@ -406,7 +600,7 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
     }
     if (pol->max_ttl > 0 && lifetime > pol->max_ttl)
         lifetime = pol->max_ttl;
-    if (lifetime <= age) {
+    if (lifetime <= age && !no_cache) {
         /* Stale on arrival: still worth storing while a stale window
          * lets it be served (a slow backend's max-age=1 with
          * stale-while-revalidate=30). */
@@ -417,7 +611,8 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
 
         if (revalidate || window <= 0
             || lifetime + apr_time_from_sec(clamp_delta(window)) <= age)
-            return APX_STORE_EXPIRED;
+            return (cc->flags & APX_CC_INVALID) ? APX_STORE_INVALID
+                                                : APX_STORE_EXPIRED;
     }
 
     if (t) {
@@ -427,7 +622,8 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
         t->fresh_until = t->response_time + lifetime - age;
         t->revalidate = (cc->flags & (APX_CC_MUST_REVALIDATE
                                       | APX_CC_PROXY_REVALIDATE))
-                        || cc->s_maxage >= 0;
+                        || cc->s_maxage >= 0 || no_cache;
+        t->keep = validator && pol->keep > 0 ? pol->keep : 0;
         t->swr = t->sie = 0;
         if (!t->revalidate) {
             if (cc->swr > 0)
@@ -479,7 +675,11 @@ apr_time_t apx_fresh_keep_until(const apx_fresh_times *t)
 {
     apr_interval_time_t extra = t->swr > t->sie ? t->swr : t->sie;
 
-    return t->revalidate || extra < 0 ? t->fresh_until : t->fresh_until + extra;
+    if (t->revalidate || extra < 0)
+        extra = 0;
+    if (t->keep > extra)
+        extra = t->keep;
+    return t->fresh_until + extra;
 }
 
 /* ---------------------------------------------------------------------------

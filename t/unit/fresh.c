@@ -48,7 +48,7 @@ static void resp_init(apx_fresh_resp *rs, int status, const char *cc)
     rs->response_time = T(0);
 }
 
-static const apx_fresh_policy no_default = { 0, 0 };
+static const apx_fresh_policy no_default = { 0, 0, 0 };
 
 /* Storing decision for a GET without request directives. */
 static int store_cc(int status, const char *cc, const apx_fresh_policy *pol,
@@ -210,10 +210,10 @@ static void test_cc_invalid(void)
     cc = cc_of("max-age=20, max-age=10");
     is_int(cc.max_age, 10, "... in either order");
     cc = cc_of("max-age=10, max-age=10");
-    ok(!(cc.flags & APX_CC_INVALID) && cc.max_age == 10,
-       "equal duplicates are not a conflict");
+    ok((cc.flags & APX_CC_INVALID) && cc.max_age == 10,
+       "equal duplicates are duplicates too (RFC 9111 4.2.1: stale)");
     cc = cc_of("max-age=10, max-age=\"10\"");
-    ok(!(cc.flags & APX_CC_INVALID), "token and quoted forms of one value agree");
+    ok(cc.flags & APX_CC_INVALID, "... also in token and quoted forms");
     cc = cc_of("max-age=abc, no-store");
     ok((cc.flags & APX_CC_INVALID) && (cc.flags & APX_CC_NO_STORE),
        "garbage costs one element: the next one is still read");
@@ -286,7 +286,7 @@ static void test_store_basic(void)
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
-    apx_fresh_policy ttl10 = { SEC(10), 0 };
+    apx_fresh_policy ttl10 = { SEC(10), 0, 0 };
 
     memset(&t, 0, sizeof(t));
     is_int(store_cc(200, "max-age=60", &no_default, &t), APX_STORE_OK,
@@ -468,9 +468,9 @@ static void test_store_lifetime(void)
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
-    apx_fresh_policy ttl10 = { SEC(10), 0 };
-    apx_fresh_policy cap30 = { SEC(10), SEC(30) };
-    apx_fresh_policy subsec = { MS(250), 0 };
+    apx_fresh_policy ttl10 = { SEC(10), 0, 0 };
+    apx_fresh_policy cap30 = { SEC(10), SEC(30), 0 };
+    apx_fresh_policy subsec = { MS(250), 0, 0 };
 
     req_init(&rq);
     resp_init(&rs, 200, "max-age=60, s-maxage=120");
@@ -1015,7 +1015,7 @@ static void test_reason(void)
  * response delay in the age (RFC 9111 section 4.2.3). */
 static void test_default_ttl_from_arrival(void)
 {
-    apx_fresh_policy ttl500 = { apr_time_from_msec(500), 0 };
+    apx_fresh_policy ttl500 = { apr_time_from_msec(500), 0, 0 };
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
@@ -1037,6 +1037,335 @@ static void test_default_ttl_from_arrival(void)
     rs.response_time = T(1);
     is_int(apx_fresh_storable(&rq, &rs, &ttl500, &t), APX_STORE_EXPIRED,
            "max-age=1 after a 1 s response delay: already expired");
+}
+
+/* ---------------------------------------------------------------------------
+ * RFC 9111 parsing: HTTP-dates (Expires, Date), Age, invalid freshness
+ */
+
+#define NOW_2026 ((apr_time_t)1796342400 * APR_USEC_PER_SEC)   /* 2026-12-04 */
+
+static void test_parse_date(void)
+{
+    static const struct {
+        const char *in;
+        apr_int64_t want;       /* seconds; 0: invalid */
+        const char *why;
+    } cases[] = {
+        { "Sun, 06 Nov 1994 08:49:37 GMT", 784111777, "IMF-fixdate" },
+        { "Sunday, 06-Nov-94 08:49:37 GMT", 784111777, "rfc850" },
+        { "Sun Nov  6 08:49:37 1994", 784111777, "asctime, one-digit day" },
+        { "Sun Nov 06 08:49:37 1994", 784111777, "asctime, two-digit day" },
+        { "Tue, 15 Nov 2022 08:12:31 GMT", 1668499951, "IMF-fixdate 2022" },
+        { " Sun, 06 Nov 1994 08:49:37 GMT\t", 784111777,
+          "surrounding whitespace ignored" },
+        { "Mon, 06 Nov 1994 08:49:37 GMT", 784111777,
+          "a wrong weekday is not checked (the date is)" },
+        { "Thu, 29 Feb 1996 00:00:00 GMT", 825552000, "29 February, leap year" },
+        { "Tue, 29 Feb 2000 12:00:00 GMT", 951825600, "29 February 2000 (400)" },
+        { "Sun, 06 Nov 1994 08:49:60 GMT", 784111800, "a leap second" },
+        { "Fri, 31 Dec 9999 23:59:59 GMT", 253402300799LL, "year 9999" },
+        { "Mon, 01 Jan 1900 00:00:00 GMT", -2208988800LL,
+          "before 1970: a valid date (Expires: in the past)" },
+        { "Thu, 01 Jan 1970 00:00:00 GMT", 0,
+          "the epoch itself is 0, which callers read as invalid: in the past "
+          "either way" },
+        { "Thursday, 01-Jan-70 00:00:00 GMT", 3155760000LL,
+          "rfc850 year 70 in 2026: 2070 (44 years ahead)" },
+        { "Tuesday, 01-Jan-80 00:00:00 GMT", 315532800,
+          "rfc850 year 80 in 2026: 1980 (2080 is > 50 years ahead)" },
+        /* invalid: every other form */
+        { "Sun, 06 Nov 1994 08:49:37 PST", 0, "a zone other than GMT" },
+        { "Sun, 06 Nov 1994 08:49:37 UTC", 0, "UTC is not GMT" },
+        { "Sun, 06 Nov 1994 08:49:37 +0000", 0, "a numeric zone" },
+        { "Sun, 06 Nov 1994 08:49:37", 0, "no zone" },
+        { "Sun 06 Nov 1994 08:49:37 GMT", 0, "missing comma" },
+        { "Sun,06 Nov 1994 08:49:37 GMT", 0, "missing space after the comma" },
+        { "Sun, 6 Nov 1994 08:49:37 GMT", 0, "one-digit day in IMF-fixdate" },
+        { "Sun, 06 Nov 94 08:49:37 GMT", 0, "two-digit year in IMF-fixdate" },
+        { "06 Nov 1994 08:49:37 GMT", 0, "no weekday" },
+        { "sun, 06 Nov 1994 08:49:37 GMT", 0, "lower-case weekday" },
+        { "Sun, 06 nov 1994 08:49:37 GMT", 0, "lower-case month" },
+        { "Sun, 06 Nov 1994 08:49:37 gmt", 0, "lower-case GMT" },
+        { "Sun, 06 Nov 1994 08:49:37 GMTX", 0, "trailing bytes" },
+        { "Sun, 06 Nov 1994 08:49:37 GMT, Mon, 07 Nov 1994 08:49:37 GMT", 0,
+          "two values (two Expires lines joined)" },
+        { "Sun, 31 Feb 1994 08:49:37 GMT", 0, "31 February" },
+        { "Mon, 29 Feb 1900 00:00:00 GMT", 0, "29 February 1900 (no leap year)" },
+        { "Sun, 00 Nov 1994 08:49:37 GMT", 0, "day 0" },
+        { "Sun, 06 Nov 1994 24:00:00 GMT", 0, "hour 24" },
+        { "Sun, 06 Nov 1994 08:60:00 GMT", 0, "minute 60" },
+        { "Sun, 06 Nov 1994 08:49:61 GMT", 0, "second 61" },
+        { "Sun, 06 Nov 1994 8:49:37 GMT ", 0, "one-digit hour" },
+        { "Sun, 06 Nov 1994 08-49-37 GMT", 0, "wrong time separators" },
+        { "Sun, 06 Nov 1994 08:49:3x GMT", 0, "a letter in the time" },
+        { "Sun, 06 Xyz 1994 08:49:37 GMT", 0, "no such month" },
+        { "Sunday, 06-Nov-1994 08:49:37 GMT", 0, "rfc850 with a 4-digit year" },
+        { "Sun, 06-Nov-94 08:49:37 GMT", 0, "rfc850 with a short weekday" },
+        { "Sunday, 06 Nov 94 08:49:37 GMT", 0, "rfc850 without dashes" },
+        { "Sun Nov 6 08:49:37 1994", 0, "asctime with one space" },
+        { "Sun Nov  6 08:49:37 94", 0, "asctime with a 2-digit year" },
+        { "0", 0, "\"0\"" },
+        { "-1", 0, "\"-1\"" },
+        { "", 0, "empty" },
+        { "1994-11-06T08:49:37Z", 0, "ISO 8601" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        apr_time_t got = apx_fresh_parse_date(cases[i].in, strlen(cases[i].in),
+                                              NOW_2026);
+
+        if (!tap_ok(got == apr_time_from_sec(cases[i].want), "date: %s",
+                    cases[i].why))
+            printf("#   '%s': got %lld s, expected %lld\n", cases[i].in,
+                   (long long)apr_time_sec(got), (long long)cases[i].want);
+    }
+    is_int(apx_fresh_parse_date(NULL, 0, NOW_2026), 0, "date: NULL");
+    is_int(apx_fresh_parse_date("Sun, 06 Nov 1994 08:49:37 GMTxxxx", 29,
+                                NOW_2026), apr_time_from_sec(784111777),
+           "date: len bounds the parse");
+    is_int(apx_fresh_parse_date("Tuesday, 01-Jan-80 00:00:00 GMT", 31,
+                                apr_time_from_sec(0)),
+           apr_time_from_sec(315532800),
+           "date: rfc850 year 80 seen in 1970: 1980");
+}
+
+static void test_parse_age(void)
+{
+    static const struct {
+        const char *in;
+        apr_int64_t want;
+        const char *why;
+    } cases[] = {
+        { "60", 60, "a number" },
+        { "0", 0, "zero" },
+        { " 60\t", 60, "surrounding whitespace" },
+        { "60, 70", 60, "a list: the first member" },
+        { "60,abc", 60, "a list: later garbage discarded" },
+        { ", ,5", 5, "empty list elements are none" },
+        { "2147483648", DMAX, "2^31" },
+        { "99999999999999999999", DMAX, "huge: clamped to 2^31" },
+        { "abc", -1, "not a number: ignored" },
+        { "abc, 5", -1, "the first member invalid: ignored" },
+        { "-5", -1, "negative" },
+        { "+5", -1, "a sign" },
+        { "5s", -1, "a unit" },
+        { "1.5", -1, "a fraction" },
+        { "5 6", -1, "two numbers" },
+        { "\"5\"", -1, "quoted" },
+        { "0x10", -1, "hex" },
+        { "", -1, "empty" },
+        { " , ", -1, "only separators" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        apr_int64_t got = apx_fresh_parse_age(cases[i].in, strlen(cases[i].in));
+
+        if (!tap_ok(got == cases[i].want, "age: %s", cases[i].why))
+            printf("#   '%s': got %lld, expected %lld\n", cases[i].in,
+                   (long long)got, (long long)cases[i].want);
+    }
+    is_int(apx_fresh_parse_age(NULL, 0), -1, "age: NULL");
+    is_int(apx_fresh_parse_age("123", 2), 12, "age: len bounds the parse");
+}
+
+/* Invalid or repeated freshness information makes the response stale
+ * (RFC 9111 §4.2.1): stored only where a stale window lets it be used. */
+static void test_invalid_freshness(void)
+{
+    static const struct {
+        const char *cc;
+        int expires;            /* 0: none, 1: valid (T+600), -1: invalid */
+        int want;
+        const char *why;
+    } cases[] = {
+        { "max-age=60", 0, APX_STORE_OK, "valid max-age: stored" },
+        { "max-age=abc", 0, APX_STORE_INVALID, "junk max-age: stale" },
+        { "max-age=60abc", 0, APX_STORE_INVALID, "max-age with trailing junk" },
+        { "max-age=", 0, APX_STORE_INVALID, "empty max-age" },
+        { "max-age", 0, APX_STORE_INVALID, "max-age without value" },
+        { "max-age=-1", 0, APX_STORE_INVALID, "negative max-age" },
+        { "max-age=60, max-age=60", 0, APX_STORE_INVALID,
+          "duplicate max-age, equal" },
+        { "max-age=60, max-age=30", 0, APX_STORE_INVALID,
+          "duplicate max-age, different" },
+        { "s-maxage=60, s-maxage=60", 0, APX_STORE_INVALID, "duplicate s-maxage" },
+        { "s-maxage=x, max-age=60", 0, APX_STORE_INVALID,
+          "junk s-maxage beside a valid max-age" },
+        { "max-age=abc", 1, APX_STORE_INVALID,
+          "junk max-age beside a valid Expires: still stale" },
+        { NULL, 1, APX_STORE_OK, "valid Expires: stored" },
+        { NULL, -1, APX_STORE_EXPIRED, "invalid Expires: already expired" },
+        { "max-age=60", -1, APX_STORE_OK, "invalid Expires beside max-age: max-age" },
+        { "max-age=abc, stale-while-revalidate=30", 0, APX_STORE_OK,
+          "junk max-age with stale-while-revalidate: stored stale" },
+        { "max-age=1, max-age=1, stale-if-error=30", 0, APX_STORE_OK,
+          "duplicate max-age with stale-if-error: stored stale" },
+        { "max-age=abc, must-revalidate, stale-if-error=30", 0, APX_STORE_INVALID,
+          "junk max-age with must-revalidate: never stale-served" },
+    };
+    apx_fresh_req rq;
+    apx_fresh_resp rs;
+    apx_fresh_times t;
+    size_t i;
+
+    req_init(&rq);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int got;
+
+        resp_init(&rs, 200, cases[i].cc);
+        if (cases[i].expires) {
+            rs.has_expires = 1;
+            rs.expires = cases[i].expires > 0 ? T(600) : 0;
+            rs.date = T(0);
+        }
+        memset(&t, 0, sizeof(t));
+        got = apx_fresh_storable(&rq, &rs, &no_default, &t);
+        is_int(got, cases[i].want, cases[i].why);
+        if (got == APX_STORE_OK && rs.cc.flags & APX_CC_INVALID) {
+            is_int(t.lifetime, 0, "... with a lifetime of 0");
+            ok(apx_fresh_state(&t, T(0)) != APX_FRESH, "... never fresh");
+        }
+    }
+    resp_init(&rs, 200, "max-age=abc, stale-while-revalidate=30");
+    apx_fresh_storable(&rq, &rs, &no_default, &t);
+    is_int(apx_fresh_state(&t, T(1)), APX_STALE_REVALIDATE,
+           "junk max-age + swr: served stale while refreshed");
+    is_int(apx_fresh_state(&t, T(31)), APX_STALE, "... until the window ends");
+    ok(!strcmp(apx_fresh_reason(APX_STORE_INVALID), "invalid-cache-control"),
+       "its reason word: invalid-cache-control");
+}
+
+/* The date and Age parsers on mutated inputs in exact-size buffers (ASan
+ * catches a read past len; the unit-asan build runs this too): whatever
+ * they accept is a real time that formats back to a string they parse to
+ * the same value. Deterministic (a fixed LCG), no clock. */
+static void test_parse_mutations(void)
+{
+    static const char *const seeds[] = {
+        "Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+        "Sun Nov  6 08:49:37 1994", "Tue, 29 Feb 2000 23:59:60 GMT",
+        "60, 70", "2147483648"
+    };
+    static const char alphabet[] = "0123456789 ,:-GMTSunNovFebday\t\"";
+    unsigned x = 12345, i, bad = 0, roundtrip_bad = 0, accepted = 0;
+
+    for (i = 0; i < 50000; i++) {
+        const char *seed = seeds[i % (sizeof(seeds) / sizeof(seeds[0]))];
+        size_t len = strlen(seed), k, edits;
+        char *buf, fmt[APR_RFC822_DATE_LEN];
+        apr_time_t t;
+        apr_int64_t age;
+
+        x = x * 1103515245 + 12345;
+        if ((x >> 16) % 8 == 0 && len)
+            len = (x >> 8) % len;       /* truncated */
+        buf = malloc(len ? len : 1);
+        memcpy(buf, seed, len);
+        edits = (x >> 20) % 4;
+        for (k = 0; k < edits && len; k++) {
+            x = x * 1103515245 + 12345;
+            buf[(x >> 16) % len] = alphabet[(x >> 8) % (sizeof(alphabet) - 1)];
+        }
+        t = apx_fresh_parse_date(buf, len, NOW_2026);
+        age = apx_fresh_parse_age(buf, len);
+        if (age < -1 || age > DMAX)
+            bad++;
+        if (t) {
+            accepted++;
+            /* 0001-01-01 .. 9999-12-31 */
+            if (t < apr_time_from_sec(-62135596800LL)
+                || t > apr_time_from_sec(253402300800LL))
+                bad++;
+            if (t > 0) {
+                /* APR formats no time before 1970 */
+                apr_rfc822_date(fmt, t);
+                if (apx_fresh_parse_date(fmt, strlen(fmt), NOW_2026) != t)
+                    roundtrip_bad++;
+            }
+        }
+        free(buf);
+    }
+    is_int(bad, 0, "mutated dates and ages: results always in range");
+    is_int(roundtrip_bad, 0, "every accepted date formats back to itself");
+    ok(accepted > 1000, "mutations still accept valid dates (%u)", accepted);
+}
+
+/* no-cache with a validator is stored to be revalidated on every use;
+ * a response with a validator is kept `keep` past its freshness. */
+static void test_revalidation(void)
+{
+    static const struct {
+        const char *cc;
+        int etag, lm, pragma;
+        int want;
+        const char *why;
+    } cases[] = {
+        { "no-cache", 0, 0, 0, APX_STORE_NO_CACHE, "no-cache, no validator: not stored" },
+        { "no-cache", 1, 0, 0, APX_STORE_OK, "no-cache with an ETag: stored" },
+        { "no-cache", 0, 1, 0, APX_STORE_OK, "no-cache with a Last-Modified: stored" },
+        { "no-cache=\"x-a\"", 1, 0, 0, APX_STORE_OK, "no-cache with field names and an ETag" },
+        { "no-cache, max-age=60", 1, 0, 0, APX_STORE_OK, "no-cache beside max-age=60" },
+        { "no-cache, no-store", 1, 0, 0, APX_STORE_NO_STORE, "no-store wins" },
+        { "no-cache, private", 1, 0, 0, APX_STORE_PRIVATE, "private wins" },
+        { NULL, 1, 0, 1, APX_STORE_OK, "Pragma: no-cache with an ETag: stored" },
+        { NULL, 0, 0, 1, APX_STORE_NO_CACHE, "Pragma: no-cache without one: not" },
+    };
+    apx_fresh_policy keep = { 0, 0, SEC(600) };
+    apx_fresh_req rq;
+    apx_fresh_resp rs;
+    apx_fresh_times t;
+    size_t i;
+
+    req_init(&rq);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int got;
+
+        resp_init(&rs, 200, cases[i].cc);
+        rs.has_etag = cases[i].etag;
+        rs.last_modified = cases[i].lm ? T(-1000) : 0;
+        rs.pragma_no_cache = cases[i].pragma;
+        memset(&t, 0, sizeof(t));
+        got = apx_fresh_storable(&rq, &rs, &keep, &t);
+        is_int(got, cases[i].want, cases[i].why);
+        if (got == APX_STORE_OK) {
+            is_int(apx_fresh_state(&t, T(0)), APX_STALE, "... stale at once: revalidated before use");
+            ok(t.revalidate && !t.swr && !t.sie, "... never served stale");
+            is_int(apx_fresh_keep_until(&t), t.fresh_until + SEC(600), "... kept 600 s for it");
+        }
+    }
+    resp_init(&rs, 500, "no-cache");
+    rs.has_etag = 1;
+    is_int(apx_fresh_storable(&rq, &rs, &keep, &t), APX_STORE_STATUS,
+           "no-cache does not make a 500 storable");
+    resp_init(&rs, 200, "no-cache, stale-while-revalidate=30");
+    rs.has_etag = 1;
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_state(&t, T(1)), APX_STALE, "no-cache ignores stale-while-revalidate");
+
+    resp_init(&rs, 200, "max-age=60");
+    rs.has_etag = 1;
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(660), "max-age=60 with an ETag: kept until 60 + 600 s");
+    resp_init(&rs, 200, "max-age=60, stale-if-error=900");
+    rs.has_etag = 1;
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(960), "... or the longer stale-if-error window");
+    resp_init(&rs, 200, "max-age=60");
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(60), "no validator: not kept past freshness");
+    resp_init(&rs, 200, "max-age=60, must-revalidate");
+    rs.last_modified = T(-5);
+    apx_fresh_storable(&rq, &rs, &keep, &t);
+    is_int(apx_fresh_keep_until(&t), T(660), "must-revalidate with a validator: kept to be revalidated");
+    is_int(apx_fresh_state(&t, T(61)), APX_STALE, "... and never served stale");
+    resp_init(&rs, 200, "max-age=1");
+    rs.has_etag = 1;
+    rs.age = 5;
+    is_int(apx_fresh_storable(&rq, &rs, &keep, &t), APX_STORE_EXPIRED,
+           "stale on arrival is still not stored, validator or not");
 }
 
 int main(void)
@@ -1061,5 +1390,10 @@ int main(void)
     test_not_modified();
     test_reason();
     test_default_ttl_from_arrival();
+    test_parse_date();
+    test_parse_age();
+    test_invalid_freshness();
+    test_revalidation();
+    test_parse_mutations();
     return done_testing();
 }
