@@ -1445,13 +1445,19 @@ static void conn_child_init(apr_pool_t *pchild, server_rec *s)
 
 void apx_conn_register_hooks(apr_pool_t *p)
 {
+    static const char *const process_connection_succ[] = { "mod_ssl.c",
+                                                           NULL };
+
     ap_hook_child_init(conn_child_init, NULL, NULL, APR_HOOK_FIRST);
     ap_hook_handler(asyncproxy_handler, NULL, NULL, APR_HOOK_FIRST);
     ap_hook_handler(asyncproxy_lane_handler, NULL, NULL,
                     APR_HOOK_REALLY_FIRST);
-    /* after mod_reqtimeout's (FIRST) has put its filters on */
-    ap_hook_process_connection(asyncproxy_process_connection, NULL, NULL,
-                               APR_HOOK_MIDDLE);
+    /* After mod_reqtimeout's (FIRST) has put its filters on, and before
+     * mod_ssl's: that one runs the TLS handshake with a blocking read, and
+     * a client that stalls in it would hold the MPM thread; ours reads
+     * without blocking (the handshake then progresses in the poller). */
+    ap_hook_process_connection(asyncproxy_process_connection, NULL,
+                               process_connection_succ, APR_HOOK_MIDDLE);
     ap_hook_suspend_connection(asyncproxy_suspend_connection, NULL, NULL,
                                APR_HOOK_MIDDLE);
     ap_hook_resume_connection(asyncproxy_resume_connection, NULL, NULL,

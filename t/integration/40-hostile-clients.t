@@ -279,7 +279,7 @@ my $hc = APX::Httpd->new(
 );
 $hc->start;
 SKIP: {
-    eval { require IO::Socket::SSL; 1 } or skip 'IO::Socket::SSL missing', 4;
+    eval { require IO::Socket::SSL; 1 } or skip 'IO::Socket::SSL missing', 8;
     my $tls = sub {
         my $s = IO::Socket::SSL->new(PeerAddr => '127.0.0.1', PeerPort => $hc->port,
                                      SSL_verify_mode => 0, Timeout => 10) or return undef;
@@ -319,6 +319,43 @@ SKIP: {
     is($r && $r->{status}, 200, 'TLS: a 20 KB head on an adopted connection is read and answered');
     is($r && length($r->{body}), 77, '... with its body');
     close $_ for @held;
+
+    # first heads over TLS: 60 connections stall in the handshake (TCP only,
+    # no ClientHello) and 60 finish it and trickle a head, on 25 MPM threads
+    my $tls_fig = sub {
+        my ($name) = @_;
+        my $c = $tls->() or return 0;
+        print $c get_req('/apx-status', Connection => 'close');
+        my $b = '';
+        my $r1 = read_response($c, \$b, 10);
+        return 0 unless $r1 && $r1->{status} == 200;
+        return ($r1->{body} =~ /^AsyncProxy\Q$name\E: (\d+)$/m)[0] // 0;
+    };
+    my $a0 = $tls_fig->('HeadsAdopted');
+    # (5 bytes: a TLS record header announcing a ClientHello that never
+    # comes; mod_ssl's own handshake would wait for it on an MPM thread)
+    my @stall = grep { defined } map { my $c = client($hc->port); print $c "\x16\x03\x01\x02\x00"; $c } 1 .. 60;
+    my @slow;
+    for (1 .. 60) {
+        my $s = $tls->() or next;
+        print $s "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+        push @slow, $s;
+    }
+    is(scalar(@stall) + scalar(@slow), 120, 'TLS first heads: 60 stalled handshakes, 60 partial heads');
+    ok(wait_for(sub { $tls_fig->('IdleNow') >= 120 }, 20),
+       'TLS first heads: the 60 stalled handshakes and 60 partial heads wait parked (IdleNow)');
+    cmp_ok($tls_fig->('HeadsAdopted') - $a0, '>=', 120,
+           '... taken from the MPM threads (HeadsAdopted; the figure reads may add some)');
+    $ok = 0;
+    for (1 .. 10) {
+        my $c = $tls->() or next;
+        print $c get_req('/s/delay/0/10', Connection => 'close');
+        my $b = '';
+        my $r1 = read_response($c, \$b, 10);
+        $ok++ if $r1 && $r1->{status} == 200;
+    }
+    is($ok, 10, 'TLS first heads: 10 new TLS clients are answered meanwhile');
+    close $_ for @stall, @slow;
 }
 $hc->stop;
 
