@@ -87,12 +87,7 @@ sub set_ctl {
 }
 
 # a response; for HEAD the same head without the body
-sub reply {
-    my ($req, $status, $body, @h) = @_;
-    my $s = APX::Backend::response($status, $body, @h);
-    $s =~ s/\r\n\r\n.*\z/\r\n\r\n/s if $req->{method} eq 'HEAD';
-    return $s;
-}
+sub reply { APX::Backend::reply(@_) }
 
 my %KINDS = map { $_ => 1 } qw(fresh smax expires none nostore private nocache cookie public range
                                big bigchunked vary text json small png ma1 swr sie err post query head

@@ -62,12 +62,7 @@ my %BLOB = map { $_ => "blob $_\n" . noise(100_000 - length("blob $_\n"), $_ * 7
 my %BLOB_MD5 = map { $_ => md5_hex($BLOB{$_}) } keys %BLOB;
 my $PAD = join '', map { chr(65 + $_ % 26) } 0 .. 2047;
 
-sub reply {
-    my ($req, $status, $body, @h) = @_;
-    my $s = APX::Backend::response($status, $body, @h);
-    $s =~ s/\r\n\r\n.*\z/\r\n\r\n/s if $req->{method} eq 'HEAD';
-    return $s;
-}
+sub reply { APX::Backend::reply(@_) }
 
 sub backend {
     my ($req) = @_;

@@ -48,12 +48,7 @@ sub gunzip_str {
 }
 
 # ---------------------------------------------------------------- backend
-sub reply {
-    my ($req, $status, $body, @h) = @_;
-    my $s = APX::Backend::response($status, $body, @h);
-    $s =~ s/\r\n\r\n.*\z/\r\n\r\n/s if $req->{method} eq 'HEAD';
-    return $s;
-}
+sub reply { APX::Backend::reply(@_) }
 
 sub backend {
     my ($req) = @_;

@@ -178,6 +178,15 @@ my %REASON = (100 => 'Continue', 200 => 'OK', 201 => 'Created', 204 => 'No Conte
               404 => 'Not Found', 413 => 'Payload Too Large', 500 => 'Internal Server Error',
               502 => 'Bad Gateway', 503 => 'Service Unavailable', 504 => 'Gateway Timeout');
 
+# A response for $req as response() makes it, without its body when the
+# request was a HEAD (the caches' scripted origins answer both).
+sub reply {
+    my ($req, $status, $body, @h) = @_;
+    my $s = response($status, $body, @h);
+    $s =~ s/\r\n\r\n.*\z/\r\n\r\n/s if $req->{method} eq 'HEAD';
+    return $s;
+}
+
 sub response {
     my ($status, $body, @h) = @_;
     $body //= '';
