@@ -17,6 +17,7 @@
 #include "http_config.h"
 #include "http_log.h"
 #include "http_core.h"
+#include "http_protocol.h"
 #include "ap_mpm.h"
 #include "mpm_common.h"
 #include "apr_strings.h"
@@ -664,6 +665,15 @@ static int asyncproxy_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
         return OK;
     apx_head_post_config(pconf, s);
+    {
+        server_rec *vs;
+
+        apx_gconf.h2_allowed = 0;
+        for (vs = s; vs; vs = vs->next)
+            if (ap_is_allowed_protocol(NULL, NULL, vs, "h2")
+                || ap_is_allowed_protocol(NULL, NULL, vs, "h2c"))
+                apx_gconf.h2_allowed = 1;
+    }
     if (ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) != APR_SUCCESS || !async)
         return OK;
     if ((v = conftree_value("AsyncRequestWorkerFactor")))

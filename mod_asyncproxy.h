@@ -72,6 +72,8 @@ typedef struct apx_global_conf {
     unsigned lane_threads;          /* 0: ThreadsPerChild */
     unsigned lane_queue;            /* 0: APX_DEFAULT_LANE_QUEUE_PER_THREAD
                                      * per lane thread */
+    int h2_allowed;                 /* some server's Protocols has h2 or
+                                     * h2c (post_config) */
     double mpm_factor;              /* AsyncRequestWorkerFactor (post_config) */
     unsigned mpm_threads;           /* ThreadsPerChild (post_config) */
 } apx_global_conf;

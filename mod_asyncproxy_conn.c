@@ -1271,6 +1271,14 @@ static int asyncproxy_process_connection(conn_rec *c)
                               &asyncproxy_module);
     if (sc->adopt_heads == 0)
         return DECLINED;
+    /* Where any server speaks HTTP/2 the connections stay with the MPM:
+     * mod_http2 takes them in a later process_connection hook (once TLS
+     * chose h2 — for the virtual host SNI names, which is not known yet —
+     * or on the h2c preface) and would run the whole h2 session on
+     * whichever thread calls it: a module worker, for a connection adopted
+     * here. */
+    if (apx_gconf.h2_allowed)
+        return DECLINED;
     ac = conn_get(c);
     if (ac->adopted || ac->fd < 0)
         return DECLINED;

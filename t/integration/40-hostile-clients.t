@@ -359,7 +359,28 @@ SKIP: {
 }
 $hc->stop;
 
-for my $srv ($h, $hb, $hc) {
+# ------------------------------------------------------------------------
+# server D: TLS with HTTP/2 allowed. Connections stay with the MPM (mod_http2
+# would run a whole h2 session on a module worker if one took them over)
+my $hd = APX::Httpd->new(
+    mpm => 'event', threads => 25, timeout => 60, tls => 1, modules => ['http2'],
+    global => "Protocols h2 http/1.1\n", conf => $MAP,
+);
+$hd->start;
+SKIP: {
+    my $curl = `sh -c 'command -v curl'`;
+    chomp $curl;
+    skip 'curl missing', 2 unless $curl;
+    my $u = $hd->url('/s/delay/0/10');
+    my $out = `$curl -sk --http2 -o /dev/null -o /dev/null -w '%{http_version} %{http_code} ' $u $u`;
+    is($out, '2 200 2 200 ', 'h2 allowed: two proxied requests over one HTTP/2 connection');
+    my $st = `$curl -sk ${\ $hd->url('/apx-status')}`;
+    my ($adopted) = $st =~ /^AsyncProxyHeadsAdopted: (\d+)$/m;
+    is($adopted, 0, 'h2 allowed: no connection is taken over at its first head');
+}
+$hd->stop;
+
+for my $srv ($h, $hb, $hc, $hd) {
     my @bad = $srv->error_lines(qr/AH01382|AH00484|AH03104/);
     is(scalar @bad, 0, 'no error-log lines at error level or above') or diag(join "\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]);
 }
