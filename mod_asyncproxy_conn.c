@@ -1251,6 +1251,28 @@ static int asyncproxy_lane_handler(request_rec *r)
     return SUSPENDED;
 }
 
+/* On a connection the module owns, an HTTP/1.1 request may ask to
+ * upgrade to h2c where a server allows it; httpd's core would switch in a
+ * handler that runs before any other (and at map_to_storage for OPTIONS *),
+ * and mod_http2 would then run the whole h2 session on this module worker.
+ * The request is served as HTTP/1.1 instead (a server may ignore an
+ * Upgrade, RFC 9110 7.8). */
+static int asyncproxy_post_read_request(request_rec *r)
+{
+    const char *up;
+    apx_conn *ac;
+
+    if (!apx_gconf.h2_allowed || !apx_engine_current_thread())
+        return DECLINED;
+    ac = ap_get_module_config(r->connection->conn_config, &asyncproxy_module);
+    up = apr_table_get(r->headers_in, "Upgrade");
+    if (ac && ac->adopted && up && ap_find_token(r->pool, up, "h2c")) {
+        apr_table_unset(r->headers_in, "Upgrade");
+        apr_table_unset(r->headers_in, "HTTP2-Settings");
+    }
+    return DECLINED;
+}
+
 /* MPM threads: a connection whose request head is not whole is not read
  * here (httpd would block this thread on it until the head or a timeout
  * came): the module takes the connection over and awaits the head parked,
@@ -1460,6 +1482,8 @@ void apx_conn_register_hooks(apr_pool_t *p)
     ap_hook_handler(asyncproxy_handler, NULL, NULL, APR_HOOK_FIRST);
     ap_hook_handler(asyncproxy_lane_handler, NULL, NULL,
                     APR_HOOK_REALLY_FIRST);
+    ap_hook_post_read_request(asyncproxy_post_read_request, NULL, NULL,
+                              APR_HOOK_REALLY_FIRST);
     /* After mod_reqtimeout's (FIRST) has put its filters on, and before
      * mod_ssl's: that one runs the TLS handshake with a blocking read, and
      * a client that stalls in it would hold the MPM thread; ours reads

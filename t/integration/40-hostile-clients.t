@@ -380,7 +380,28 @@ SKIP: {
 }
 $hd->stop;
 
-for my $srv ($h, $hb, $hc, $hd) {
+# h2c allowed: an Upgrade to h2c on a connection the module owns is served
+# as HTTP/1.1 (httpd would run the h2 session on the module worker)
+my $he = APX::Httpd->new(
+    mpm => 'event', threads => 25, timeout => 60, modules => ['http2'],
+    global => "Protocols h2c http/1.1\n", conf => $MAP,
+);
+$he->start;
+{
+    my $c = client($he->port);
+    print $c get_req('/s/delay/0/10');
+    my $b = '';
+    my $r1 = read_response($c, \$b, 5);
+    is($r1 && $r1->{status}, 200, 'h2c allowed: the first request adopts the connection');
+    print $c get_req('/s/delay/0/10', Upgrade => 'h2c', Connection => 'Upgrade, HTTP2-Settings',
+                     'HTTP2-Settings' => 'AAMAAABkAARAAAAAAAIAAAAA');
+    my $r2 = read_response($c, \$b, 5);
+    is($r2 && $r2->{status}, 200, 'h2c allowed: an Upgrade: h2c on it is answered as HTTP/1.1, not 101');
+    close $c;
+}
+$he->stop;
+
+for my $srv ($h, $hb, $hc, $hd, $he) {
     my @bad = $srv->error_lines(qr/AH01382|AH00484|AH03104/);
     is(scalar @bad, 0, 'no error-log lines at error level or above') or diag(join "\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]);
 }
