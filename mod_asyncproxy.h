@@ -45,6 +45,11 @@
 #define APX_DEFAULT_PARK_DELAY      0
 #define APX_CONNECT_GRACE           500     /* us; see apx_wait_connect() */
 #define APX_DEFAULT_CONNECT_TIMEOUT apr_time_from_sec(5)
+/* A response without a length (SSE, a chunked long poll) may stay quiet for
+ * long between events; its silence is not a backend failure. 5 minutes is
+ * longer than the keep-alive comment interval of the usual SSE servers
+ * (15-60 s) and still lets a dead backend go within a few minutes. */
+#define APX_DEFAULT_STREAM_TIMEOUT  apr_time_from_sec(300)
 #define APX_DEFAULT_MAX_PARKED      10000
 #define APX_DEFAULT_POOL_MAX        256
 #define APX_DEFAULT_POOL_TTL        apr_time_from_sec(5)
@@ -118,6 +123,8 @@ typedef struct apx_mapping {
     apr_interval_time_t timeout;          /* whole response head wait, and
                                            * each later read or write */
     apr_interval_time_t connect_timeout;
+    apr_interval_time_t stream_timeout;   /* streamtimeout=: each read of a
+                                           * body without a length */
     apr_interval_time_t park_delay;       /* -1: inherit */
     int cache;                            /* cache=on|off, -1: inherit */
 } apx_mapping;
@@ -138,6 +145,7 @@ typedef struct apx_srv_conf {
     int add_forwarded;              /* X-Forwarded-*; -1 unset */
     apr_interval_time_t timeout;    /* 0 unset: the server's Timeout */
     apr_interval_time_t connect_timeout;
+    apr_interval_time_t stream_timeout; /* 0 unset */
     apr_interval_time_t park_delay; /* -1 unset */
     apx_cache_set cache;
     int adopt_heads;                /* AsyncProxyAdoptSlowHeads, -1 unset */
@@ -198,6 +206,10 @@ typedef struct apx_counters {
     volatile apr_uint32_t cache_bypass;    /* not cacheable */
     volatile apr_uint32_t cache_coalesced; /* waited for another's fetch */
     volatile apr_uint32_t cache_not_modified; /* 304 from the cache */
+    volatile apr_uint32_t streams_now;     /* bodies without a length being
+                                            * relayed event by event */
+    volatile apr_uint32_t streams_total;
+    volatile apr_uint64_t stream_bytes;    /* their body bytes to clients */
 } apx_counters;
 
 /* Per-child state. */
@@ -301,6 +313,8 @@ intptr_t apx_proxy_run(apx_coro *coro, void *rq);
 /* mod_asyncproxy_map.c */
 const apx_mapping *apx_proxy_match(request_rec *r);
 void apx_proxy_register_hooks(apr_pool_t *p);
+/* mod_asyncproxy_proxy.c: the connection filter that streams use. */
+void apx_stream_register_filter(apr_pool_t *p);
 /* 1 when the request body is not read to its end (mod_asyncproxy_proxy.c):
  * the connection must then close rather than have httpd read the rest. */
 struct apx_req;

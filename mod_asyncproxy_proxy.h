@@ -61,6 +61,7 @@ typedef struct proxy_ctx {
     apr_interval_time_t timeout;    /* backend response head, each I/O */
     apr_interval_time_t connect_timeout;
     apr_interval_time_t client_timeout;
+    apr_interval_time_t stream_timeout; /* each body read of a stream */
     const char *target;             /* origin-form request target */
     const char *url;                /* for log lines */
     apx_http_writer head;           /* the request head */
@@ -87,6 +88,9 @@ typedef struct proxy_ctx {
     unsigned got_bytes:1;           /* a byte came back on this attempt */
     unsigned head_applied:1;        /* r carries the backend's head */
     unsigned response_started:1;    /* something went to the output filters */
+    unsigned stream:1;              /* no length: each read goes out at once */
+    int *noflush;                   /* the connection's NOFLUSH switch */
+    apx_defer *stream_defer;        /* counts the stream out */
     apx_http_framing framing;
     int64_t remaining;              /* APX_HTTP_BODY_LENGTH */
     apx_http_chunked chunked;

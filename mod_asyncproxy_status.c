@@ -111,6 +111,9 @@ static int collect(figure *f, const char **mode)
         FIG("CacheBytes", bytes);
         FIG("CacheEvictions", evictions);
     }
+    FIG("StreamsNow", apr_atomic_read32(&ch->n.streams_now));
+    FIG("StreamsTotal", apr_atomic_read32(&ch->n.streams_total));
+    FIG("StreamBytes", apr_atomic_read64(&ch->n.stream_bytes));
 #undef FIG
     return n;
 }
