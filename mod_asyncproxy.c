@@ -19,6 +19,7 @@
 #include "http_core.h"
 #include "ap_mpm.h"
 #include "mpm_common.h"
+#include "apr_lib.h"
 #include "apr_strings.h"
 #include "apr_uri.h"
 #include "util_cfgtree.h"
@@ -142,6 +143,8 @@ static void *merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
                                                : base->connect_timeout;
     sc->stream_timeout = add->stream_timeout ? add->stream_timeout
                                              : base->stream_timeout;
+    sc->tunnel_timeout = add->tunnel_timeout ? add->tunnel_timeout
+                                             : base->tunnel_timeout;
     sc->park_delay = add->park_delay != -1 ? add->park_delay
                                            : base->park_delay;
     sc->adopt_heads = add->adopt_heads != -1 ? add->adopt_heads
@@ -234,6 +237,24 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
                                NULL);
         m->stream_timeout = t;
     }
+    else if (!strcasecmp(key, "tunneltimeout")) {
+        if ((err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
+                                      apr_time_from_sec(86400), &t)))
+            return apr_pstrcat(cmd->pool, err, " (option tunneltimeout=)",
+                               NULL);
+        m->tunnel_timeout = t;
+    }
+    else if (!strcasecmp(key, "upgrade")) {
+        const char *p;
+
+        for (p = val; *p; p++)
+            if (!apr_isalnum(*p) && !strchr(",-._*+", *p))
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                    "option upgrade= (protocol tokens "
+                                    "separated by commas, or *)",
+                                    cmd->cmd->name, val);
+        m->upgrade = *val ? val : NULL;
+    }
     else if (!strcasecmp(key, "parkdelay")) {
         if ((err = apx_parse_duration(cmd, val, 0, apr_time_from_sec(60),
                                       &t)))
@@ -264,8 +285,9 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
     }
     else {
         return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
-                            "timeout, connecttimeout, streamtimeout, parkdelay, "
-                            "max, ttl, cache)", cmd->cmd->name, key);
+                            "timeout, connecttimeout, streamtimeout, "
+                            "tunneltimeout, upgrade, parkdelay, max, ttl, "
+                            "cache)", cmd->cmd->name, key);
     }
     return NULL;
 }
@@ -400,6 +422,10 @@ static const char *set_srv_time(cmd_parms *cmd, void *dummy,
         return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
                                   apr_time_from_sec(3600),
                                   &sc->connect_timeout);
+    if (!strcasecmp(name, "AsyncProxyTunnelTimeout"))
+        return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
+                                  apr_time_from_sec(86400),
+                                  &sc->tunnel_timeout);
     if (!strcasecmp(name, "AsyncProxyStreamTimeout"))
         return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
                                   apr_time_from_sec(86400),
@@ -411,7 +437,7 @@ static const char *set_srv_time(cmd_parms *cmd, void *dummy,
 static const command_rec asyncproxy_cmds[] = {
     AP_INIT_RAW_ARGS("AsyncProxyPass", set_pass, NULL, RSRC_CONF | ACCESS_CONF,
                      "PATH URL [timeout= connecttimeout= streamtimeout= "
-                     "parkdelay= max= ttl= cache=] | PATH ! (in <Location>: URL [...] | !)"),
+                     "tunneltimeout= upgrade= parkdelay= max= ttl= cache=] | PATH ! (in <Location>: URL [...] | !)"),
     AP_INIT_TAKE12("AsyncProxyPassReverse", set_pass_reverse, NULL,
                    RSRC_CONF | ACCESS_CONF,
                    "PATH URL: rewrite Location, Content-Location and URI "
@@ -437,6 +463,9 @@ static const command_rec asyncproxy_cmds[] = {
     AP_INIT_TAKE1("AsyncProxyStreamTimeout", set_srv_time, NULL, RSRC_CONF,
                   "longest silence between two reads of a response body "
                   "without a length, e.g. SSE (default 300s)"),
+    AP_INIT_TAKE1("AsyncProxyTunnelTimeout", set_srv_time, NULL, RSRC_CONF,
+                  "longest time an upgraded connection (WebSocket) may "
+                  "move nothing either way (default 300s)"),
     AP_INIT_TAKE1("AsyncProxyParkDelay", set_srv_time, NULL, RSRC_CONF,
                   "how long the first thread waits for a fast response "
                   "before parking the request (default 5ms)"),

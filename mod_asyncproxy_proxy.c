@@ -437,6 +437,12 @@ int apx_px_build_head(proxy_ctx *px)
         /* we know the scheme the client used: ours replaces any claim */
         put_field(px, "X-Forwarded-Proto", ap_http_scheme(r));
     }
+    if (px->upgrade) {
+        /* hop-by-hop, so skipped above: forwarded only when the mapping
+         * allows the protocol (upgrade=) */
+        put_field(px, "Connection", "Upgrade");
+        put_field(px, "Upgrade", px->upgrade);
+    }
     if (px->body_kind == REQ_BODY_CHUNKED)
         put_field(px, "Transfer-Encoding", "chunked");
     else if (px->body_kind == REQ_BODY_LENGTH)
@@ -799,9 +805,16 @@ static int read_head(proxy_ctx *px)
             if (rv == APR_SUCCESS && !apx_http_resp_is_interim(h))
                 return STEP_OK;
             if (rv == APR_SUCCESS) {
-                if (h->status == HTTP_SWITCHING_PROTOCOLS)
+                if (h->status == HTTP_SWITCHING_PROTOCOLS && !px->upgrade)
                     return bad_response(px, "101 Switching Protocols to a "
                                         "request that asked for no upgrade");
+                if (h->status == HTTP_SWITCHING_PROTOCOLS) {
+                    if (!apx_px_upgrade_accepted(px))
+                        return bad_response(px, "101 Switching Protocols "
+                                            "to another protocol than the "
+                                            "one asked for");
+                    return STEP_OK;
+                }
                 if (++interim > MAX_INTERIM)
                     return bad_response(px, "too many interim responses");
                 if (h->status != HTTP_CONTINUE)
@@ -1266,7 +1279,7 @@ void apx_stream_register_filter(apr_pool_t *p)
 /* The connection's NOFLUSH switch; the filter is added once per
  * connection (a filter added to the connection's chain cannot be taken out
  * of a request's chain that already points at it). */
-static int *noflush_switch(proxy_ctx *px)
+int *apx_px_noflush_switch(proxy_ctx *px)
 {
     conn_rec *c = px->c;
     ap_filter_t *f;
@@ -1309,7 +1322,7 @@ static void stream_begin(proxy_ctx *px)
     /* an HTTP/2 stream has no socket of its own and no core filter below:
      * its FLUSH goes to h2, which never blocks on it */
     if (px->rq->client_fd >= 0) {
-        px->noflush = noflush_switch(px);
+        px->noflush = apx_px_noflush_switch(px);
         if (px->noflush)
             *px->noflush = 1;
     }
@@ -1359,6 +1372,9 @@ static int setup(proxy_ctx *px)
                           : sc->connect_timeout ? sc->connect_timeout
                           : APX_DEFAULT_CONNECT_TIMEOUT;
     px->client_timeout = r->server->timeout;
+    px->tunnel_timeout = m->tunnel_timeout ? m->tunnel_timeout
+                         : sc->tunnel_timeout ? sc->tunnel_timeout
+                         : APX_DEFAULT_TUNNEL_TIMEOUT;
     px->stream_timeout = m->stream_timeout ? m->stream_timeout
                          : sc->stream_timeout ? sc->stream_timeout
                          : APX_DEFAULT_STREAM_TIMEOUT;
@@ -1410,7 +1426,9 @@ static int setup(proxy_ctx *px)
         return STEP_FAIL;
     }
 
-    px->hc = apx_hc_create(px);
+    px->upgrade = apx_px_upgrade_wanted(px);
+    /* an upgraded connection is never cached */
+    px->hc = px->upgrade ? NULL : apx_hc_create(px);
     return STEP_OK;
 }
 
@@ -1443,12 +1461,17 @@ intptr_t apx_proxy_run(apx_coro *coro, void *data)
         rc = apx_px_build_head(px);
         if (rc == STEP_OK)
             rc = apx_px_exchange(px);
-        if (rc == STEP_OK)
-            rc = apx_px_apply_head(px);
-        if (rc == STEP_OK)
-            rc = apx_px_relay(px, apx_px_relay_init(px));
+        if (rc == STEP_OK && px->resp.status == HTTP_SWITCHING_PROTOCOLS) {
+            rc = apx_px_tunnel(px);
+        }
+        else {
+            if (rc == STEP_OK)
+                rc = apx_px_apply_head(px);
+            if (rc == STEP_OK)
+                rc = apx_px_relay(px, apx_px_relay_init(px));
+        }
     }
-    if (rc == STEP_OK)
+    if (rc == STEP_OK && rq->outcome == APX_OUT_RUNNING)
         rq->outcome = APX_OUT_DONE;
     /* every failure path closes: nothing half-read goes back to the pool */
     apx_px_finish_backend(px, 0);

@@ -62,6 +62,9 @@ typedef struct proxy_ctx {
     apr_interval_time_t connect_timeout;
     apr_interval_time_t client_timeout;
     apr_interval_time_t stream_timeout; /* each body read of a stream */
+    apr_interval_time_t tunnel_timeout; /* an upgraded connection idle */
+    const char *upgrade;            /* the Upgrade the client asked for and
+                                     * the mapping allows, else NULL */
     const char *target;             /* origin-form request target */
     const char *url;                /* for log lines */
     apx_http_writer head;           /* the request head */
@@ -140,6 +143,20 @@ typedef int (*apx_px_sink_fn)(proxy_ctx *px, void *baton, int last);
 int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton);
 /* apx_px_body() into the output filters, paced by the client. */
 int apx_px_relay(proxy_ctx *px, int done);
+
+/* The NOFLUSH switch of the connection (mod_asyncproxy_proxy.c): while
+ * on, FLUSH buckets stop above the core output filter, which would make
+ * them blocking writes. NULL when the filter could not be added. */
+int *apx_px_noflush_switch(proxy_ctx *px);
+
+/* mod_asyncproxy_tunnel.c */
+/* 1 when the backend's 101 answers px->upgrade. */
+int apx_px_upgrade_accepted(proxy_ctx *px);
+/* The backend said 101: relays it, then moves bytes both ways until
+ * either side is done (outcome APX_OUT_TUNNEL) or fails. */
+int apx_px_tunnel(proxy_ctx *px);
+/* setup(): the protocol to forward in Upgrade, or NULL. */
+const char *apx_px_upgrade_wanted(proxy_ctx *px);
 
 /* mod_asyncproxy_cache.c */
 /* The cache's part of r, or NULL when r is not cached (sets the BYPASS
