@@ -678,9 +678,14 @@ int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
 {
     ssize_t n;
     unsigned ev;
-    int err;
+    int err, turn;
 
     px->roff = px->rlen = 0;
+    /* A stream whose backend and client are both fast would keep this
+     * worker for as long as it lasts: after STREAM_TURN bytes without a
+     * wait, wait anyway (through the poller's queue, at once if the
+     * backend is still readable). */
+    turn = px->stream && px->turn_bytes >= STREAM_TURN;
     if (!px->rbuf) {
         /* Nothing read yet: one byte of peek says whether the buffers are
          * needed now (a fast backend may have answered already) or only
@@ -693,11 +698,12 @@ int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
             return STEP_FAIL;
     }
     for (;;) {
-        if (px->rbuf) {
+        if (px->rbuf && !turn) {
             n = recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
             if (n > 0) {
                 px->got_bytes = 1;
                 px->rlen = (apr_size_t)n;
+                px->turn_bytes += (apr_size_t)n;
                 return RECV_DATA;
             }
             if (n == 0)
@@ -710,6 +716,8 @@ int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
                 return RECV_ERROR;
             }
         }
+        px->turn_bytes = 0;
+        turn = 0;
         ev = apx_wait(px->rq, px->fd, APX_EV_IN,
                       deadline ? deadline : apr_time_now() + px->timeout);
         if (apx_px_wait_interrupted(px, ev))

@@ -35,6 +35,9 @@ typedef struct apx_hc apx_hc;
  * send trailers to the client); bounded like a small head. */
 #define TRAILER_MAX     4096
 #define TRAILER_FIELDS  32
+/* A stream goes back through the poller after this many bytes without a
+ * wait (see apx_px_recv()): ~1 ms of copying on loopback. */
+#define STREAM_TURN     (1024 * 1024)
 /* Slices of request body per sendmsg(). */
 #define BODY_IOV        64
 
@@ -92,6 +95,7 @@ typedef struct proxy_ctx {
     unsigned head_applied:1;        /* r carries the backend's head */
     unsigned response_started:1;    /* something went to the output filters */
     unsigned stream:1;              /* no length: each read goes out at once */
+    apr_size_t turn_bytes;          /* read since the last wait */
     int *noflush;                   /* the connection's NOFLUSH switch */
     apx_defer *stream_defer;        /* counts the stream out */
     apx_http_framing framing;

@@ -48,6 +48,11 @@ APLOG_USE_MODULE(asyncproxy);
  * tunnel opens, from malloc), large enough for a 1 MiB message in ~32
  * rounds. */
 #define TUNNEL_BUF (32 * 1024)
+/* Bytes moved before the tunnel goes back through the poller even though
+ * both sides are still ready: two peers that are fast enough would
+ * otherwise keep the worker for as long as they talk. 1 MiB is ~1 ms of
+ * loopback copying, long enough that the extra park costs nothing. */
+#define TUNNEL_TURN (1024 * 1024)
 
 typedef struct tunnel {
     proxy_ctx *px;
@@ -62,6 +67,8 @@ typedef struct tunnel {
     unsigned backend_shut:1;        /* we sent the backend our FIN */
     unsigned client_shut:1;
     apr_uint64_t bytes_in, bytes_out;
+    apr_uint64_t turn_start;        /* bytes_in + bytes_out at the last
+                                     * wait */
 } tunnel;
 
 /* The protocol name of an Upgrade element ("websocket", "foo/2" -> "foo"),
@@ -390,8 +397,12 @@ int apx_px_tunnel(proxy_ctx *px)
             break;
         if (moved) {
             deadline = apr_time_now() + px->tunnel_timeout;
-            continue;
+            if (t.bytes_in + t.bytes_out - t.turn_start < TUNNEL_TURN)
+                continue;
+            /* turn over: the wait below returns at once through the
+             * poller's queue if a side is still ready */
         }
+        t.turn_start = t.bytes_in + t.bytes_out;
         want_b = (t.coff < t.clen ? APX_EV_OUT : 0)
                  | (!t.backend_eof && !c->data_in_output_filters
                     ? APX_EV_IN : 0);
