@@ -8,7 +8,8 @@
 # The backend is a real WebSocket echo server (t/lib/APX/WS.pm framer, one
 # forked process per connection): it logs what it saw (messages, pings,
 # close frames, EOF, how much it could send to a client that does not read)
-# and the assertions are on that log.
+# and the assertions are on that log. The echo checks run under the event
+# MPM (parked), the worker MPM (polled in place) and over TLS.
 use strict;
 use warnings;
 use Test::More;
@@ -360,6 +361,20 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
 }
 is(join(' ', $h->error_lines), '', 'no errors in the log');
 $h->stop;
+
+# The worker MPM cannot park: the same tunnel runs on the request's
+# thread, both sockets polled in place (the sync driver of apx_wait2).
+{
+    my $wk = APX::Httpd->new(mpm => 'worker', threads => 10, timeout => 3, conf => $MAPS);
+    $wk->start;
+    echo_checks($wk, 'w1', 'worker MPM');
+    my $w = ws_open($wk, '/wsidle/echo/w2');
+    my ($op) = ws_read_frame($w->{s}, \$w->{buf}, 10);
+    is($op, 'eof', 'worker MPM: idle timeout closes');
+    close $w->{s};
+    is(join(' ', $wk->error_lines), '', 'worker MPM: no errors in the log');
+    $wk->stop;
+}
 
 SKIP: {
     skip 'IO::Socket::SSL is not installed', 13 unless $have_ssl;
