@@ -602,13 +602,13 @@ static void park_request(apx_conn *ac)
 
     if (rq->wait_deadline)
         timeout = park_timeout(rq->wait_deadline - apr_time_now());
-    /* A wakeable wait has no fd of its own: only the client's hangup
-     * (fd[1]) is watched. */
     if (rq->wait_two) {
         park2(ac, rq->wait_fd, rq->wait_events, rq->wait_fd1,
               rq->wait_events1, timeout);
         return;
     }
+    /* A wakeable wait has no fd of its own: only the client's hangup
+     * (fd[1]) is watched. */
     park(ac, PH_REQUEST, rq->wait_fd, rq->wait_events,
          rq->wait_fd != ac->fd && !rq->detached ? ac->fd : -1, timeout, 0);
 }
