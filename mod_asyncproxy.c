@@ -20,6 +20,7 @@
 #include "http_protocol.h"
 #include "ap_mpm.h"
 #include "mpm_common.h"
+#include "apr_lib.h"
 #include "apr_strings.h"
 #include "apr_uri.h"
 #include "util_cfgtree.h"
@@ -143,6 +144,10 @@ static void *merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
     sc->timeout = add->timeout ? add->timeout : base->timeout;
     sc->connect_timeout = add->connect_timeout ? add->connect_timeout
                                                : base->connect_timeout;
+    sc->stream_timeout = add->stream_timeout ? add->stream_timeout
+                                             : base->stream_timeout;
+    sc->tunnel_timeout = add->tunnel_timeout ? add->tunnel_timeout
+                                             : base->tunnel_timeout;
     sc->park_delay = add->park_delay != -1 ? add->park_delay
                                            : base->park_delay;
     sc->adopt_heads = add->adopt_heads != -1 ? add->adopt_heads
@@ -228,6 +233,31 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
                                NULL);
         m->connect_timeout = t;
     }
+    else if (!strcasecmp(key, "streamtimeout")) {
+        if ((err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
+                                      apr_time_from_sec(86400), &t)))
+            return apr_pstrcat(cmd->pool, err, " (option streamtimeout=)",
+                               NULL);
+        m->stream_timeout = t;
+    }
+    else if (!strcasecmp(key, "tunneltimeout")) {
+        if ((err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
+                                      apr_time_from_sec(86400), &t)))
+            return apr_pstrcat(cmd->pool, err, " (option tunneltimeout=)",
+                               NULL);
+        m->tunnel_timeout = t;
+    }
+    else if (!strcasecmp(key, "upgrade")) {
+        const char *p;
+
+        for (p = val; *p; p++)
+            if (!apr_isalnum(*p) && !strchr(",-._*+", *p))
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                    "option upgrade= (protocol tokens "
+                                    "separated by commas, or *)",
+                                    cmd->cmd->name, val);
+        m->upgrade = *val ? val : NULL;
+    }
     else if (!strcasecmp(key, "parkdelay")) {
         if ((err = apx_parse_duration(cmd, val, 0, apr_time_from_sec(60),
                                       &t)))
@@ -258,7 +288,8 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
     }
     else {
         return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
-                            "timeout, connecttimeout, parkdelay, max, ttl, "
+                            "timeout, connecttimeout, streamtimeout, "
+                            "tunneltimeout, upgrade, parkdelay, max, ttl, "
                             "cache)", cmd->cmd->name, key);
     }
     return NULL;
@@ -418,14 +449,22 @@ static const char *set_srv_time(cmd_parms *cmd, void *dummy,
         return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
                                   apr_time_from_sec(3600),
                                   &sc->connect_timeout);
+    if (!strcasecmp(name, "AsyncProxyTunnelTimeout"))
+        return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
+                                  apr_time_from_sec(86400),
+                                  &sc->tunnel_timeout);
+    if (!strcasecmp(name, "AsyncProxyStreamTimeout"))
+        return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
+                                  apr_time_from_sec(86400),
+                                  &sc->stream_timeout);
     return apx_parse_duration(cmd, arg, 0, apr_time_from_sec(60),
                               &sc->park_delay);
 }
 
 static const command_rec asyncproxy_cmds[] = {
     AP_INIT_RAW_ARGS("AsyncProxyPass", set_pass, NULL, RSRC_CONF | ACCESS_CONF,
-                     "PATH URL [timeout= connecttimeout= parkdelay= max= "
-                     "ttl=] | PATH ! (in <Location>: URL [...] | !)"),
+                     "PATH URL [timeout= connecttimeout= streamtimeout= "
+                     "tunneltimeout= upgrade= parkdelay= max= ttl= cache=] | PATH ! (in <Location>: URL [...] | !)"),
     AP_INIT_TAKE12("AsyncProxyPassReverse", set_pass_reverse, NULL,
                    RSRC_CONF | ACCESS_CONF,
                    "PATH URL: rewrite Location, Content-Location and URI "
@@ -452,6 +491,12 @@ static const command_rec asyncproxy_cmds[] = {
                   "backend response and I/O timeout (default: Timeout)"),
     AP_INIT_TAKE1("AsyncProxyConnectTimeout", set_srv_time, NULL, RSRC_CONF,
                   "backend connect timeout (default 5s)"),
+    AP_INIT_TAKE1("AsyncProxyStreamTimeout", set_srv_time, NULL, RSRC_CONF,
+                  "longest silence between two reads of a response body "
+                  "without a length, e.g. SSE (default 300s)"),
+    AP_INIT_TAKE1("AsyncProxyTunnelTimeout", set_srv_time, NULL, RSRC_CONF,
+                  "longest time an upgraded connection (WebSocket) may "
+                  "move nothing either way (default 300s)"),
     AP_INIT_TAKE1("AsyncProxyParkDelay", set_srv_time, NULL, RSRC_CONF,
                   "how long the first thread waits for a fast response "
                   "before parking the request (default 5ms)"),
@@ -707,6 +752,7 @@ static void asyncproxy_register_hooks(apr_pool_t *p)
     apx_conn_register_hooks(p);
     apx_head_register_hooks(p);
     apx_proxy_register_hooks(p);
+    apx_stream_register_filter(p);
     ap_hook_child_init(asyncproxy_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(asyncproxy_child_stopping, NULL, NULL,
                            APR_HOOK_MIDDLE);

@@ -45,6 +45,14 @@
 #define APX_DEFAULT_PARK_DELAY      0
 #define APX_CONNECT_GRACE           500     /* us; see apx_wait_connect() */
 #define APX_DEFAULT_CONNECT_TIMEOUT apr_time_from_sec(5)
+/* A response without a length (SSE, a chunked long poll) may stay quiet for
+ * long between events; its silence is not a backend failure. 5 minutes is
+ * longer than the keep-alive comment interval of the usual SSE servers
+ * (15-60 s) and still lets a dead backend go within a few minutes. */
+#define APX_DEFAULT_STREAM_TIMEOUT  apr_time_from_sec(300)
+/* An upgraded connection (WebSocket) with nothing moving either way: the
+ * same reasoning, and WebSocket servers ping every 20-60 s. */
+#define APX_DEFAULT_TUNNEL_TIMEOUT  apr_time_from_sec(300)
 #define APX_DEFAULT_MAX_PARKED      10000
 #define APX_DEFAULT_POOL_MAX        256
 #define APX_DEFAULT_POOL_TTL        apr_time_from_sec(5)
@@ -120,6 +128,13 @@ typedef struct apx_mapping {
     apr_interval_time_t timeout;          /* whole response head wait, and
                                            * each later read or write */
     apr_interval_time_t connect_timeout;
+    apr_interval_time_t stream_timeout;   /* streamtimeout=: each read of a
+                                           * body without a length */
+    apr_interval_time_t tunnel_timeout;   /* tunneltimeout=: an upgraded
+                                           * connection with nothing moving */
+    const char *upgrade;                  /* upgrade=: protocols a client may
+                                           * switch to ("a,b" or "*"), NULL:
+                                           * none */
     apr_interval_time_t park_delay;       /* -1: inherit */
     int cache;                            /* cache=on|off, -1: inherit */
 } apx_mapping;
@@ -143,6 +158,8 @@ typedef struct apx_srv_conf {
     apr_array_header_t *trusted;
     apr_interval_time_t timeout;    /* 0 unset: the server's Timeout */
     apr_interval_time_t connect_timeout;
+    apr_interval_time_t stream_timeout; /* 0 unset */
+    apr_interval_time_t tunnel_timeout; /* 0 unset */
     apr_interval_time_t park_delay; /* -1 unset */
     apx_cache_set cache;
     int adopt_heads;                /* AsyncProxyAdoptSlowHeads, -1 unset */
@@ -203,6 +220,14 @@ typedef struct apx_counters {
     volatile apr_uint32_t cache_bypass;    /* not cacheable */
     volatile apr_uint32_t cache_coalesced; /* waited for another's fetch */
     volatile apr_uint32_t cache_not_modified; /* 304 from the cache */
+    volatile apr_uint32_t streams_now;     /* bodies without a length being
+                                            * relayed event by event */
+    volatile apr_uint32_t streams_total;
+    volatile apr_uint64_t stream_bytes;    /* their body bytes to clients */
+    volatile apr_uint32_t tunnels_now;     /* upgraded connections open */
+    volatile apr_uint32_t tunnels_total;
+    volatile apr_uint64_t tunnel_bytes_in; /* client to backend */
+    volatile apr_uint64_t tunnel_bytes_out;/* backend to client */
 } apx_counters;
 
 /* Per-child state. */
@@ -223,6 +248,8 @@ enum {
     APX_OUT_RUNNING = 0,
     APX_OUT_DONE,       /* the whole response went to the output filters */
     APX_OUT_ERROR,      /* nothing sent yet: answer rq->status (502/503/504) */
+    APX_OUT_TUNNEL,     /* an upgraded connection ran and closed: nothing
+                         * more to send, the connection closes */
     APX_OUT_ABORT       /* response cut short or client gone: abort the
                          * client connection, never a short body that looks
                          * whole */
@@ -251,6 +278,10 @@ typedef struct apx_req {
     apr_time_t wait_deadline;
     unsigned wait_got;
     int wait_wake;              /* the wait is apx_wait_wake()'s */
+    int wait_two;               /* apx_wait2(): fd1 is watched as asked */
+    int wait_fd1;
+    unsigned wait_events1;
+    unsigned wait_got1;
     int finished_sync;          /* ended on the MPM thread, handed over
                                  * only for the connection's sake */
     int detached;               /* waits ignore the client (a background
@@ -285,6 +316,13 @@ const char *apx_parse_uint(cmd_parms *cmd, const char *arg, unsigned min,
  * request is parked. Returns the APX_EV_* seen on fd, APX_EV_TIMEOUT,
  * APX_EV_SHUTDOWN, and/or APX_EV_CLIENT_GONE. */
 unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline);
+/* Waits for either of two fds (a tunnel: backend and client) at once:
+ * returns what fd0 reported (plus TIMEOUT / SHUTDOWN), and in *got1 what
+ * fd1 reported (IN, OUT, HUP, ERR). Neither fd is taken for "the client
+ * hung up": a hangup is the caller's to read from the bits. Never polls in
+ * place on an MPM thread (a tunnel waits for long). */
+unsigned apx_wait2(apx_req *rq, int fd0, unsigned ev0, int fd1, unsigned ev1,
+                   apr_time_t deadline, unsigned *got1);
 /* apx_wait(fd, APX_EV_OUT) for a non-blocking connect: on an MPM thread it
  * first polls in place for up to APX_CONNECT_GRACE whatever the park delay
  * says (a connect to a near backend completes in ~0.1 ms; parking for it
@@ -306,6 +344,8 @@ intptr_t apx_proxy_run(apx_coro *coro, void *rq);
 /* mod_asyncproxy_map.c */
 const apx_mapping *apx_proxy_match(request_rec *r);
 void apx_proxy_register_hooks(apr_pool_t *p);
+/* mod_asyncproxy_proxy.c: the connection filter that streams use. */
+void apx_stream_register_filter(apr_pool_t *p);
 /* 1 when the request body is not read to its end (mod_asyncproxy_proxy.c):
  * the connection must then close rather than have httpd read the rest. */
 struct apx_req;

@@ -421,6 +421,61 @@ unsigned apx_wait(apx_req *rq, int fd, unsigned events, apr_time_t deadline)
     return got ? got : APX_EV_TIMEOUT;
 }
 
+unsigned apx_wait2(apx_req *rq, int fd0, unsigned ev0, int fd1, unsigned ev1,
+                   apr_time_t deadline, unsigned *got1)
+{
+    struct pollfd pfd[2];
+    unsigned got = 0;
+    int i, rc;
+
+    *got1 = 0;
+    if (deadline && apr_time_now() >= deadline)
+        return APX_EV_TIMEOUT;
+    if (rq->async) {
+        rq->wait_two = 1;
+        rq->wait_fd = fd0;
+        rq->wait_events = ev0;
+        rq->wait_fd1 = fd1;
+        rq->wait_events1 = ev1;
+        rq->wait_deadline = deadline;
+        rq->wait_got = rq->wait_got1 = 0;
+        apx_coro_yield(rq->coro, 1);
+        rq->wait_two = 0;
+        *got1 = rq->wait_got1;
+        return rq->wait_got;
+    }
+    /* the sync driver (worker/prefork MPM): this thread is the request's */
+    pfd[0].fd = fd0;
+    pfd[0].events = ((ev0 & APX_EV_IN) ? POLLIN | POLLRDHUP : 0)
+                    | ((ev0 & APX_EV_OUT) ? POLLOUT : 0);
+    pfd[1].fd = fd1;
+    pfd[1].events = ((ev1 & APX_EV_IN) ? POLLIN | POLLRDHUP : 0)
+                    | ((ev1 & APX_EV_OUT) ? POLLOUT : 0);
+    pfd[0].revents = pfd[1].revents = 0;
+    do {
+        rc = poll(pfd, 2, ms_until(deadline, apr_time_now()));
+    } while (rc < 0 && errno == EINTR);
+    if (rc <= 0)
+        return APX_EV_TIMEOUT;
+    for (i = 0; i < 2; i++) {
+        unsigned g = 0;
+
+        if (pfd[i].revents & POLLIN)
+            g |= APX_EV_IN;
+        if (pfd[i].revents & POLLOUT)
+            g |= APX_EV_OUT;
+        if (pfd[i].revents & (POLLHUP | POLLRDHUP))
+            g |= APX_EV_HUP;
+        if (pfd[i].revents & (POLLERR | POLLNVAL))
+            g |= APX_EV_ERR;
+        if (i == 0)
+            got = g;
+        else
+            *got1 = g;
+    }
+    return got;
+}
+
 unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline)
 {
     apr_time_t until = apr_time_now() + APX_CONNECT_GRACE;
@@ -504,6 +559,25 @@ static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
         dispatch_engine_gone(p);
 }
 
+/* park() with something wanted on both fds (a tunnel). */
+static void park2(apx_conn *ac, int fd0, unsigned want0, int fd1,
+                  unsigned want1, apr_interval_time_t timeout)
+{
+    apx_park *p = &ac->park;
+
+    apx_park_init(p, conn_dispatch, ac);
+    ac->phase = PH_REQUEST;
+    p->fd[0] = fd0;
+    p->want[0] = want0;
+    p->fd[1] = fd1;
+    p->want[1] = want1;
+    p->timeout = timeout;
+    p->flags = 0;
+    if (!apx_ch || !apx_ch->engine
+        || apx_park_submit(apx_ch->engine, p) != APR_SUCCESS)
+        dispatch_engine_gone(p);
+}
+
 /* The poller keeps one timeout queue per distinct timeout value and scans
  * them all on every loop (apx_tq_set_wait_ms, apx_tq_set_expire), and never
  * frees one: a remaining time to the microsecond made a new queue on almost
@@ -528,6 +602,11 @@ static void park_request(apx_conn *ac)
 
     if (rq->wait_deadline)
         timeout = park_timeout(rq->wait_deadline - apr_time_now());
+    if (rq->wait_two) {
+        park2(ac, rq->wait_fd, rq->wait_events, rq->wait_fd1,
+              rq->wait_events1, timeout);
+        return;
+    }
     /* A wakeable wait has no fd of its own: only the client's hangup
      * (fd[1]) is watched. */
     park(ac, PH_REQUEST, rq->wait_fd, rq->wait_events,
@@ -564,6 +643,7 @@ static void count_outcome(apx_req *rq)
 
     switch (rq->outcome) {
     case APX_OUT_DONE:
+    case APX_OUT_TUNNEL:
         apr_atomic_inc32(&n->done_total);
         break;
     case APX_OUT_ERROR:
@@ -1015,7 +1095,9 @@ static void conn_dispatch(apx_park *p, apr_thread_t *thd)
         unsigned got = p->got[0] & (APX_EV_IN | APX_EV_OUT | APX_EV_HUP
                                     | APX_EV_ERR);
 
-        if (p->got[1] & (APX_EV_HUP | APX_EV_ERR))
+        if (rq->wait_two)
+            rq->wait_got1 = p->got[1];
+        else if (p->got[1] & (APX_EV_HUP | APX_EV_ERR))
             got |= APX_EV_CLIENT_GONE;
         if (why & APX_EV_TIMEOUT)
             got |= APX_EV_TIMEOUT;

@@ -464,6 +464,12 @@ int apx_px_build_head(proxy_ctx *px)
         put_field(px, "X-Forwarded-Host", xfh);
     if (xfp)
         put_field(px, "X-Forwarded-Proto", xfp);
+    if (px->upgrade) {
+        /* hop-by-hop, so skipped above: forwarded only when the mapping
+         * allows the protocol (upgrade=) */
+        put_field(px, "Connection", "Upgrade");
+        put_field(px, "Upgrade", px->upgrade);
+    }
     if (px->body_kind == REQ_BODY_CHUNKED)
         put_field(px, "Transfer-Encoding", "chunked");
     else if (px->body_kind == REQ_BODY_LENGTH)
@@ -699,9 +705,14 @@ int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
 {
     ssize_t n;
     unsigned ev;
-    int err;
+    int err, turn;
 
     px->roff = px->rlen = 0;
+    /* A stream whose backend and client are both fast would keep this
+     * worker for as long as it lasts: after STREAM_TURN bytes without a
+     * wait, wait anyway (through the poller's queue, at once if the
+     * backend is still readable). */
+    turn = px->stream && px->turn_bytes >= STREAM_TURN;
     if (!px->rbuf) {
         /* Nothing read yet: one byte of peek says whether the buffers are
          * needed now (a fast backend may have answered already) or only
@@ -714,11 +725,12 @@ int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
             return STEP_FAIL;
     }
     for (;;) {
-        if (px->rbuf) {
+        if (px->rbuf && !turn) {
             n = recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
             if (n > 0) {
                 px->got_bytes = 1;
                 px->rlen = (apr_size_t)n;
+                px->turn_bytes += (apr_size_t)n;
                 return RECV_DATA;
             }
             if (n == 0)
@@ -731,6 +743,8 @@ int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
                 return RECV_ERROR;
             }
         }
+        px->turn_bytes = 0;
+        turn = 0;
         ev = apx_wait(px->rq, px->fd, APX_EV_IN,
                       deadline ? deadline : apr_time_now() + px->timeout);
         if (apx_px_wait_interrupted(px, ev))
@@ -826,9 +840,16 @@ static int read_head(proxy_ctx *px)
             if (rv == APR_SUCCESS && !apx_http_resp_is_interim(h))
                 return STEP_OK;
             if (rv == APR_SUCCESS) {
-                if (h->status == HTTP_SWITCHING_PROTOCOLS)
+                if (h->status == HTTP_SWITCHING_PROTOCOLS && !px->upgrade)
                     return bad_response(px, "101 Switching Protocols to a "
                                         "request that asked for no upgrade");
+                if (h->status == HTTP_SWITCHING_PROTOCOLS) {
+                    if (!apx_px_upgrade_accepted(px))
+                        return bad_response(px, "101 Switching Protocols "
+                                            "to another protocol than the "
+                                            "one asked for");
+                    return STEP_OK;
+                }
                 if (++interim > MAX_INTERIM)
                     return bad_response(px, "too many interim responses");
                 if (h->status != HTTP_CONTINUE)
@@ -1248,13 +1269,119 @@ int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton)
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* streams                                                              */
+
+/* A response without a length (SSE, a chunked long poll, a body up to the
+ * backend's close) is relayed as an open-ended stream: each backend read is
+ * passed with a FLUSH bucket, so that mod_deflate, mod_brotli,
+ * mod_substitute and mod_ssl emit what they hold at once instead of waiting
+ * for more. Below them the core output filter would turn that FLUSH into a
+ * blocking write — up to Timeout on a module worker, for a client that does
+ * not read — so the NOFLUSH filter, between mod_ssl and the core, drops it
+ * while a stream of this module runs; apx_px_drain_output() then writes
+ * without blocking and parks on the client when it cannot (the core's own
+ * non-blocking path: what it cannot write it sets aside). Other handlers on
+ * the same connection (the lane) see their FLUSH buckets pass untouched. */
+#define NOFLUSH_FILTER "ASYNCPROXY_NOFLUSH"
+
+static ap_filter_rec_t *noflush_handle;
+
+static apr_status_t noflush_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+{
+    const int *on = f->ctx;
+    apr_bucket *e, *next;
+
+    if (*on) {
+        for (e = APR_BRIGADE_FIRST(bb); e != APR_BRIGADE_SENTINEL(bb);
+             e = next) {
+            next = APR_BUCKET_NEXT(e);
+            if (APR_BUCKET_IS_FLUSH(e))
+                apr_bucket_delete(e);
+        }
+    }
+    return ap_pass_brigade(f->next, bb);
+}
+
+void apx_stream_register_filter(apr_pool_t *p)
+{
+    /* just above the core (AP_FTYPE_NETWORK), below mod_ssl
+     * (AP_FTYPE_CONNECTION + 5) */
+    noflush_handle = ap_register_output_filter(NOFLUSH_FILTER, noflush_filter,
+                                               NULL, AP_FTYPE_NETWORK - 1);
+}
+
+/* The connection's NOFLUSH switch; the filter is added once per
+ * connection (a filter added to the connection's chain cannot be taken out
+ * of a request's chain that already points at it). */
+int *apx_px_noflush_switch(proxy_ctx *px)
+{
+    conn_rec *c = px->c;
+    ap_filter_t *f;
+    int *on;
+
+    for (f = c->output_filters; f; f = f->next)
+        if (f->frec == noflush_handle)
+            return f->ctx;
+    on = apr_pcalloc(c->pool, sizeof(*on));
+    /* with r, so that r's chain, which already ends in the connection's
+     * filters, is linked through the new one */
+    if (!ap_add_output_filter_handle(noflush_handle, on, px->r, c))
+        return NULL;
+    return on;
+}
+
+static void stream_end(void *arg)
+{
+    proxy_ctx *px = arg;
+    apx_child *ch = apx_ch;
+
+    if (px->noflush)
+        *px->noflush = 0;
+    if (ch)
+        apr_atomic_dec32(&ch->n.streams_now);
+}
+
+/* A body without a length: relayed read by read, each read flushed, and
+ * the backend's silence bounded by streamtimeout= instead of timeout=
+ * (which bounded the head). */
+static void stream_begin(proxy_ctx *px)
+{
+    px->stream_defer = apx_coro_defer(px->rq->coro, stream_end, px);
+    if (!px->stream_defer)
+        return;     /* out of memory: relayed as any body */
+    px->stream = 1;
+    px->timeout = px->stream_timeout;
+    apr_atomic_inc32(&apx_ch->n.streams_now);
+    apr_atomic_inc32(&apx_ch->n.streams_total);
+    /* an HTTP/2 stream has no socket of its own and no core filter below:
+     * its FLUSH goes to h2, which never blocks on it */
+    if (px->rq->client_fd >= 0) {
+        px->noflush = apx_px_noflush_switch(px);
+        if (px->noflush)
+            *px->noflush = 1;
+    }
+}
+
 static int relay_sink(proxy_ctx *px, void *baton, int last)
 {
+    apr_off_t len = 0;
+
+    if (px->stream && !APR_BRIGADE_EMPTY(px->bb)) {
+        apr_brigade_length(px->bb, 0, &len);
+        apr_atomic_add64(&apx_ch->n.stream_bytes, (apr_uint64_t)len);
+        if (!last)
+            APR_BRIGADE_INSERT_TAIL(px->bb,
+                                    apr_bucket_flush_create(px->c->bucket_alloc));
+    }
     return apx_px_pass_out(px, last);
 }
 
 int apx_px_relay(proxy_ctx *px, int done)
 {
+    if (!done && !px->stream && (px->framing == APX_HTTP_BODY_CHUNKED
+                                 || px->framing == APX_HTTP_BODY_CLOSE))
+        stream_begin(px);
     return apx_px_body(px, done, relay_sink, NULL);
 }
 
@@ -1280,6 +1407,12 @@ static int setup(proxy_ctx *px)
                           : sc->connect_timeout ? sc->connect_timeout
                           : APX_DEFAULT_CONNECT_TIMEOUT;
     px->client_timeout = r->server->timeout;
+    px->tunnel_timeout = m->tunnel_timeout ? m->tunnel_timeout
+                         : sc->tunnel_timeout ? sc->tunnel_timeout
+                         : APX_DEFAULT_TUNNEL_TIMEOUT;
+    px->stream_timeout = m->stream_timeout ? m->stream_timeout
+                         : sc->stream_timeout ? sc->stream_timeout
+                         : APX_DEFAULT_STREAM_TIMEOUT;
     px->idempotent = method_is_idempotent(r);
     px->target = apx_proxy_target(r, m);
     if (!px->target) {
@@ -1328,7 +1461,9 @@ static int setup(proxy_ctx *px)
         return STEP_FAIL;
     }
 
-    px->hc = apx_hc_create(px);
+    px->upgrade = apx_px_upgrade_wanted(px);
+    /* an upgraded connection is never cached */
+    px->hc = px->upgrade ? NULL : apx_hc_create(px);
     return STEP_OK;
 }
 
@@ -1361,17 +1496,24 @@ intptr_t apx_proxy_run(apx_coro *coro, void *data)
         rc = apx_px_build_head(px);
         if (rc == STEP_OK)
             rc = apx_px_exchange(px);
-        if (rc == STEP_OK)
-            rc = apx_px_apply_head(px);
-        if (rc == STEP_OK)
-            rc = apx_px_relay(px, apx_px_relay_init(px));
+        if (rc == STEP_OK && px->resp.status == HTTP_SWITCHING_PROTOCOLS) {
+            rc = apx_px_tunnel(px);
+        }
+        else {
+            if (rc == STEP_OK)
+                rc = apx_px_apply_head(px);
+            if (rc == STEP_OK)
+                rc = apx_px_relay(px, apx_px_relay_init(px));
+        }
     }
-    if (rc == STEP_OK)
+    if (rc == STEP_OK && rq->outcome == APX_OUT_RUNNING)
         rq->outcome = APX_OUT_DONE;
     /* every failure path closes: nothing half-read goes back to the pool */
     apx_px_finish_backend(px, 0);
     if (px->defer)
         apx_coro_defer_disarm(coro, px->defer);
+    if (px->stream_defer)
+        apx_coro_defer_fire(coro, px->stream_defer);
     if (px->bufs_defer)
         apx_coro_defer_fire(coro, px->bufs_defer);
     return 0;

@@ -35,6 +35,9 @@ typedef struct apx_hc apx_hc;
  * send trailers to the client); bounded like a small head. */
 #define TRAILER_MAX     4096
 #define TRAILER_FIELDS  32
+/* A stream goes back through the poller after this many bytes without a
+ * wait (see apx_px_recv()): ~1 ms of copying on loopback. */
+#define STREAM_TURN     (1024 * 1024)
 /* Slices of request body per sendmsg(). */
 #define BODY_IOV        64
 
@@ -61,6 +64,10 @@ typedef struct proxy_ctx {
     apr_interval_time_t timeout;    /* backend response head, each I/O */
     apr_interval_time_t connect_timeout;
     apr_interval_time_t client_timeout;
+    apr_interval_time_t stream_timeout; /* each body read of a stream */
+    apr_interval_time_t tunnel_timeout; /* an upgraded connection idle */
+    const char *upgrade;            /* the Upgrade the client asked for and
+                                     * the mapping allows, else NULL */
     const char *target;             /* origin-form request target */
     const char *url;                /* for log lines */
     apx_http_writer head;           /* the request head */
@@ -87,6 +94,10 @@ typedef struct proxy_ctx {
     unsigned got_bytes:1;           /* a byte came back on this attempt */
     unsigned head_applied:1;        /* r carries the backend's head */
     unsigned response_started:1;    /* something went to the output filters */
+    unsigned stream:1;              /* no length: each read goes out at once */
+    apr_size_t turn_bytes;          /* read since the last wait */
+    int *noflush;                   /* the connection's NOFLUSH switch */
+    apx_defer *stream_defer;        /* counts the stream out */
     apx_http_framing framing;
     int64_t remaining;              /* APX_HTTP_BODY_LENGTH */
     apx_http_chunked chunked;
@@ -145,6 +156,20 @@ typedef int (*apx_px_sink_fn)(proxy_ctx *px, void *baton, int last);
 int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton);
 /* apx_px_body() into the output filters, paced by the client. */
 int apx_px_relay(proxy_ctx *px, int done);
+
+/* The NOFLUSH switch of the connection (mod_asyncproxy_proxy.c): while
+ * on, FLUSH buckets stop above the core output filter, which would make
+ * them blocking writes. NULL when the filter could not be added. */
+int *apx_px_noflush_switch(proxy_ctx *px);
+
+/* mod_asyncproxy_tunnel.c */
+/* 1 when the backend's 101 answers px->upgrade. */
+int apx_px_upgrade_accepted(proxy_ctx *px);
+/* The backend said 101: relays it, then moves bytes both ways until
+ * either side is done (outcome APX_OUT_TUNNEL) or fails. */
+int apx_px_tunnel(proxy_ctx *px);
+/* setup(): the protocol to forward in Upgrade, or NULL. */
+const char *apx_px_upgrade_wanted(proxy_ctx *px);
 
 /* mod_asyncproxy_cache.c */
 /* The cache's part of r, or NULL when r is not cached (sets the BYPASS

@@ -111,6 +111,13 @@ static int collect(figure *f, const char **mode)
         FIG("CacheBytes", bytes);
         FIG("CacheEvictions", evictions);
     }
+    FIG("StreamsNow", apr_atomic_read32(&ch->n.streams_now));
+    FIG("StreamsTotal", apr_atomic_read32(&ch->n.streams_total));
+    FIG("StreamBytes", apr_atomic_read64(&ch->n.stream_bytes));
+    FIG("TunnelsNow", apr_atomic_read32(&ch->n.tunnels_now));
+    FIG("TunnelsTotal", apr_atomic_read32(&ch->n.tunnels_total));
+    FIG("TunnelBytesIn", apr_atomic_read64(&ch->n.tunnel_bytes_in));
+    FIG("TunnelBytesOut", apr_atomic_read64(&ch->n.tunnel_bytes_out));
 #undef FIG
     return n;
 }
