@@ -1363,6 +1363,7 @@ static int asyncproxy_post_read_request(request_rec *r)
 static int asyncproxy_process_connection(conn_rec *c)
 {
     const apx_srv_conf *sc;
+    const char *proto;
     apx_conn *ac;
     apx_head *h;
     int rc;
@@ -1382,6 +1383,11 @@ static int asyncproxy_process_connection(conn_rec *c)
      * whichever thread calls it: a module worker, for a connection adopted
      * here. */
     if (apx_gconf.h2_allowed)
+        return DECLINED;
+    /* Only HTTP listeners: a protocol module (Listen 21 ftp, ProtocolEcho)
+     * may wait for its server to speak first. */
+    proto = ap_get_server_protocol(c->base_server);
+    if (proto && strcasecmp(proto, "http") && strcasecmp(proto, "https"))
         return DECLINED;
     ac = conn_get(c);
     if (ac->adopted || ac->fd < 0)
