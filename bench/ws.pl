@@ -243,7 +243,7 @@ for my $sys (@SYSTEMS) {
     my $rawd = "$RAW/$sys->{id}";
     make_path($rawd);
     copy($_, $rawd) for grep { -f } ($lout, $srv->{conf}, "$dir/wsecho.out");
-    spew("$rawd/error_log.head", join('', (split /^/m, slurp($srv->{log}))[0 .. 199]) ) if -f $srv->{log};
+    spew("$rawd/error_log.head", join('', grep { defined } (split /^/m, slurp($srv->{log}))[0 .. 199]) ) if -f $srv->{log};
     spew("$rawd/cmd", "@cmd\n");
     my $est = $r->{established} // 0;
     push @rows, { sys => $sys, r => $r, rss0 => $rss0, thr0 => $thr0, peak_rss => $peak_rss,
