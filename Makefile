@@ -34,7 +34,8 @@ endif
 B        := build
 ENG_SRC  := $(wildcard poller/*.c)
 ENG_OBJ  := $(patsubst poller/%.c,$(B)/poller/%.o,$(ENG_SRC))
-GLUE_SRC := $(wildcard mod_asyncproxy*.c glue/*.c)
+GLUE_SRC := mod_asyncproxy.c $(wildcard httpd/*.c)
+GLUE_HDR := $(wildcard httpd/*.h)
 LIB      := $(B)/libapx.a
 MODULE   := $(B)/mod_asyncproxy.so
 ENG_CFLAGS := $(WARN) $(OPT) -fPIC -fvisibility=hidden -Iinclude $(APR_CFLAGS) -pthread
@@ -65,7 +66,7 @@ $(LIB): $(ENG_OBJ)
 # headers are. -fvisibility=hidden must never reach the glue: it would hide
 # asyncproxy_module; the version script keeps the glue's other symbols
 # local instead.
-$(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h) $(wildcard mod_asyncproxy*.h) mod_asyncproxy.map
+$(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h) $(GLUE_HDR) mod_asyncproxy.map
 	$(CC) $(WARN) $(OPT) -fPIC -shared -Iinclude -I$(HTTPD_INC) $(APR_CFLAGS) $(APU_CFLAGS) \
 	    -pthread $(GLUE_SRC) $(LIB) -lz -Wl,--version-script=mod_asyncproxy.map -o $@ $(SAN_LD)
 	@nm -D --defined-only $@ | awk '$$2 ~ /[TDB]/ && $$3 !~ /^_/ {print $$3}' | \
@@ -74,9 +75,9 @@ $(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h) $(wildcard mod_asyncproxy*
 # The glue must build on every supported httpd 2.4 (2.4.52 and later):
 # compile it against the installed headers seen as 2.4.52 — module magic
 # number set back, names 2.4.52 lacks poisoned (t/compat/httpd-2.4.52.h) —
-# so a newer name used without a guard of mod_asyncproxy_compat.h fails.
+# so a newer name used without a guard of httpd/compat.h fails.
 COMPAT_VIEWS := $(wildcard t/compat/httpd-*.h)
-compat-check: $(GLUE_SRC) $(COMPAT_VIEWS) $(wildcard include/*.h) mod_asyncproxy*.h
+compat-check: $(GLUE_SRC) $(COMPAT_VIEWS) $(wildcard include/*.h) $(GLUE_HDR)
 	@set -e; for v in $(COMPAT_VIEWS); do \
 	    echo "compat-check: glue against $$v"; \
 	    $(CC) $(WARN) -fsyntax-only -include $$v -Iinclude -I$(HTTPD_INC) \

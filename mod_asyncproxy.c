@@ -25,9 +25,16 @@
 #include "apr_uri.h"
 #include "util_cfgtree.h"
 
-#include "mod_asyncproxy.h"
-#include "mod_asyncproxy_head.h"
-#include "mod_asyncproxy_lane.h"
+#include "httpd/conf.h"
+#include "httpd/child.h"
+#include "httpd/conn.h"
+#include "httpd/map.h"
+#include "httpd/request.h"
+#include "httpd/upstream.h"
+#include "httpd/cache.h"
+#include "httpd/head.h"
+#include "httpd/lane.h"
+#include "httpd/status.h"
 
 module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
@@ -751,7 +758,7 @@ static void asyncproxy_register_hooks(apr_pool_t *p)
     ap_hook_post_config(asyncproxy_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     apx_conn_register_hooks(p);
     apx_head_register_hooks(p);
-    apx_proxy_register_hooks(p);
+    apx_map_register_hooks(p);
     apx_stream_register_filter(p);
     ap_hook_child_init(asyncproxy_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(asyncproxy_child_stopping, NULL, NULL,

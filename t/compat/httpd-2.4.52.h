@@ -19,7 +19,7 @@
  * as process_score.wait_io: poisoning a plain word would also hit our own
  * names) and mod_proxy.h's additions (not a core header; we do not use it).
  * Of these, the glue used only CONN_STATE_KEEPALIVE and
- * CONN_STATE_PROCESSING (now APX_CS_*, mod_asyncproxy_compat.h); the rest
+ * CONN_STATE_PROCESSING (now APX_CS_*, httpd/compat.h); the rest
  * are here so that a future use fails the same way.
  * Written by us from that diff; no httpd header is copied here.
  */

@@ -3,8 +3,8 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_head.h — a request head read ahead without blocking
- * (mod_asyncproxy_head.c).
+/* head.h — a request head read ahead without blocking
+ * (head.c).
  *
  * Threads: every function runs on the thread that owns the connection.
  */

@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_cache.c — the response cache (AsyncProxyCache): an
+/* cache.c — the response cache (AsyncProxyCache): an
  * in-memory store per child on the engine's cache core, following RFC
  * 9111's rules for a shared cache (poller/fresh.c).
  *
@@ -61,7 +61,8 @@
 #include "apx_cache.h"
 #include "apx_fresh.h"
 #include "apx_gz.h"
-#include "mod_asyncproxy_proxy.h"
+#include "request.h"
+#include "cache.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -1794,7 +1795,7 @@ static int same_authority(apr_pool_t *p, const char *a, const char *b,
 }
 
 /* A path of this server under this request's mapping -> the backend
- * target a GET for it is fetched with (as apx_proxy_target() makes it), or
+ * target a GET for it is fetched with (as apx_map_target() makes it), or
  * NULL when it lies outside the mapping. A longer mapping that would
  * take the path instead is not looked for: its entries stay. */
 static const char *client_path_target(apx_hc *hc, const char *path,

@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_status.c — the module's own figures, for its status
+/* status.c — the module's own figures, for its status
  * handler (SetHandler asyncproxy-status) and for mod_status' status_hook
  * (/server-status and ?auto). mod_status cannot see parked requests: they
  * have no scoreboard slot (c->sbh is NULL on module threads).
@@ -16,8 +16,11 @@
 #include "apr_strings.h"
 #include "mod_status.h"
 
-#include "mod_asyncproxy.h"
-#include "mod_asyncproxy_lane.h"
+#include "conf.h"
+#include "child.h"
+#include "cache.h"
+#include "status.h"
+#include "lane.h"
 
 APLOG_USE_MODULE(asyncproxy);
 

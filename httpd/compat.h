@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_compat.h — names that changed across httpd 2.4 releases,
+/* compat.h — names that changed across httpd 2.4 releases,
  * chosen by module magic number so that the module builds on 2.4.52
  * (Ubuntu 22.04) through current 2.4.x.
  *

@@ -3,11 +3,11 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_proxy.c — the request path (DESIGN.md §4): the code that
+/* request.c — the request path (DESIGN.md §4): the code that
  * runs inside each proxied request's coroutine. Which requests are ours is
- * decided in mod_asyncproxy_map.c.
+ * decided in map.c.
  *
- * apx_proxy_run() is straight-line code: connect or take a pooled backend
+ * apx_request_run() is straight-line code: connect or take a pooled backend
  * connection, send the request head and stream the body, read and check the
  * response head, hand it to httpd, stream the body back with flow control,
  * then pool or close the backend connection. Every would-block point goes
@@ -16,7 +16,7 @@
  * worker).
  *
  * Threads:
- *   apx_proxy_run()    the thread that owns the request; after each
+ *   apx_request_run()    the thread that owns the request; after each
  *                      apx_wait() that may be another thread, so nothing
  *                      thread-local is kept across a wait (errno is read
  *                      right after the call that set it).
@@ -51,7 +51,7 @@
 #include "apr_lib.h"
 #include "apr_strings.h"
 
-#include "mod_asyncproxy_proxy.h"
+#include "request.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -1414,7 +1414,7 @@ static int setup(proxy_ctx *px)
                          : sc->stream_timeout ? sc->stream_timeout
                          : APX_DEFAULT_STREAM_TIMEOUT;
     px->idempotent = method_is_idempotent(r);
-    px->target = apx_proxy_target(r, m);
+    px->target = apx_map_target(r, m);
     if (!px->target) {
         /* translate_name or fixups refused it already when they claimed
          * r; this is a request they did not see */
@@ -1467,14 +1467,14 @@ static int setup(proxy_ctx *px)
     return STEP_OK;
 }
 
-int apx_proxy_body_left(const apx_req *rq)
+int apx_request_body_left(const apx_req *rq)
 {
     const proxy_ctx *px = rq->proxy;
 
     return px && !px->body_done;
 }
 
-intptr_t apx_proxy_run(apx_coro *coro, void *data)
+intptr_t apx_request_run(apx_coro *coro, void *data)
 {
     apx_req *rq = data;
     request_rec *r = rq->r;

@@ -3,14 +3,14 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_head.c — a request head, read ahead without blocking.
+/* head.c — a request head, read ahead without blocking.
  *
  * httpd reads a request head with blocking reads (ap_read_request()): a
  * client that sends its head slowly holds the thread that reads it. On a
  * connection the module owns, the head is therefore read *ahead*, with
  * non-blocking reads, into a buffer of the module's, and httpd reads only a
  * head that is whole; the connection waits parked in between
- * (mod_asyncproxy_conn.c). The buffer is an input filter at the top of the
+ * (conn.c). The buffer is an input filter at the top of the
  * connection's filters (AP_FTYPE_CONNECTION: above mod_ssl, so it holds
  * plaintext, and above mod_reqtimeout): it serves what it holds to every
  * read first, in each mode httpd uses, and passes reads on once it is empty.
@@ -43,8 +43,9 @@
 #include "util_filter.h"
 #include "apr_strings.h"
 
-#include "mod_asyncproxy.h"
-#include "mod_asyncproxy_head.h"
+#include "conf.h"
+#include "child.h"
+#include "head.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;

@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_lane.h — the blocking lane (mod_asyncproxy_lane.c): a
+/* lane.h — the blocking lane (lane.c): a
  * bounded pool of threads for other handlers' requests on connections the
  * module owns, apart from the proxy's workers.
  */

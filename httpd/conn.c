@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_conn.c — the handler entry, the two drivers of a request's
+/* conn.c — the handler entry, the two drivers of a request's
  * coroutine, and the life of a connection the module adopts.
  *
  * httpd 2.4 never takes a SUSPENDED connection back, so once our handler
@@ -21,7 +21,7 @@
  *   asyncproxy_process_connection() MPM thread: a head that is not whole
  *                                   is awaited in the poller instead
  *   conn_dispatch() and below       module worker threads
- *   lane_run()                      a lane thread (mod_asyncproxy_lane.c)
+ *   lane_run()                      a lane thread (lane.c)
  * Invariants:
  *   - One thread touches a connection at a time: the park record, the
  *     request, its coroutine and both sockets change owner as one unit.
@@ -30,7 +30,7 @@
  *     has no timed way through: a record whose gate is closed waits parked.
  *   - No pointer to r or rq survives ap_process_request_after_handler().
  *   - Nothing a client sends holds a module worker: httpd reads a head only
- *     once it is whole (mod_asyncproxy_head.c), and other handlers' requests
+ *     once it is whole (head.c), and other handlers' requests
  *     run on the lane's threads, never on the workers.
  */
 #include <poll.h>
@@ -52,9 +52,14 @@
 #include "scoreboard.h"
 #include "apr_strings.h"
 
-#include "mod_asyncproxy.h"
-#include "mod_asyncproxy_head.h"
-#include "mod_asyncproxy_lane.h"
+#include "conf.h"
+#include "child.h"
+#include "drive.h"
+#include "conn.h"
+#include "map.h"
+#include "request.h"
+#include "head.h"
+#include "lane.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -918,7 +923,7 @@ static void keepalive_event(apx_conn *ac, unsigned why)
  * connection; closing it instead never waits for the client. */
 static void close_if_body_left(apx_req *rq)
 {
-    if (rq->c->keepalive != AP_CONN_CLOSE && apx_proxy_body_left(rq))
+    if (rq->c->keepalive != AP_CONN_CLOSE && apx_request_body_left(rq))
         rq->c->keepalive = AP_CONN_CLOSE;
 }
 
@@ -1162,7 +1167,7 @@ static int asyncproxy_handler(request_rec *r)
 
     if (!r->handler || strcmp(r->handler, "asyncproxy"))
         return DECLINED;
-    map = apx_proxy_match(r);
+    map = apx_map_match(r);
     if (!map)
         return DECLINED;
     if (!ch) {
@@ -1197,7 +1202,7 @@ static int asyncproxy_handler(request_rec *r)
                        apr_itoa(r->pool, (int)apx_gconf.retry_after));
         return HTTP_SERVICE_UNAVAILABLE;
     }
-    rv = apx_coro_create(&rq->coro, ch->stacks, apx_proxy_run, rq);
+    rv = apx_coro_create(&rq->coro, ch->stacks, apx_request_run, rq);
     if (rv != APR_SUCCESS) {
         apr_atomic_inc32(&ch->n.unavailable);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, APXLOGNO(00014)
@@ -1325,7 +1330,7 @@ static int asyncproxy_lane_handler(request_rec *r)
         return DECLINED;
     if (r->handler && (!strcmp(r->handler, "asyncproxy-status")
                        || (!strcmp(r->handler, "asyncproxy")
-                           && apx_proxy_match(r))))
+                           && apx_map_match(r))))
         return DECLINED;    /* ours: it parks, or writes a few figures */
     ac->lane_r = r;
     ac->lane_handler = r->handler;

@@ -3,8 +3,8 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_proxy.h — the steps of the request path that the response
- * cache (mod_asyncproxy_cache.c) reuses: the proxy coroutine's state and
+/* request.h — the steps of the request path that the response
+ * cache (cache.c) reuses: the proxy coroutine's state and
  * its exchange, head and body functions. Private to those two files.
  *
  * Threads: every function runs inside the request's coroutine, on the
@@ -14,7 +14,10 @@
 #define MOD_ASYNCPROXY_PROXY_H
 
 #include "apx_http.h"
-#include "mod_asyncproxy.h"
+#include "drive.h"
+#include "upstream.h"
+#include "child.h"
+#include "map.h"
 
 typedef struct apx_hc apx_hc;
 
@@ -157,12 +160,12 @@ int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton);
 /* apx_px_body() into the output filters, paced by the client. */
 int apx_px_relay(proxy_ctx *px, int done);
 
-/* The NOFLUSH switch of the connection (mod_asyncproxy_proxy.c): while
+/* The NOFLUSH switch of the connection (request.c): while
  * on, FLUSH buckets stop above the core output filter, which would make
  * them blocking writes. NULL when the filter could not be added. */
 int *apx_px_noflush_switch(proxy_ctx *px);
 
-/* mod_asyncproxy_tunnel.c */
+/* tunnel.c */
 /* 1 when the backend's 101 answers px->upgrade. */
 int apx_px_upgrade_accepted(proxy_ctx *px);
 /* The backend said 101: relays it, then moves bytes both ways until
@@ -171,7 +174,7 @@ int apx_px_tunnel(proxy_ctx *px);
 /* setup(): the protocol to forward in Upgrade, or NULL. */
 const char *apx_px_upgrade_wanted(proxy_ctx *px);
 
-/* mod_asyncproxy_cache.c */
+/* cache.c */
 /* The cache's part of r, or NULL when r is not cached (sets the BYPASS
  * label for a cache-enabled scope the request cannot use). */
 apx_hc *apx_hc_create(proxy_ctx *px);
@@ -180,5 +183,13 @@ apx_hc *apx_hc_create(proxy_ctx *px);
 int apx_hc_skip_request_field(const apx_hc *hc, const char *name);
 /* The cached request path: hit, wait, or fetch and store. */
 int apx_hc_run(proxy_ctx *px);
+
+/* The request path, run as a coroutine (rq: the apx_req). */
+intptr_t apx_request_run(apx_coro *coro, void *rq);
+/* 1 when the request body is not read to its end: the connection must
+ * then close rather than have httpd read the rest. */
+int apx_request_body_left(const apx_req *rq);
+/* The connection filter that streams use (NOFLUSH). */
+void apx_stream_register_filter(apr_pool_t *p);
 
 #endif /* MOD_ASYNCPROXY_PROXY_H */

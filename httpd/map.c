@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_map.c — which requests are ours: translate_name (server
+/* map.c — which requests are ours: translate_name (server
  * mappings, longest prefix, "!" exclusions), map_to_storage (no file walk),
  * fixups (the <Location> form), and the backend target built from the raw
  * request URI (path, query and percent-encoding forwarded unchanged).
@@ -21,7 +21,10 @@
 #include "apr_lib.h"
 #include "apr_strings.h"
 
-#include "mod_asyncproxy.h"
+#include "conf.h"
+#include "child.h"
+#include "map.h"
+#include "upstream.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -185,7 +188,7 @@ static const char *raw_rest(apr_pool_t *p, const char *path, const char *end,
 /* The request target for the backend: the mapping's base, the rest of the
  * client's path after the prefix (raw bytes: percent-encoding unchanged),
  * and the raw query. NULL when the path would leave the base (400). */
-const char *apx_proxy_target(request_rec *r, const apx_mapping *m)
+const char *apx_map_target(request_rec *r, const apx_mapping *m)
 {
     const char *end, *path = raw_path(r->unparsed_uri, &end);
     const char *rest, *query = NULL, *base = m->base;
@@ -219,7 +222,7 @@ const char *apx_proxy_target(request_rec *r, const apx_mapping *m)
  * or HTTP_BAD_REQUEST for a path that would leave the mapping's base. */
 static int claim_request(request_rec *r, const apx_mapping *m)
 {
-    const char *target = apx_proxy_target(r, m);
+    const char *target = apx_map_target(r, m);
 
     if (!target) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APXLOGNO(00127)
@@ -372,7 +375,7 @@ static int asyncproxy_fixups(request_rec *r)
     return take_request(r, dc->map);
 }
 
-const apx_mapping *apx_proxy_match(request_rec *r)
+const apx_mapping *apx_map_match(request_rec *r)
 {
     const apx_mapping *m;
     const apx_dir_conf *dc;
@@ -386,7 +389,7 @@ const apx_mapping *apx_proxy_match(request_rec *r)
     return NULL;
 }
 
-void apx_proxy_register_hooks(apr_pool_t *p)
+void apx_map_register_hooks(apr_pool_t *p)
 {
     ap_hook_translate_name(asyncproxy_translate, NULL, NULL, APR_HOOK_FIRST);
     ap_hook_map_to_storage(asyncproxy_map_to_storage, NULL, NULL,

@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_backend.c — backend origins and, per child, their pools of
+/* upstream.c — backend origins and, per child, their pools of
  * idle keep-alive connections.
  *
  * An origin (http, host, port) with its pool settings (max, ttl) is
@@ -36,7 +36,8 @@
 #include "apr_strings.h"
 #include "apr_thread_mutex.h"
 
-#include "mod_asyncproxy.h"
+#include "child.h"
+#include "upstream.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;

@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_tunnel.c — Upgrade tunnels (WebSocket): the client's
+/* tunnel.c — Upgrade tunnels (WebSocket): the client's
  * Upgrade is forwarded when the mapping allows the protocol (upgrade=); a
  * 101 from the backend is relayed and the connection becomes a two-way
  * byte tunnel, run by the request's coroutine.
@@ -39,7 +39,7 @@
 #include "util_filter.h"
 #include "apr_strings.h"
 
-#include "mod_asyncproxy_proxy.h"
+#include "request.h"
 
 APLOG_USE_MODULE(asyncproxy);
 

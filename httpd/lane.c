@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_lane.c — the blocking lane: a bounded pool of threads of
+/* lane.c — the blocking lane: a bounded pool of threads of
  * its own where requests for other handlers run on connections the module
  * owns (static files, CGI, PHP, DAV, mod_proxy_*, ...).
  *
@@ -25,8 +25,8 @@
 #include "apr_thread_proc.h"
 #include "apr_thread_cond.h"
 
-#include "mod_asyncproxy.h"
-#include "mod_asyncproxy_lane.h"
+#include "child.h"
+#include "lane.h"
 
 APLOG_USE_MODULE(asyncproxy);
 

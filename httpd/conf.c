@@ -3,7 +3,7 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* mod_asyncproxy_conf.c — parsers for directive values. They run at
+/* conf.c — parsers for directive values. They run at
  * configuration time (pconf, single thread). Every error names the
  * directive and the offending value, so `apachectl configtest` points the
  * administrator at the line to fix. */
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include "apr_strings.h"
 #include "apr_lib.h"
-#include "mod_asyncproxy.h"
+#include "conf.h"
 
 APLOG_USE_MODULE(asyncproxy);
 

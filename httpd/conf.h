@@ -1,0 +1,165 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* conf.h — the configuration records (conf.c parses the directives into
+ * them, mod_asyncproxy.c holds the table) and the defaults.
+ *
+ * Threads: built in pconf, read-only once post_config has run.
+ */
+#ifndef APX_HTTPD_CONF_H
+#define APX_HTTPD_CONF_H
+
+#include "common.h"
+
+#define APX_DEFAULT_WORKERS_MIN   2
+#define APX_DEFAULT_WORKERS_MAX   8
+/* 128 KiB of address space per coroutine; only touched pages are resident.
+ * httpd's ap_log_* formats into 8 KiB stack buffers and mod_ssl's write path
+ * is deep, which 64 KiB did not leave room for with margin. */
+#define APX_DEFAULT_STACK_SIZE    (128 * 1024)
+#define APX_MIN_STACK_SIZE        (32 * 1024)
+#define APX_MAX_STACK_SIZE        (8 * 1024 * 1024)
+
+/* Defaults of the proxy settings (each overridable globally and per
+ * mapping where mod_proxy has the same option). */
+/* 0: park at once. A delay lets a fast backend's answer be served on the
+ * MPM thread without a hand-over, but holds that thread meanwhile; the
+ * benchmarks showed no gain from 5 ms, and under a burst of new connections
+ * it kept the MPM at its thread limit (AH00484). */
+#define APX_DEFAULT_PARK_DELAY      0
+#define APX_CONNECT_GRACE           500     /* us; see apx_wait_connect() */
+#define APX_DEFAULT_CONNECT_TIMEOUT apr_time_from_sec(5)
+/* A response without a length (SSE, a chunked long poll) may stay quiet for
+ * long between events; its silence is not a backend failure. 5 minutes is
+ * longer than the keep-alive comment interval of the usual SSE servers
+ * (15-60 s) and still lets a dead backend go within a few minutes. */
+#define APX_DEFAULT_STREAM_TIMEOUT  apr_time_from_sec(300)
+/* An upgraded connection (WebSocket) with nothing moving either way: the
+ * same reasoning, and WebSocket servers ping every 20-60 s. */
+#define APX_DEFAULT_TUNNEL_TIMEOUT  apr_time_from_sec(300)
+#define APX_DEFAULT_MAX_PARKED      10000
+#define APX_DEFAULT_POOL_MAX        256
+#define APX_DEFAULT_POOL_TTL        apr_time_from_sec(5)
+#define APX_DEFAULT_RETRY_AFTER     1
+/* Response cache (cache.c) */
+#define APX_DEFAULT_CACHE_SIZE      (64 * 1024 * 1024)
+#define APX_DEFAULT_CACHE_MAX_OBJ   (1024 * 1024)
+#define APX_DEFAULT_CACHE_WAIT      apr_time_from_sec(10)
+/* The lane (lane.c): threads default to ThreadsPerChild,
+ * the queue to this many jobs per thread. */
+#define APX_DEFAULT_LANE_QUEUE_PER_THREAD 4
+
+/* Engine settings: one engine per child, so these are global (main server
+ * only). */
+typedef struct apx_global_conf {
+    unsigned workers_min, workers_max;
+    apr_size_t stack_size;
+    unsigned max_parked;            /* in-flight parked requests per child */
+    unsigned retry_after;           /* seconds, on 503 */
+    apr_array_header_t *backends;   /* apx_backend *, every origin configured */
+    apr_size_t cache_size;          /* response cache budget per child */
+    apr_size_t cache_max_object;    /* largest body stored */
+    apr_interval_time_t cache_wait; /* longest wait on another's fetch */
+    int cache_used;                 /* some scope enables the cache */
+    unsigned lane_threads;          /* 0: ThreadsPerChild */
+    unsigned lane_queue;            /* 0: APX_DEFAULT_LANE_QUEUE_PER_THREAD
+                                     * per lane thread */
+    int h2_allowed;                 /* some server's Protocols has h2 or
+                                     * h2c (post_config) */
+    double mpm_factor;              /* AsyncRequestWorkerFactor (post_config) */
+    unsigned mpm_threads;           /* ThreadsPerChild (post_config) */
+} apx_global_conf;
+
+/* The response cache settings of a scope (server, <Location>, mapping);
+ * -1 / unset values are inherited. */
+typedef struct apx_cache_set {
+    int on;                         /* AsyncProxyCache, -1 unset */
+    int gzip;                       /* AsyncProxyCacheGzip, -1 unset */
+    apr_interval_time_t ttl;        /* AsyncProxyCacheTTL, -1 unset, 0 off */
+} apx_cache_set;
+
+typedef struct apx_backend apx_backend;   /* upstream.h */
+
+/* AsyncProxyPass PATH URL [key=value ...] | AsyncProxyPass PATH ! */
+typedef struct apx_mapping {
+    const char *path;               /* URL-path prefix matched */
+    apr_size_t path_len;
+    int excluded;                   /* "!": never proxied */
+    const char *url;                /* as configured, for messages */
+    const char *base;               /* path prefix on the backend ("/v1/") */
+    const char *host_hdr;           /* Host sent when not preserving */
+    apx_backend *backend;           /* origin + this mapping's pool */
+    unsigned pool_max;              /* max= (default APX_DEFAULT_POOL_MAX) */
+    apr_interval_time_t pool_ttl;   /* ttl= (default APX_DEFAULT_POOL_TTL) */
+    /* 0: inherit the server's value */
+    apr_interval_time_t timeout;          /* whole response head wait, and
+                                           * each later read or write */
+    apr_interval_time_t connect_timeout;
+    apr_interval_time_t stream_timeout;   /* streamtimeout=: each read of a
+                                           * body without a length */
+    apr_interval_time_t tunnel_timeout;   /* tunneltimeout=: an upgraded
+                                           * connection with nothing moving */
+    const char *upgrade;                  /* upgrade=: protocols a client may
+                                           * switch to ("a,b" or "*"), NULL:
+                                           * none */
+    apr_interval_time_t park_delay;       /* -1: inherit */
+    int cache;                            /* cache=on|off, -1: inherit */
+} apx_mapping;
+
+/* AsyncProxyPassReverse PATH URL: Location / Content-Location / URI
+ * headers starting with URL are rewritten to start with PATH. */
+typedef struct apx_reverse {
+    const char *path;
+    const char *url;
+    apr_size_t url_len;
+} apx_reverse;
+
+/* Per server (virtual host); -1 / 0 mean unset and are merged. */
+typedef struct apx_srv_conf {
+    apr_array_header_t *maps;       /* apx_mapping *, longest prefix wins */
+    apr_array_header_t *reverses;   /* apx_reverse */
+    int preserve_host;              /* -1 unset */
+    int add_forwarded;              /* X-Forwarded-*; -1 unset */
+    /* AsyncProxyTrustedProxies: apr_ipsubnet_t *, NULL unset. Only a peer
+     * in it has its X-Forwarded-* extended or passed on. */
+    apr_array_header_t *trusted;
+    apr_interval_time_t timeout;    /* 0 unset: the server's Timeout */
+    apr_interval_time_t connect_timeout;
+    apr_interval_time_t stream_timeout; /* 0 unset */
+    apr_interval_time_t tunnel_timeout; /* 0 unset */
+    apr_interval_time_t park_delay; /* -1 unset */
+    apx_cache_set cache;
+    int adopt_heads;                /* AsyncProxyAdoptSlowHeads, -1 unset */
+    /* Waiting for a request head on a connection the module owns
+     * (head.c, set at post_config from mod_reqtimeout's
+     * header stage): timeout, maximum, minimum rate in bytes/s (0: none). */
+    apr_interval_time_t head_timeout, head_max;
+    apr_size_t head_rate;
+} apx_srv_conf;
+
+/* Per directory (<Location>): AsyncProxyPass URL with the location as
+ * the path. */
+typedef struct apx_dir_conf {
+    apx_mapping *map;
+    apr_array_header_t *reverses;
+    apx_cache_set cache;
+} apx_dir_conf;
+
+extern apx_global_conf apx_gconf;
+
+/* conf.c: directive value parsers, shared by the config
+ * code and the tests of it. Each returns NULL or an error message naming
+ * the directive and the value. */
+const char *apx_parse_size(cmd_parms *cmd, const char *arg, apr_size_t min,
+                           apr_size_t max, apr_size_t *out);
+const char *apx_parse_duration(cmd_parms *cmd, const char *arg,
+                               apr_interval_time_t min,
+                               apr_interval_time_t max,
+                               apr_interval_time_t *out);
+const char *apx_parse_uint(cmd_parms *cmd, const char *arg, unsigned min,
+                           unsigned max, unsigned *out);
+
+
+#endif /* APX_HTTPD_CONF_H */
