@@ -83,4 +83,9 @@ typedef struct apx_child {
 
 extern apx_child *apx_ch;
 
+/* child.c: child_init starts the engine and what it serves; child_stopping
+ * tells them the child is going. */
+void apx_child_init(apr_pool_t *pchild, server_rec *s);
+void apx_child_stopping(apr_pool_t *pchild, int graceful);
+
 #endif /* APX_HTTPD_CHILD_H */

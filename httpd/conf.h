@@ -162,4 +162,30 @@ const char *apx_parse_uint(cmd_parms *cmd, const char *arg, unsigned min,
                            unsigned max, unsigned *out);
 
 
+/* directives.c: the directive handlers (the table is in mod_asyncproxy.c). */
+const char *apx_cmd_workers(cmd_parms *cmd, void *dummy, const char *min,
+                            const char *max);
+const char *apx_cmd_stack_size(cmd_parms *cmd, void *dummy, const char *arg);
+const char *apx_cmd_max_parked(cmd_parms *cmd, void *dummy, const char *arg);
+const char *apx_cmd_retry_after(cmd_parms *cmd, void *dummy,
+                                const char *arg);
+const char *apx_cmd_lane(cmd_parms *cmd, void *dummy, const char *arg);
+const char *apx_cmd_pass(cmd_parms *cmd, void *dconf, const char *args);
+const char *apx_cmd_pass_reverse(cmd_parms *cmd, void *dconf,
+                                 const char *path, const char *url);
+const char *apx_cmd_srv_flag(cmd_parms *cmd, void *dummy, int on);
+const char *apx_cmd_trusted(cmd_parms *cmd, void *dummy, const char *arg);
+const char *apx_cmd_srv_time(cmd_parms *cmd, void *dummy, const char *arg);
+
+/* conf.c: the records (module record callbacks) and the configuration
+ * hooks. */
+void *apx_conf_create_srv(apr_pool_t *p, server_rec *s);
+void *apx_conf_merge_srv(apr_pool_t *p, void *basev, void *addv);
+void *apx_conf_create_dir(apr_pool_t *p, char *dir);
+void *apx_conf_merge_dir(apr_pool_t *p, void *basev, void *addv);
+int apx_conf_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
+                        apr_pool_t *ptemp);
+int apx_conf_post_config(apr_pool_t *pconf, apr_pool_t *plog,
+                         apr_pool_t *ptemp, server_rec *s);
+
 #endif /* APX_HTTPD_CONF_H */

@@ -52,6 +52,9 @@ typedef struct apx_req {
     apr_time_t wait_deadline;
     unsigned wait_got;
     int wait_wake;              /* the wait is apx_wait_wake()'s */
+    apx_park *park;             /* the connection's park record (its
+                                 * dispatch set by conn.c), NULL when the
+                                 * request cannot park */
     int wait_two;               /* apx_wait2(): fd1 is watched as asked */
     int wait_fd1;
     unsigned wait_events1;

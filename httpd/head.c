@@ -523,7 +523,7 @@ void apx_head_post_config(apr_pool_t *p, server_rec *main_s)
                  + MAX_BLANK_LINES * 2;
 }
 
-void apx_head_register_hooks(apr_pool_t *p)
+void apx_head_register_filter(apr_pool_t *p)
 {
     ap_register_input_filter(HEAD_FILTER, head_filter, NULL,
                              AP_FTYPE_CONNECTION);

@@ -41,6 +41,6 @@ apr_size_t apx_head_bytes(const apx_head *h);
 
 /* post_config: the header deadlines of every server, the scan's limits. */
 void apx_head_post_config(apr_pool_t *p, server_rec *main_s);
-void apx_head_register_hooks(apr_pool_t *p);
+void apx_head_register_filter(apr_pool_t *p);
 
 #endif /* MOD_ASYNCPROXY_HEAD_H */

@@ -330,7 +330,7 @@ static int take_request(request_rec *r, const apx_mapping *m)
     return rc != DECLINED ? rc : claim_request(r, m);
 }
 
-static int asyncproxy_translate(request_rec *r)
+int apx_map_translate(request_rec *r)
 {
     const apx_dir_conf *dc;
     const apx_srv_conf *sc;
@@ -354,7 +354,7 @@ static int asyncproxy_translate(request_rec *r)
 }
 
 /* No file walk for a proxied request. */
-static int asyncproxy_map_to_storage(request_rec *r)
+int apx_map_to_storage(request_rec *r)
 {
     return ap_get_module_config(r->request_config, &asyncproxy_module)
            ? OK : DECLINED;
@@ -362,7 +362,7 @@ static int asyncproxy_map_to_storage(request_rec *r)
 
 /* A <Location> AsyncProxyPass that translate_name did not see (another
  * module translated first): claim the request now. */
-static int asyncproxy_fixups(request_rec *r)
+int apx_map_fixups(request_rec *r)
 {
     const apx_dir_conf *dc;
 
@@ -388,12 +388,3 @@ const apx_mapping *apx_map_match(request_rec *r)
         return dc->map;
     return NULL;
 }
-
-void apx_map_register_hooks(apr_pool_t *p)
-{
-    ap_hook_translate_name(asyncproxy_translate, NULL, NULL, APR_HOOK_FIRST);
-    ap_hook_map_to_storage(asyncproxy_map_to_storage, NULL, NULL,
-                           APR_HOOK_FIRST);
-    ap_hook_fixups(asyncproxy_fixups, NULL, NULL, APR_HOOK_MIDDLE);
-}
-

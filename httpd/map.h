@@ -16,6 +16,11 @@
 const apx_mapping *apx_map_match(request_rec *r);
 /* The backend request target for r under mapping m (in r->pool). */
 const char *apx_map_target(request_rec *r, const apx_mapping *m);
-void apx_map_register_hooks(apr_pool_t *p);
+/* Hooks (FIRST): translate_name claims the requests a mapping proxies,
+ * map_to_storage keeps them off the file system; fixups (MIDDLE) sets
+ * the handler. */
+int apx_map_translate(request_rec *r);
+int apx_map_to_storage(request_rec *r);
+int apx_map_fixups(request_rec *r);
 
 #endif /* APX_HTTPD_MAP_H */

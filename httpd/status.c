@@ -146,13 +146,13 @@ static void print_figures(request_rec *r, int short_report)
     ap_rputs("</table>\n", r);
 }
 
-static int asyncproxy_status_hook(request_rec *r, int flags)
+int apx_status_hook(request_rec *r, int flags)
 {
     print_figures(r, (flags & AP_STATUS_SHORT) != 0);
     return OK;
 }
 
-static int asyncproxy_status_handler(request_rec *r)
+int apx_status_handler(request_rec *r)
 {
     if (!r->handler || strcmp(r->handler, "asyncproxy-status"))
         return DECLINED;
@@ -164,11 +164,4 @@ static int asyncproxy_status_handler(request_rec *r)
         return OK;
     print_figures(r, 1);
     return OK;
-}
-
-void apx_status_register(apr_pool_t *p)
-{
-    APR_OPTIONAL_HOOK(ap, status_hook, asyncproxy_status_hook, NULL, NULL,
-                      APR_HOOK_MIDDLE);
-    ap_hook_handler(asyncproxy_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }

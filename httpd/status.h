@@ -12,6 +12,9 @@
 
 #include "common.h"
 
-void apx_status_register(apr_pool_t *p);
+/* mod_status' status_hook (optional hook), and the "asyncproxy-status"
+ * handler. */
+int apx_status_hook(request_rec *r, int flags);
+int apx_status_handler(request_rec *r);
 
 #endif /* APX_HTTPD_STATUS_H */
