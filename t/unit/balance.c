@@ -102,6 +102,51 @@ static void test_wrr(void)
 
 /* ---- p2c-ewma ---------------------------------------------------------- */
 
+/* p2c's candidates are drawn in proportion to effective weight, with the
+ * excluded members (the first candidate, a failed member) cut out. */
+static void test_sample(void)
+{
+    static const struct {
+        int ex1, ex2;
+        unsigned want[4];       /* expected shares, per mille */
+    } rows[] = {
+        { -1, -1, { 100, 200, 300, 400 } },
+        { 2, -1, { 143, 286, 0, 571 } },
+        { 3, 0, { 0, 400, 600, 0 } },
+        { 1, 1, { 125, 0, 375, 500 } },
+    };
+    static const unsigned w[4] = { 1, 2, 3, 4 };
+    enum { DRAWS = 100000 };
+    apx_bal_config cfg;
+    apx_bal_group *g;
+    apx_bal_rng rng;
+    unsigned r, k;
+
+    cfg_of(&cfg, APX_BAL_P2C_EWMA);
+    g = mkgroup(&cfg, 4, w, BASE);
+    apx_bal_rng_seed(&rng, 14);
+    for (r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        unsigned cnt[4] = { 0, 0, 0, 0 }, off = 0;
+
+        for (k = 0; k < DRAWS; k++)
+            cnt[sample(g, &rng, rows[r].ex1, rows[r].ex2)]++;
+        for (k = 0; k < 4; k++) {
+            unsigned got = (unsigned)((cnt[k] * 1000ULL + DRAWS / 2) / DRAWS);
+
+            off += got + 10 < rows[r].want[k] || got > rows[r].want[k] + 10
+                   || (rows[r].want[k] == 0 && cnt[k] != 0);
+        }
+        ok(off == 0, "weighted draw excluding %d and %d: %u/%u/%u/%u per "
+           "10^5, as weights", rows[r].ex1, rows[r].ex2, cnt[0], cnt[1],
+           cnt[2], cnt[3]);
+    }
+    g->m[0].state = APX_BAL_DOWN;
+    g->m[1].state = APX_BAL_DOWN;
+    g->m[2].state = APX_BAL_DOWN;
+    refresh(g, BASE);
+    is_int(sample(g, &rng, 3, -1), -1, "nothing left after exclusion: -1");
+}
+
 static void test_p2c_cost(void)
 {
     /* With two members p2c always compares both: the cheaper wins. */
@@ -843,6 +888,7 @@ int main(void)
     test_create();
     test_wrr();
     test_ewma();
+    test_sample();
     test_p2c_cost();
     test_p2c_sim();
     test_eject();
