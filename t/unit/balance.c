@@ -49,6 +49,14 @@ static void cfg_of(apx_bal_config *cfg, int method)
     cfg->method = method;
 }
 
+/* The defaults with `method`, and the random source seeded. */
+static void setup(apx_bal_config *cfg, int method, apx_bal_rng *rng,
+                  apr_uint64_t seed)
+{
+    cfg_of(cfg, method);
+    apx_bal_rng_seed(rng, seed);
+}
+
 /* ---- smooth weighted round robin ---------------------------------------- */
 
 static void test_wrr(void)
@@ -66,8 +74,7 @@ static void test_wrr(void)
     apx_bal_rng rng;
     unsigned r, k, idx;
 
-    cfg_of(&cfg, APX_BAL_WRR);
-    apx_bal_rng_seed(&rng, 1);
+    setup(&cfg, APX_BAL_WRR, &rng, 1);
     for (r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
         apx_bal_group *g = mkgroup(&cfg, rows[r].n, rows[r].w, BASE);
         size_t len = strlen(rows[r].want);
@@ -169,8 +176,7 @@ static void test_p2c_cost(void)
     apx_bal_rng rng;
     unsigned r, k, idx;
 
-    cfg_of(&cfg, APX_BAL_P2C_EWMA);
-    apx_bal_rng_seed(&rng, 2);
+    setup(&cfg, APX_BAL_P2C_EWMA, &rng, 2);
     for (r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
         apx_bal_group *g = mkgroup(&cfg, 2, rows[r].w, BASE);
         int all = 1;
@@ -463,8 +469,7 @@ static void test_draining(void)
     apx_bal_req rq = { NULL, 0, "r1", 2 };
     unsigned idx;
 
-    cfg_of(&cfg, APX_BAL_WRR);
-    apx_bal_rng_seed(&rng, 7);
+    setup(&cfg, APX_BAL_WRR, &rng, 7);
     g = mkgroup(&cfg, 3, NULL, BASE);
     apx_bal_set_draining(g, 1, 1, BASE);
     ok(never_picks(g, 1, BASE, &rng), "draining member takes no new request");
