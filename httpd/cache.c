@@ -61,7 +61,7 @@
 #include "apx_cache.h"
 #include "apx_fresh.h"
 #include "apx_gz.h"
-#include "request.h"
+#include "exchange.h"
 #include "cache.h"
 
 APLOG_USE_MODULE(asyncproxy);
