@@ -7,7 +7,8 @@
  * in-memory store per child on the engine's cache core, following RFC
  * 9111's rules for a shared cache (poller/fresh.c).
  *
- * The request path (apx_hc_run(), inside the proxy coroutine):
+ * What the request path asks (cache.h; it orders the exchanges,
+ * request_cached.c), by outcome:
  *   lookup   key = virtual host + Host + backend URL (+ the request's
  *            values of the fields a stored Vary names);
  *   HIT      served from memory: the body goes out by reference (a bucket
@@ -61,7 +62,7 @@
 #include "apx_cache.h"
 #include "apx_fresh.h"
 #include "apx_gz.h"
-#include "exchange.h"
+#include "child.h"
 #include "cache.h"
 
 APLOG_USE_MODULE(asyncproxy);
@@ -106,8 +107,9 @@ enum {
     ROLE_FILL,
     ROLE_PASS,          /* fetch, store when storable, no coalescing */
     ROLE_FETCH,         /* fetch, never store (HEAD miss, fallbacks) */
-    ROLE_UNSAFE         /* an unsafe method: proxied, and a non-error
+    ROLE_UNSAFE,        /* an unsafe method: proxied, and a non-error
                          * answer invalidates what is stored for it */
+    ROLE_REFRESH        /* after a STALE response: fetch for the store */
 };
 
 typedef struct hc_waiter hc_waiter;
@@ -168,9 +170,22 @@ struct hc_obj {
 #define OBJ(e) APX_CONTAINER_OF((e), hc_obj, ce)
 
 /* The cache's part of one request (r->pool). */
-struct apx_hc {
-    proxy_ctx *px;
+struct apx_hcache {
+    apx_req *rq;
     request_rec *r;
+    const apx_mapping *map;
+    const char *hostport;           /* the backend origin */
+    const char *url;                /* for log lines */
+    int role;                       /* ROLE_* of the fetch under way */
+    hc_obj *refreshed;              /* the STALE object this request
+                                     * refreshes (held for r) */
+    hc_obj *serving;                /* held for r: what is served */
+    apr_size_t serve_off;           /* next body byte of serving */
+    apx_gz_inflater *inflater;      /* serving's gzip copy, inflated */
+    int serve_inflate;              /* ... for a client without gzip */
+    apr_int64_t cap_hint;           /* the response's length, -1 */
+    const char *inm, *ims;          /* the client's, while ours are in */
+    apx_fresh_times ft;             /* of the response on_head() took */
     apx_cache_set set;              /* effective settings */
     const char *kpre;               /* the key up to the backend URL */
     const char *key;                /* primary key */
@@ -201,7 +216,6 @@ struct apx_hc {
     /* the body being captured */
     char *cap;
     apr_size_t cap_len, cap_size;
-    int body_ended;                 /* capture() saw the end of the body */
 };
 
 static apx_cache *store;
@@ -440,7 +454,7 @@ static apr_bucket *hcb_create(hc_obj *o, apr_size_t off, apr_size_t len,
 /* ------------------------------------------------------------------ */
 /* the request's part                                                   */
 
-static void set_label(apx_hc *hc, const char *label)
+static void set_label(apx_hcache *hc, const char *label)
 {
     request_rec *r = hc->r;
     apx_counters *n = &apx_ch->n;
@@ -467,7 +481,7 @@ static const char *vary_get(void *baton, const char *name)
 
 /* key + "\n" + the marker's generation + "\n" + the request's values of
  * the marker's Vary fields. */
-static int make_variant_key(apx_hc *hc, const char *vary, int skip_ae,
+static int make_variant_key(apx_hcache *hc, const char *vary, int skip_ae,
                             apr_uint64_t gen)
 {
     static const char *const ae[] = { "accept-encoding", NULL };
@@ -513,17 +527,16 @@ static int method_is_safe(const char *method)
     return 0;
 }
 
-apx_hc *apx_hc_create(proxy_ctx *px)
+apx_hcache *apx_hcache_create(request_rec *r, apx_hcache_req *in)
 {
-    request_rec *r = px->r;
-    const apx_mapping *m = px->rq->map;
+    const apx_mapping *m = in->rq->map;
     const apx_dir_conf *dc = ap_get_module_config(r->per_dir_config,
                                                   &asyncproxy_module);
-    const apx_srv_conf *sc = px->rq->sconf;
+    const apx_srv_conf *sc = in->rq->sconf;
     apx_cache_set set;
-    const char *v, *xff, *xfh, *xfp;
+    const char *v, *xfh = in->xfh, *xfp = in->xfp;
     const char *host = apr_table_get(r->headers_in, "Host");
-    apx_hc *hc;
+    apx_hcache *hc;
     apx_cc cc;
 
     set = sc->cache;
@@ -535,8 +548,11 @@ apx_hc *apx_hc_create(proxy_ctx *px)
         return NULL;
 
     hc = apr_pcalloc(r->pool, sizeof(*hc));
-    hc->px = px;
+    hc->rq = in->rq;
     hc->r = r;
+    hc->map = in->map;
+    hc->hostport = in->hostport;
+    hc->url = in->url;
     hc->set = set;
     if (hc->set.gzip == -1)
         hc->set.gzip = 1;
@@ -547,14 +563,13 @@ apx_hc *apx_hc_create(proxy_ctx *px)
      * forwards it, X-Forwarded-Host always), and the X-Forwarded-Host and
      * -Proto a trusted proxy passed on. A response that reflects them is
      * only ever served to requests that would have made the same. */
-    apx_px_forwarded(px, &xff, &xfh, &xfp);
     hc->kpre = apr_psprintf(r->pool, "%s:%u\n%s://%s\n%s%s\n%s%s\n",
                             r->server->defn_name ? r->server->defn_name : "",
                             r->server->defn_line_number, ap_http_scheme(r),
                             host ? host : "",
                             xfh ? "=" : "", xfh ? xfh : "",
                             xfp ? "=" : "", xfp ? xfp : "");
-    hc->key = apr_pstrcat(r->pool, hc->kpre, px->be->hostport, px->target,
+    hc->key = apr_pstrcat(r->pool, hc->kpre, in->hostport, in->target,
                           NULL);
     hc->klen = strlen(hc->key);
     if (r->method_number != M_GET) {
@@ -577,13 +592,13 @@ apx_hc *apx_hc_create(proxy_ctx *px)
     }
     /* A GET with Content-Length: 0 has no body: it is fetched as a plain
      * GET, and a hit leaves nothing unread in the connection. */
-    if (px->body_kind == REQ_BODY_LENGTH && px->body_length == 0) {
-        px->body_kind = REQ_BODY_NONE;
-        px->body_done = 1;
+    if (in->body_empty) {
+        in->drop_empty_body = 1;
+        in->body_left = 0;
     }
     /* a GET with a body: its answer may depend on it, and a hit would
      * leave it unread in the connection */
-    if (!px->body_done) {
+    if (in->body_left) {
         hc->reason = "request-body";
         set_label(hc, "BYPASS");
         return NULL;
@@ -594,7 +609,7 @@ apx_hc *apx_hc_create(proxy_ctx *px)
     return hc;
 }
 
-int apx_hc_skip_request_field(const apx_hc *hc, const char *name)
+int apx_hcache_skip_request_field(const apx_hcache *hc, const char *name)
 {
     static const char *const fill[] = {
         "If-None-Match", "If-Modified-Since", "If-Match",
@@ -618,7 +633,7 @@ int apx_hc_skip_request_field(const apx_hc *hc, const char *name)
 /* lookup                                                               */
 
 /* Replaces an unusable object under key with a pending one we fill. */
-static int claim_fresh_pending(apx_hc *hc, const char *key, apr_size_t klen,
+static int claim_fresh_pending(apx_hcache *hc, const char *key, apr_size_t klen,
                                apr_time_t now)
 {
     hc_obj *p = obj_alloc(OBJ_PENDING);
@@ -640,7 +655,7 @@ static int claim_fresh_pending(apx_hc *hc, const char *key, apr_size_t klen,
     return ROLE_FILL;
 }
 
-static int lookup(apx_hc *hc, apr_time_t now)
+static int lookup(apx_hcache *hc, apr_time_t now)
 {
     request_rec *r = hc->r;
     const char *key = hc->key;
@@ -721,7 +736,7 @@ static int lookup(apx_hc *hc, apr_time_t now)
 
 static int enlist(void *baton, apx_park *p)
 {
-    apx_hc *hc = baton;
+    apx_hcache *hc = baton;
     hc_obj *o = hc->pending;
     hc_waiter *w = &hc->waiter;
     int ok;
@@ -743,7 +758,7 @@ static int enlist(void *baton, apx_park *p)
 
 static void delist(void *arg)
 {
-    apx_hc *hc = arg;
+    apx_hcache *hc = arg;
     hc_obj *o = hc->pending;
     hc_waiter *w = &hc->waiter;
 
@@ -762,7 +777,7 @@ static void delist(void *arg)
 
 /* The fetch of a pending object ended (stored or not): every waiter is
  * woken to look again. */
-static void release_pending(apx_hc *hc, int stored, hc_obj *result)
+static void release_pending(apx_hcache *hc, int stored, hc_obj *result)
 {
     hc_obj *o = hc->pending;
     hc_waiter *w;
@@ -796,23 +811,23 @@ static apr_status_t release_pending_cleanup(void *data)
 /* Returns 1 when the fetch stored something (look again), 0 when this
  * request goes to the backend itself (the fetch failed or was not
  * storable, the wait bound passed, or it cannot park), -1 when the client
- * left or the child stops (outcome set). */
-static int wait_for_fetch(apx_hc *hc)
+ * left or the child stops (*pev says which). */
+static int wait_for_fetch(apx_hcache *hc, unsigned *pev)
 {
-    proxy_ctx *px = hc->px;
-    apx_coro *coro = px->rq->coro;
+    apx_coro *coro = hc->rq->coro;
     apx_defer *d;
     unsigned ev;
     int stored, gone;
 
     apr_atomic_inc32(&apx_ch->n.cache_coalesced);
     d = apx_coro_defer(coro, delist, hc);
-    ev = apx_wait_wake(px->rq, enlist, hc,
+    ev = apx_wait_wake(hc->rq, enlist, hc,
                        apr_time_now() + apx_gconf.cache_wait);
     delist(hc);
     if (d)
         apx_coro_defer_disarm(coro, d);
-    gone = apx_px_wait_interrupted(px, ev);
+    *pev = ev;
+    gone = (ev & (APX_EV_CLIENT_GONE | APX_EV_SHUTDOWN)) != 0;
     /* set under the mutex delist took */
     stored = hc->pending->stored;
     if (stored && hc->pending->result && !gone) {
@@ -836,81 +851,81 @@ static apr_status_t inflater_destroy(void *g)
     return APR_SUCCESS;
 }
 
-static int serve_inflated(proxy_ctx *px, hc_obj *o)
+/* o is what r is served from: held until r->pool goes. */
+static void set_serving(apx_hcache *hc, hc_obj *o)
 {
-    apx_gz_inflater *g;
+    hold_for_request(hc->r, o);
+    hc->serving = o;
+    hc->serve_off = 0;
+}
+
+/* The next slice of the gzip copy, inflated, for a client that does not
+ * take gzip. */
+static int serve_inflated(apx_hcache *hc, apr_bucket_brigade *bb)
+{
+    hc_obj *o = hc->serving;
     apr_status_t rv;
     apr_size_t got;
-    int rc;
+    char *buf;
 
-    if (apx_gz_inflater_create(&g, o->body, o->body_len) != APR_SUCCESS)
-        return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
-                                     "cache-inflate");
-    /* r->pool goes only after the coroutine, so this covers every exit */
-    apr_pool_cleanup_register(px->r->pool, g, inflater_destroy,
-                              apr_pool_cleanup_null);
-    do {
-        char *buf = malloc(SERVE_SLICE);
-
-        if (!buf)
-            return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
-                                         "cache-inflate");
-        rv = apx_gz_inflater_read(g, buf, SERVE_SLICE, &got);
-        if (rv != APR_SUCCESS && rv != APR_EOF) {
-            free(buf);
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, px->r, APXLOGNO(00123)
-                          "stored gzip copy of %s does not inflate",
-                          px->url);
-            return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
-                                         "cache-inflate");
-        }
-        if (got)
-            APR_BRIGADE_INSERT_TAIL(px->bb,
-                                    apr_bucket_heap_create(buf, got, free,
-                                                           px->c->bucket_alloc));
-        else
-            free(buf);
-        if (rv == APR_EOF)
-            break;
-        if ((rc = apx_px_pass_out(px, 0)) != STEP_OK)
-            return rc;
-    } while (1);
-    return apx_px_pass_out(px, 1);
-}
-
-static int serve_stored(proxy_ctx *px, hc_obj *o)
-{
-    apr_size_t off = 0, n;
-    int rc;
-
-    while (off < o->body_len) {
-        n = o->body_len - off;
-        if (n > SERVE_SLICE)
-            n = SERVE_SLICE;
-        APR_BRIGADE_INSERT_TAIL(px->bb,
-                                hcb_create(o, off, n, px->c->bucket_alloc));
-        off += n;
-        if (off < o->body_len && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
-            return rc;
+    if (!hc->inflater) {
+        if (apx_gz_inflater_create(&hc->inflater, o->body, o->body_len)
+            != APR_SUCCESS)
+            return -1;
+        /* r->pool goes only after the coroutine, so this covers every
+         * exit */
+        apr_pool_cleanup_register(hc->r->pool, hc->inflater,
+                                  inflater_destroy, apr_pool_cleanup_null);
     }
-    return apx_px_pass_out(px, 1);
+    buf = malloc(SERVE_SLICE);
+    if (!buf)
+        return -1;
+    rv = apx_gz_inflater_read(hc->inflater, buf, SERVE_SLICE, &got);
+    if (rv != APR_SUCCESS && rv != APR_EOF) {
+        free(buf);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, hc->r, APXLOGNO(00123)
+                      "stored gzip copy of %s does not inflate", hc->url);
+        return -1;
+    }
+    if (got)
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_heap_create(buf, got, free,
+                                                           bb->bucket_alloc));
+    else
+        free(buf);
+    return rv == APR_EOF ? APX_HCACHE_LAST : APX_HCACHE_MORE;
 }
 
-/* Sends o as the response to r. */
-static int serve(apx_hc *hc, hc_obj *o, const char *label)
+int apx_hcache_serve_body(apx_hcache *hc, apr_bucket_brigade *bb)
 {
-    proxy_ctx *px = hc->px;
+    hc_obj *o = hc->serving;
+    apr_size_t n;
+
+    if (hc->serve_inflate)
+        return serve_inflated(hc, bb);
+    if (hc->serve_off >= o->body_len)
+        return APX_HCACHE_LAST;
+    n = o->body_len - hc->serve_off;
+    if (n > SERVE_SLICE)
+        n = SERVE_SLICE;
+    APR_BRIGADE_INSERT_TAIL(bb, hcb_create(o, hc->serve_off, n,
+                                           bb->bucket_alloc));
+    hc->serve_off += n;
+    return hc->serve_off < o->body_len ? APX_HCACHE_MORE : APX_HCACHE_LAST;
+}
+
+/* Puts the object being served on r (whose own head the request path took
+ * off); 1 when a body follows. */
+int apx_hcache_serve_head(apx_hcache *hc, const char *label)
+{
     request_rec *r = hc->r;
+    hc_obj *o = hc->serving;
     int gz_out = o->gz && hc->accept_gz;
     const char *etag = gz_out ? o->etag_gz : o->etag;
     const char *ims;
     apr_int64_t age;
     unsigned i;
 
-    hold_for_request(r, o);
     set_label(hc, label);
-    apx_px_unapply_head(px);
-    px->head_applied = 1;
     r->status = o->status;
     r->status_line = o->status_line;
     r->content_type = NULL;
@@ -947,17 +962,16 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
         apr_atomic_inc32(&apx_ch->n.cache_not_modified);
         r->status = HTTP_NOT_MODIFIED;
         r->status_line = NULL;
-        return apx_px_pass_out(px, 1);
+        return 0;
     }
     if (o->status == HTTP_NO_CONTENT || o->status == HTTP_NOT_MODIFIED)
-        return apx_px_pass_out(px, 1);
+        return 0;
     ap_set_content_length(r, (apr_off_t)(o->gz && !gz_out ? o->plain_len
                                                           : o->body_len));
     if (r->header_only)
-        return apx_px_pass_out(px, 1);
-    if (o->gz && !gz_out)
-        return serve_inflated(px, o);
-    return serve_stored(px, o);
+        return 0;
+    hc->serve_inflate = o->gz && !gz_out;
+    return 1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -967,15 +981,16 @@ static int serve(apx_hc *hc, hc_obj *o, const char *label)
  * a list field joined with ", "; NULL when absent. */
 typedef const char *(*field_get_fn)(void *baton, const char *name, int list);
 
-static const char *px_field(void *baton, const char *name, int list)
+static const char *resp_field(void *baton, const char *name, int list)
 {
-    return list ? apx_px_resp_list(baton, name)
-                : apx_px_resp_field(baton, name);
+    const apx_hcache_resp *rs = baton;
+
+    return rs->field(rs->baton, name, list);
 }
 
 /* Whether a response with this status and these fields may be stored;
  * fills *t when it may. */
-static int decide_fields(apx_hc *hc, int status, field_get_fn get,
+static int decide_fields(apx_hcache *hc, int status, field_get_fn get,
                          void *baton, apr_time_t req_time,
                          apr_time_t resp_time, apx_fresh_times *t)
 {
@@ -1034,17 +1049,16 @@ static int decide_fields(apx_hc *hc, int status, field_get_fn get,
     return why == APX_STORE_OK;
 }
 
-/* Whether the head in px->resp may be stored; fills *t when it may. */
-static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
+/* Whether the head resp may be stored; fills *t when it may. */
+static int decide(apx_hcache *hc, const apx_hcache_resp *resp,
+                  apr_time_t req_time, apr_time_t resp_time,
                   apx_fresh_times *t)
 {
-    proxy_ctx *px = hc->px;
-
-    if (!decide_fields(hc, px->resp.status, px_field, px, req_time,
+    if (!decide_fields(hc, resp->status, resp_field, (void *)resp, req_time,
                        resp_time, t))
         return 0;
-    if (px->resp.content_length >= 0
-        && (apr_uint64_t)px->resp.content_length
+    if (resp->content_length >= 0
+        && (apr_uint64_t)resp->content_length
            > (apr_uint64_t)apx_gconf.cache_max_object) {
         hc->reason = "too-large";
         return 0;
@@ -1052,20 +1066,20 @@ static int decide(apx_hc *hc, apr_time_t req_time, apr_time_t resp_time,
     return 1;
 }
 
-enum { CAP_DONE = 10, CAP_TOO_BIG };
+enum { CAP_TOO_BIG = 1 };
 
-static int cap_append(apx_hc *hc, apr_bucket_brigade *bb)
+static int cap_append(apx_hcache *hc, apr_bucket_brigade *bb)
 {
     apr_off_t len = 0;
     apr_size_t n;
 
     apr_brigade_length(bb, 1, &len);
     if (!len)
-        return STEP_OK;
+        return 0;
     if (hc->cap_len + (apr_size_t)len > apx_gconf.cache_max_object)
         return CAP_TOO_BIG;
     if (hc->cap_len + (apr_size_t)len > hc->cap_size) {
-        apr_int64_t cl = hc->px->resp.content_length;
+        apr_int64_t cl = hc->cap_hint;
         /* a known length is allocated once */
         apr_size_t size = hc->cap_size ? hc->cap_size * 2
                           : cl > 0 ? (apr_size_t)cl : 16 * 1024;
@@ -1085,34 +1099,45 @@ static int cap_append(apx_hc *hc, apr_bucket_brigade *bb)
     apr_brigade_flatten(bb, hc->cap + hc->cap_len, &n);
     hc->cap_len += n;
     apr_brigade_cleanup(bb);
-    return STEP_OK;
+    return 0;
 }
 
 static apr_status_t cap_cleanup(void *data)
 {
-    apx_hc *hc = data;
+    apx_hcache *hc = data;
 
     free(hc->cap);
     hc->cap = NULL;
     return APR_SUCCESS;
 }
 
-static int capture_sink(proxy_ctx *px, void *baton, int last)
-{
-    apx_hc *hc = baton;
+static void mark_pass(apx_hcache *hc);
 
-    hc->body_ended = last;
-    if (cap_append(hc, px->bb) == CAP_TOO_BIG)
-        return CAP_TOO_BIG;
-    return last ? CAP_DONE : STEP_OK;
+int apx_hcache_capture(apx_hcache *hc, apr_bucket_brigade *bb, int last)
+{
+    if (cap_append(hc, bb) == CAP_TOO_BIG) {
+        /* what was read stays in hc->cap, then bb */
+        if (hc->role != ROLE_REFRESH) {
+            hc->reason = "too-large";
+            mark_pass(hc);
+            release_pending(hc, 0, NULL);
+            set_label(hc, "BYPASS");
+        }
+        return APX_HCACHE_TOO_BIG;
+    }
+    return last ? APX_HCACHE_LAST : APX_HCACHE_MORE;
 }
 
-/* Reads the whole body into hc->cap. CAP_DONE; CAP_TOO_BIG (what was read
- * is in hc->cap, then px->bb; hc->body_ended says whether the body
- * ended); STEP_FAIL. */
-static int capture(apx_hc *hc, int done)
+apr_bucket *apx_hcache_take_captured(apx_hcache *hc, apr_bucket_alloc_t *ba)
 {
-    return apx_px_body(hc->px, done, capture_sink, hc);
+    apr_bucket *b;
+
+    if (!hc->cap_len)
+        return NULL;
+    b = apr_bucket_heap_create(hc->cap, hc->cap_len, free, ba);
+    hc->cap = NULL;
+    hc->cap_len = hc->cap_size = 0;
+    return b;
 }
 
 typedef struct field_list {
@@ -1151,17 +1176,17 @@ static char *put_str(char **pp, const char *s)
     return d;
 }
 
-/* Builds the stored object from the head in px->resp and the body in
- * hc->cap (taken over). */
-static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
+/* Builds the stored object from the head resp and the body in hc->cap
+ * (taken over). */
+static hc_obj *build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
+                         const apx_fresh_times *t)
 {
-    proxy_ctx *px = hc->px;
     request_rec *r = hc->r;
     field_list fl;
-    const char *ctype = apx_px_resp_field(px, "Content-Type");
-    const char *cenc = apx_px_resp_field(px, "Content-Encoding");
-    const char *etag = apx_px_resp_field(px, "ETag");
-    const char *lm = apx_px_resp_field(px, "Last-Modified");
+    const char *ctype = resp->field(resp->baton, "Content-Type", 0);
+    const char *cenc = resp->field(resp->baton, "Content-Encoding", 0);
+    const char *etag = resp->field(resp->baton, "ETag", 0);
+    const char *lm = resp->field(resp->baton, "Last-Modified", 0);
     const char *status_line;
     char etag_gz[512];
     const char *etg = NULL;
@@ -1170,14 +1195,14 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
     char *p;
     unsigned i;
 
-    fl.a = apr_array_make(r->pool, (int)px->resp.nfields + 2,
+    fl.a = apr_array_make(r->pool, (int)resp->nfields + 2,
                           sizeof(hc_field));
     fl.bytes = 0;
-    apx_px_each_field(px, collect_field, &fl);
-    collect_field(&fl, "Via", apx_px_via(px));
-    status_line = px->resp.reason_len
-                  ? apr_psprintf(r->pool, "%d %.*s", px->resp.status,
-                                 (int)px->resp.reason_len, px->resp.reason)
+    resp->each(resp->baton, collect_field, &fl);
+    collect_field(&fl, "Via", resp->via);
+    status_line = resp->reason_len
+                  ? apr_psprintf(r->pool, "%d %.*s", resp->status,
+                                 (int)resp->reason_len, resp->reason)
                   : NULL;
     bytes = sizeof(*o) + fl.a->nelts * sizeof(hc_field) + fl.bytes
             + (ctype ? strlen(ctype) + 1 : 0) + (etag ? strlen(etag) + 1 : 0)
@@ -1199,7 +1224,7 @@ static hc_obj *build_obj(apx_hc *hc, const apx_fresh_times *t)
     o->ctype = put_str(&p, ctype);
     o->etag = put_str(&p, etag);
     o->status_line = put_str(&p, status_line);
-    o->status = px->resp.status;
+    o->status = resp->status;
     o->last_modified = lm ? apx_fresh_parse_date(lm, strlen(lm),
                                                  apr_time_now()) : 0;
     o->ft = *t;
@@ -1262,7 +1287,7 @@ static void put_marker(const char *key, apr_size_t klen, int kind,
  * there (a Vary marker: one of the same generation). An unsafe request's
  * invalidation, or another request's store, replaced it otherwise: what
  * this fetch read may predate the change, so it is not stored. */
-static int still_current(apx_hc *hc)
+static int still_current(apx_hcache *hc)
 {
     apx_cache_entry *e;
     apr_status_t err;
@@ -1285,7 +1310,7 @@ static int still_current(apx_hc *hc)
 }
 
 /* Notes what the primary key holds now (NULL: nothing). */
-static void snapshot_prim(apx_hc *hc)
+static void snapshot_prim(apx_hcache *hc)
 {
     apx_cache_entry *e;
     apr_status_t err;
@@ -1302,9 +1327,8 @@ static void snapshot_prim(apx_hc *hc)
 }
 
 /* Publishes o under the key this request's variant has; 1 when stored. */
-static int publish(apx_hc *hc, hc_obj *o, const char *vary)
+static int publish(apx_hcache *hc, hc_obj *o, const char *vary)
 {
-    proxy_ctx *px = hc->px;
     request_rec *r = hc->r;
     apr_time_t now = apr_time_now();
     const char *key = hc->key;
@@ -1315,7 +1339,7 @@ static int publish(apx_hc *hc, hc_obj *o, const char *vary)
         if (APLOGrtrace1(r))
             ap_log_rerror(APLOG_MARK, APLOG_TRACE1, 0, r, APXLOGNO(00151)
                           "response for %s not stored: the key changed "
-                          "while it was fetched (invalidated)", px->url);
+                          "while it was fetched (invalidated)", hc->url);
         return 0;
     }
     if (vary && *vary) {
@@ -1344,7 +1368,7 @@ static int publish(apx_hc *hc, hc_obj *o, const char *vary)
     }
     if (apx_cache_put(store, &o->ce, key, klen, now, 0) != APR_SUCCESS) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APXLOGNO(00125)
-                      "response for %s not stored (cache busy)", px->url);
+                      "response for %s not stored (cache busy)", hc->url);
         return 0;
     }
     return 1;
@@ -1352,7 +1376,7 @@ static int publish(apx_hc *hc, hc_obj *o, const char *vary)
 
 /* The fetch will not be stored: later requests go straight through for
  * a while (not after a plain failure: the next one may succeed). */
-static void mark_pass(apx_hc *hc)
+static void mark_pass(apx_hcache *hc)
 {
     put_marker(hc->vkey ? hc->vkey : hc->key, hc->vkey ? hc->vklen : hc->klen,
                OBJ_PASS, NULL, 0, 0, apr_time_now() + PASS_TTL,
@@ -1360,7 +1384,7 @@ static void mark_pass(apx_hc *hc)
 }
 
 /* A usable stale object when the backend failed (stale-if-error). */
-static int stale_usable(apx_hc *hc)
+static int stale_usable(apx_hcache *hc)
 {
     int st;
 
@@ -1371,55 +1395,44 @@ static int stale_usable(apx_hc *hc)
            || st == APX_FRESH;
 }
 
-static int serve_stale_on_error(apx_hc *hc)
-{
-    apx_req *rq = hc->px->rq;
-
-    rq->outcome = APX_OUT_RUNNING;
-    rq->status = 0;
-    rq->note = NULL;
-    apx_px_finish_backend(hc->px, 0);
-    hc->reason = "stale-if-error";
-    return serve(hc, hc->stale, "STALE");
-}
-
 /* ------------------------------------------------------------------ */
 /* revalidation (RFC 9111 section 4.3)                                  */
 
-/* Builds the request head; for a revalidation of old with the cache's
- * conditionals in place of the client's (which serve() answers later, from
- * the outcome). Each validator old has goes: the entity-tag, and the
- * Last-Modified date (4.3.1). */
-static int build_head(apx_hc *hc, hc_obj *old)
+/* For a revalidation of hc->reval, the cache's conditionals in place of
+ * the client's (which serve_head() answers later, from the outcome). Each
+ * validator the object has goes: the entity-tag, and the Last-Modified
+ * date (4.3.1). */
+int apx_hcache_conditionals(apx_hcache *hc, int on)
 {
     request_rec *r = hc->r;
-    const char *inm, *ims;
-    int rc;
+    hc_obj *old = hc->reval;
 
     if (!old)
-        return apx_px_build_head(hc->px);
-    inm = apr_table_get(r->headers_in, "If-None-Match");
-    ims = apr_table_get(r->headers_in, "If-Modified-Since");
-    apr_table_unset(r->headers_in, "If-None-Match");
-    apr_table_unset(r->headers_in, "If-Modified-Since");
-    if (old->etag)
-        apr_table_setn(r->headers_in, "If-None-Match", old->etag);
-    if (old->last_modified) {
-        char *d = apr_palloc(r->pool, APR_RFC822_DATE_LEN);
+        return 0;
+    if (on) {
+        hc->inm = apr_table_get(r->headers_in, "If-None-Match");
+        hc->ims = apr_table_get(r->headers_in, "If-Modified-Since");
+        apr_table_unset(r->headers_in, "If-None-Match");
+        apr_table_unset(r->headers_in, "If-Modified-Since");
+        if (old->etag)
+            apr_table_setn(r->headers_in, "If-None-Match", old->etag);
+        if (old->last_modified) {
+            char *d = apr_palloc(r->pool, APR_RFC822_DATE_LEN);
 
-        apr_rfc822_date(d, old->last_modified);
-        apr_table_setn(r->headers_in, "If-Modified-Since", d);
+            apr_rfc822_date(d, old->last_modified);
+            apr_table_setn(r->headers_in, "If-Modified-Since", d);
+        }
+        hc->cond = 1;
+        return 1;
     }
-    hc->cond = 1;
-    rc = apx_px_build_head(hc->px);
     hc->cond = 0;
     apr_table_unset(r->headers_in, "If-None-Match");
     apr_table_unset(r->headers_in, "If-Modified-Since");
-    if (inm)
-        apr_table_setn(r->headers_in, "If-None-Match", inm);
-    if (ims)
-        apr_table_setn(r->headers_in, "If-Modified-Since", ims);
-    return rc;
+    if (hc->inm)
+        apr_table_setn(r->headers_in, "If-None-Match", hc->inm);
+    if (hc->ims)
+        apr_table_setn(r->headers_in, "If-Modified-Since", hc->ims);
+    return 1;
 }
 
 /* Fields a 304 does not replace in the stored response (RFC 9111 3.2):
@@ -1485,7 +1498,8 @@ static const char *merged_field(void *baton, const char *name, int list)
 
 /* The stored head of old updated with the 304's fields (4.3.4): each
  * field the 304 carries replaces all of old's of that name. */
-static void merge_head(apx_hc *hc, const hc_obj *old, merged_head *mh)
+static void merge_head(apx_hcache *hc, const hc_obj *old,
+                       const apx_hcache_resp *resp, merged_head *mh)
 {
     apr_array_header_t *fresh = apr_array_make(hc->r->pool, 16,
                                                sizeof(hc_field));
@@ -1494,7 +1508,7 @@ static void merge_head(apx_hc *hc, const hc_obj *old, merged_head *mh)
     int j;
 
     m304.a = fresh;
-    apx_px_each_field(hc->px, collect_304, &m304);
+    resp->each(resp->baton, collect_304, &m304);
     mh->a = apr_array_make(hc->r->pool, (int)old->nfields + fresh->nelts,
                            sizeof(hc_field));
     mh->old = old;
@@ -1521,7 +1535,7 @@ static void merge_head(apx_hc *hc, const hc_obj *old, merged_head *mh)
 
 /* A new object: old's status, body (shared, not copied) and coding with
  * the merged head and new freshness. */
-static hc_obj *build_updated(apx_hc *hc, const hc_obj *old,
+static hc_obj *build_updated(apx_hcache *hc, const hc_obj *old,
                              const merged_head *mh, const apx_fresh_times *t)
 {
     const char *lm = merged_field((void *)mh, "Last-Modified", 0);
@@ -1571,31 +1585,25 @@ static hc_obj *build_updated(apx_hc *hc, const hc_obj *old,
     return o;
 }
 
-/* The backend answered a revalidation 304. Ends that exchange; *out is
- * the updated object (referenced; *stored: published), or NULL when the
- * 304 names another representation than old (4.3.4: it then updates
- * nothing, and the caller asks again without conditionals). */
-static int take_304(apx_hc *hc, hc_obj *old, apr_time_t req_time,
-                    hc_obj **out, int *stored)
+/* After NOT_MODIFIED (the 304's empty body read): the updated object, or
+ * 0 when the 304 names another representation than the stored one (4.3.4:
+ * it then updates nothing, and the request path asks again without
+ * conditionals). */
+int apx_hcache_revalidated(apx_hcache *hc, const apx_hcache_resp *resp,
+                           apr_time_t req_time)
 {
-    proxy_ctx *px = hc->px;
-    const char *etag = apx_px_resp_field(px, "ETag");
+    hc_obj *old = hc->reval, *o;
+    const char *etag = resp->field(resp->baton, "ETag", 0);
     merged_head mh;
     apx_fresh_times t;
-    int rc, ok;
+    int ok, stored = 0;
 
-    *out = NULL;
-    *stored = 0;
-    if (apx_px_check_head(px) != STEP_OK)
-        return STEP_FAIL;
-    /* no body: this pools the backend connection */
-    rc = capture(hc, apx_px_relay_init(px));
-    if (rc != CAP_DONE)
-        return STEP_FAIL;
     if (etag && (!old->etag || !apx_fresh_not_modified(etag, 0, old->etag,
-                                                        0)))
-        return STEP_OK;
-    merge_head(hc, old, &mh);
+                                                        0))) {
+        hc->reval = NULL;
+        return 0;
+    }
+    merge_head(hc, old, resp, &mh);
     ok = decide_fields(hc, old->status, merged_field, &mh, req_time,
                        apr_time_now(), &t);
     if (!ok) {
@@ -1604,172 +1612,119 @@ static int take_304(apx_hc *hc, hc_obj *old, apr_time_t req_time,
         memset(&t, 0, sizeof(t));
         t.response_time = apr_time_now();
     }
-    *out = build_updated(hc, old, &mh, &t);
-    if (!*out)
-        return STEP_OK;
+    o = build_updated(hc, old, &mh, &t);
+    if (!o) {
+        hc->reval = NULL;
+        return 0;
+    }
     if (ok)
-        *stored = publish(hc, *out, merged_field(&mh, "Vary", 1));
-    return STEP_OK;
+        stored = publish(hc, o, merged_field(&mh, "Vary", 1));
+    if (hc->role != ROLE_REFRESH) {
+        release_pending(hc, stored, stored && hc->share ? o : NULL);
+        set_serving(hc, o);
+    }
+    apx_cache_unref(store, &o->ce);
+    return 1;
 }
 
-/* Fetches for the store (FILL, PASS) or not (FETCH), and answers. */
-static int fetch(apx_hc *hc, int role)
+/* The stale object goes out instead of the backend's failure. */
+static int stale_instead(apx_hcache *hc)
 {
-    proxy_ctx *px = hc->px;
-    apr_time_t req_time;
-    apx_fresh_times t;
-    hc_obj *old = role == ROLE_FILL ? hc->reval : NULL;
-    int rc;
+    hc->reason = "stale-if-error";
+    set_serving(hc, hc->stale);
+    return APX_HCACHE_STALE_ON_ERROR;
+}
 
-again:
-    req_time = apr_time_now();
-    hc->strip = role == ROLE_FILL || role == ROLE_PASS;
-    rc = build_head(hc, old);
-    if (rc == STEP_OK)
-        rc = apx_px_exchange(px);
-    if (rc == STEP_OK && old && px->resp.status == HTTP_NOT_MODIFIED) {
-        hc_obj *o;
-        int stored;
-
-        rc = take_304(hc, old, req_time, &o, &stored);
-        if (rc != STEP_OK) {
-            release_pending(hc, 0, NULL);
-            return rc;
-        }
-        if (!o) {
-            /* not ours to update: the whole response, unconditionally */
-            old = NULL;
-            goto again;
-        }
-        release_pending(hc, stored, stored && hc->share ? o : NULL);
-        rc = serve(hc, o, "REVALIDATED");
-        apx_cache_unref(store, &o->ce);
-        return rc;
-    }
-    if (rc != STEP_OK) {
-        release_pending(hc, 0, NULL);
-        if (px->rq->outcome == APX_OUT_ERROR && px->rq->status >= 500
-            && stale_usable(hc))
-            return serve_stale_on_error(hc);
-        set_label(hc, role == ROLE_FETCH ? "BYPASS" : "MISS");
-        return rc;
-    }
-    if (px->resp.status >= 500 && stale_usable(hc)) {
-        release_pending(hc, 0, NULL);
-        return serve_stale_on_error(hc);
-    }
-    if (role == ROLE_FETCH || !decide(hc, req_time, apr_time_now(), &t)) {
-        if (role != ROLE_FETCH && hc->reason)
-            mark_pass(hc);
-        release_pending(hc, 0, NULL);
-        set_label(hc, role == ROLE_FETCH && !hc->reason ? "MISS" : "BYPASS");
-        rc = apx_px_apply_head(px);
-        if (rc == STEP_OK)
-            rc = apx_px_relay(px, apx_px_relay_init(px));
-        return rc;
-    }
-
-    /* storable: the whole body first, then one object for everyone */
-    rc = apx_px_apply_head(px);
-    if (rc != STEP_OK) {
-        release_pending(hc, 0, NULL);
-        return rc;
-    }
+static int start_capture(apx_hcache *hc, const apx_hcache_resp *resp)
+{
+    hc->cap_hint = resp->content_length;
     apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
                               apr_pool_cleanup_null);
-    rc = capture(hc, apx_px_relay_init(px));
-    if (rc == CAP_DONE) {
-        hc_obj *o = build_obj(hc, &t);
-
-        if (o) {
-            int stored = publish(hc, o, apx_px_resp_list(px, "Vary"));
-
-            release_pending(hc, stored, hc->share ? o : NULL);
-            rc = serve(hc, o, "MISS");
-            apx_cache_unref(store, &o->ce);
-            return rc;
-        }
-        release_pending(hc, 0, NULL);
-        hc->reason = "out-of-memory";
-        set_label(hc, "BYPASS");
-        if (hc->cap_len)
-            APR_BRIGADE_INSERT_HEAD(px->bb,
-                apr_bucket_transient_create(hc->cap, hc->cap_len,
-                                            px->c->bucket_alloc));
-        return apx_px_pass_out(px, 1);
-    }
-    if (rc == CAP_TOO_BIG) {
-        hc->reason = "too-large";
-        mark_pass(hc);
-        release_pending(hc, 0, NULL);
-        set_label(hc, "BYPASS");
-        /* what was read goes first; the body continues as a plain relay */
-        if (hc->cap_len) {
-            APR_BRIGADE_INSERT_HEAD(px->bb,
-                apr_bucket_heap_create(hc->cap, hc->cap_len, free,
-                                       px->c->bucket_alloc));
-            hc->cap = NULL;
-            hc->cap_len = hc->cap_size = 0;
-        }
-        if (!hc->body_ended && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
-            return rc;
-        return apx_px_relay(px, hc->body_ended);
-    }
-    release_pending(hc, 0, NULL);
-    return rc;
+    return APX_HCACHE_STORE;
 }
 
-/* After a stale response went out whole: fetch a new copy for the store.
- * Nothing of it reaches this client, whose leaving no longer matters; the
- * request's outcome stays. The connection's next request waits for it
- * (bounded by the backend timeouts), as with nginx's background update. */
-static void refresh(apx_hc *hc, hc_obj *old)
+int apx_hcache_on_head(apx_hcache *hc, const apx_hcache_resp *resp,
+                       apr_time_t req_time)
 {
-    proxy_ctx *px = hc->px;
-    apx_req *rq = px->rq;
-    int outcome = rq->outcome, status = rq->status;
-    const char *note = rq->note;
-    apr_time_t req_time = apr_time_now();
-    apx_fresh_times t;
-    int rc;
+    if (hc->reval && resp->status == HTTP_NOT_MODIFIED)
+        return APX_HCACHE_NOT_MODIFIED;
+    if (hc->role == ROLE_REFRESH)
+        return decide(hc, resp, req_time, apr_time_now(), &hc->ft)
+               ? start_capture(hc, resp) : APX_HCACHE_PASS;
+    if (resp->status >= 500 && stale_usable(hc)) {
+        release_pending(hc, 0, NULL);
+        return stale_instead(hc);
+    }
+    if (hc->role == ROLE_FETCH
+        || !decide(hc, resp, req_time, apr_time_now(), &hc->ft)) {
+        if (hc->role != ROLE_FETCH && hc->reason)
+            mark_pass(hc);
+        release_pending(hc, 0, NULL);
+        set_label(hc, hc->role == ROLE_FETCH && !hc->reason ? "MISS"
+                                                           : "BYPASS");
+        return APX_HCACHE_PASS;
+    }
+    /* storable: the whole body first, then one object for everyone */
+    return start_capture(hc, resp);
+}
 
+int apx_hcache_failed(apx_hcache *hc, int status)
+{
+    release_pending(hc, 0, NULL);
+    if (status >= 500 && stale_usable(hc))
+        return stale_instead(hc);
+    set_label(hc, hc->role == ROLE_FETCH ? "BYPASS" : "MISS");
+    return APX_HCACHE_PASS;
+}
+
+void apx_hcache_abandon(apx_hcache *hc)
+{
+    release_pending(hc, 0, NULL);
+}
+
+int apx_hcache_store(apx_hcache *hc, const apx_hcache_resp *resp)
+{
+    hc_obj *o = build_obj(hc, resp, &hc->ft);
+    int stored;
+
+    if (!o) {
+        if (hc->role != ROLE_REFRESH) {
+            release_pending(hc, 0, NULL);
+            hc->reason = "out-of-memory";
+            set_label(hc, "BYPASS");
+        }
+        return 0;
+    }
+    stored = publish(hc, o, resp->field(resp->baton, "Vary", 1));
+    if (hc->role != ROLE_REFRESH) {
+        release_pending(hc, stored, hc->share ? o : NULL);
+        set_serving(hc, o);
+    }
+    apx_cache_unref(store, &o->ce);
+    return 1;
+}
+
+/* After a stale response went out whole, the request that claimed the
+ * object fetches a new copy for the store; nothing of it reaches the
+ * client. */
+int apx_hcache_refresh_begin(apx_hcache *hc)
+{
+    hc_obj *old = hc->refreshed;
+
+    if (!old)
+        return 0;
+    hc->role = ROLE_REFRESH;
     hc->strip = 1;
     hc->reason = NULL;
-    /* the client may leave now: it has its response */
-    rq->detached = 1;
-    rc = build_head(hc, old->etag || old->last_modified ? old : NULL);
-    if (rc == STEP_OK)
-        rc = apx_px_exchange(px);
-    if (rc == STEP_OK && (old->etag || old->last_modified)
-        && px->resp.status == HTTP_NOT_MODIFIED) {
-        hc_obj *o;
-        int stored;
+    hc->reval = old->etag || old->last_modified ? old : NULL;
+    return 1;
+}
 
-        /* a 304 naming another representation updates nothing: the
-         * next request after the window fetches the whole */
-        if (take_304(hc, old, req_time, &o, &stored) == STEP_OK && o)
-            apx_cache_unref(store, &o->ce);
-        rc = STEP_FAIL;     /* done: nothing more to read or store */
-    }
-    if (rc == STEP_OK)
-        rc = apx_px_check_head(px);
-    if (rc == STEP_OK && decide(hc, req_time, apr_time_now(), &t)) {
-        apr_pool_cleanup_register(hc->r->pool, hc, cap_cleanup,
-                                  apr_pool_cleanup_null);
-        if (capture(hc, apx_px_relay_init(px)) == CAP_DONE) {
-            hc_obj *o = build_obj(hc, &t);
-
-            if (o) {
-                publish(hc, o, apx_px_resp_list(px, "Vary"));
-                apx_cache_unref(store, &o->ce);
-            }
-        }
-    }
-    apx_px_finish_backend(px, 0);
-    apr_atomic_set32(&old->refreshing, 0);
-    rq->outcome = outcome;
-    rq->status = status;
-    rq->note = note;
+void apx_hcache_refresh_end(apx_hcache *hc)
+{
+    if (hc->refreshed)
+        apr_atomic_set32(&hc->refreshed->refreshing, 0);
+    hc->refreshed = NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1798,10 +1753,10 @@ static int same_authority(apr_pool_t *p, const char *a, const char *b,
  * target a GET for it is fetched with (as apx_map_target() makes it), or
  * NULL when it lies outside the mapping. A longer mapping that would
  * take the path instead is not looked for: its entries stay. */
-static const char *client_path_target(apx_hc *hc, const char *path,
+static const char *client_path_target(apx_hcache *hc, const char *path,
                                       const char *query)
 {
-    const apx_mapping *m = hc->px->map;
+    const apx_mapping *m = hc->map;
     const char *rest;
     apr_size_t blen = strlen(m->base);
 
@@ -1822,7 +1777,7 @@ static const char *client_path_target(apx_hc *hc, const char *path,
  * AsyncProxyPassReverse: an absolute URL of the backend names a backend
  * target; one of the client's Host, or a reference relative to the
  * client's URL (as the client resolves it), a path of this server. */
-static const char *same_origin_target(apx_hc *hc, const char *value)
+static const char *same_origin_target(apx_hcache *hc, const char *value)
 {
     request_rec *r = hc->r;
     apr_pool_t *p = r->pool;
@@ -1841,7 +1796,7 @@ static const char *same_origin_target(apx_hc *hc, const char *value)
             return NULL;
         path = u.path && *u.path ? u.path : "/";
         if (u.scheme && !strcasecmp(u.scheme, "http")
-            && same_authority(p, u.hostinfo, hc->px->be->hostport, "http"))
+            && same_authority(p, u.hostinfo, hc->hostport, "http"))
             return apr_pstrcat(p, path, u.query ? "?" : "", u.query, NULL);
         if ((u.scheme && strcasecmp(u.scheme, scheme))
             || !same_authority(p, u.hostinfo, host, scheme))
@@ -1891,23 +1846,22 @@ static int forget(const char *key, apr_size_t klen)
  * and for a same-origin Location / Content-Location goes, every Vary
  * variant with it (they hang off the primary key's marker). A fetch of
  * one of them still in flight is not stored (still_current()). */
-static void invalidate(apx_hc *hc)
+void apx_hcache_invalidate(apx_hcache *hc, const apx_hcache_resp *resp)
 {
     static const char *const fields[] = { "Location", "Content-Location",
                                           NULL };
-    proxy_ctx *px = hc->px;
     request_rec *r = hc->r;
     int i, n;
 
     n = forget(hc->key, hc->klen);
     for (i = 0; fields[i]; i++) {
-        const char *t = same_origin_target(hc, apx_px_resp_field(px,
-                                                                 fields[i]));
+        const char *t = same_origin_target(hc, resp->field(resp->baton,
+                                                           fields[i], 0));
         const char *k;
 
         if (!t)
             continue;
-        k = apr_pstrcat(r->pool, hc->kpre, px->be->hostport, t, NULL);
+        k = apr_pstrcat(r->pool, hc->kpre, hc->hostport, t, NULL);
         if (strcmp(k, hc->key))
             n += forget(k, strlen(k));
     }
@@ -1915,34 +1869,12 @@ static void invalidate(apx_hc *hc)
                    apr_itoa(r->pool, n));
 }
 
-/* An unsafe method through a cached scope: the plain proxy path, plus
- * the invalidation as soon as the answer's head is known (a client that
- * follows its Location already misses the old copy). */
-static int run_unsafe(apx_hc *hc)
+int apx_hcache_lookup(apx_hcache *hc, unsigned *ev)
 {
-    proxy_ctx *px = hc->px;
-    int rc;
-
-    rc = apx_px_build_head(px);
-    if (rc == STEP_OK)
-        rc = apx_px_exchange(px);
-    if (rc != STEP_OK)
-        return rc;
-    if (px->resp.status >= 200 && px->resp.status < 400)
-        invalidate(hc);
-    rc = apx_px_apply_head(px);
-    if (rc == STEP_OK)
-        rc = apx_px_relay(px, apx_px_relay_init(px));
-    return rc;
-}
-
-int apx_hc_run(proxy_ctx *px)
-{
-    apx_hc *hc = px->hc;
     int round, role = ROLE_FETCH, rc;
 
     if (hc->unsafe)
-        return run_unsafe(hc);
+        return APX_HCACHE_UNSAFE;
     /* a coroutine destroyed mid-fetch still wakes its waiters */
     apr_pool_cleanup_register(hc->r->pool, hc, release_pending_cleanup,
                               apr_pool_cleanup_null);
@@ -1950,9 +1882,9 @@ int apx_hc_run(proxy_ctx *px)
         role = lookup(hc, apr_time_now());
         if (role != ROLE_WAIT)
             break;
-        rc = wait_for_fetch(hc);
+        rc = wait_for_fetch(hc, ev);
         if (rc < 0)
-            return STEP_FAIL;
+            return APX_HCACHE_GONE;
         if (hc->obj) {
             /* the fetch we waited for left what it stored for us */
             role = ROLE_HIT;
@@ -1973,37 +1905,30 @@ int apx_hc_run(proxy_ctx *px)
         drop(&hc->stale);
         hc->reason = "only-if-cached";
         set_label(hc, "BYPASS");
-        px->rq->outcome = APX_OUT_ERROR;
-        px->rq->status = HTTP_GATEWAY_TIME_OUT;
-        px->rq->note = "cache-only-if-cached";
-        return STEP_FAIL;
+        return APX_HCACHE_ONLY_IF_CACHED;
+    }
+    if (hc->stale) {
+        /* the stale-if-error fallback lives as long as r */
+        hc_obj *o = hc->stale;
+
+        hold_for_request(hc->r, o);
+        apx_cache_unref(store, &o->ce);
     }
     switch (role) {
     case ROLE_HIT:
-        rc = serve(hc, hc->obj, "HIT");
+        set_serving(hc, hc->obj);
         drop(&hc->obj);
-        return rc;
-    case ROLE_STALE: {
-        hc_obj *o = hc->obj;
-        int mine = apr_atomic_cas32(&o->refreshing, 1, 0) == 0;
-
+        return APX_HCACHE_HIT;
+    case ROLE_STALE:
+        if (apr_atomic_cas32(&hc->obj->refreshing, 1, 0) == 0)
+            hc->refreshed = hc->obj;
         hc->reason = "stale-while-revalidate";
-        rc = serve(hc, o, "STALE");
-        if (rc == STEP_OK && mine) {
-            px->rq->outcome = APX_OUT_DONE;
-            rc = apx_px_drain_output(px);
-            if (rc == STEP_OK)
-                refresh(hc, o);
-        }
-        else if (mine) {
-            apr_atomic_set32(&o->refreshing, 0);
-        }
+        set_serving(hc, hc->obj);
         drop(&hc->obj);
-        return rc;
-    }
+        return APX_HCACHE_STALE;
     default:
-        rc = fetch(hc, role);
-        drop(&hc->stale);
-        return rc;
+        hc->role = role;
+        hc->strip = role == ROLE_FILL || role == ROLE_PASS;
+        return APX_HCACHE_FETCH;
     }
 }

@@ -24,8 +24,8 @@
 #include "child.h"
 #include "map.h"
 #include "request.h"
+#include "cache.h"
 
-typedef struct apx_hc apx_hc;
 
 /* Backend reads: 32 KiB per recv, and so at most 32 KiB per brigade passed
  * to the client, half the core output filter's 64 KiB blocking threshold. */
@@ -111,7 +111,7 @@ typedef struct proxy_ctx {
     int64_t remaining;              /* APX_HTTP_BODY_LENGTH */
     apx_http_chunked chunked;
     apr_bucket_brigade *bb;
-    apx_hc *hc;                     /* the response cache's part, or NULL */
+    apx_hcache *hc;                 /* the response cache's part, or NULL */
 } proxy_ctx;
 
 /* What apx_px_recv() found (or STEP_FAIL: timeout or interrupted wait, the
@@ -202,14 +202,8 @@ int apx_px_tunnel(proxy_ctx *px);
 /* setup(): the protocol to forward in Upgrade, or NULL. */
 const char *apx_px_upgrade_wanted(proxy_ctx *px);
 
-/* cache.c */
-/* The cache's part of r, or NULL when r is not cached (sets the BYPASS
- * label for a cache-enabled scope the request cannot use). */
-apx_hc *apx_hc_create(proxy_ctx *px);
-/* Request fields the backend must not see for this request (a fetch meant
- * for the cache asks for the whole, identity-coded representation). */
-int apx_hc_skip_request_field(const apx_hc *hc, const char *name);
-/* The cached request path: hit, wait, or fetch and store. */
-int apx_hc_run(proxy_ctx *px);
+/* request_cached.c: the exchange of a request in a cached scope (px->hc
+ * set), from the cache's lookup to what it serves. */
+int apx_px_run_cached(proxy_ctx *px);
 
 #endif /* APX_HTTPD_EXCHANGE_H */

@@ -34,6 +34,7 @@
  *     block (we pass only when nothing is pending).
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "httpd.h"
 #include "http_config.h"
@@ -251,7 +252,27 @@ static int setup(proxy_ctx *px)
 
     px->upgrade = apx_px_upgrade_wanted(px);
     /* an upgraded connection is never cached */
-    px->hc = px->upgrade ? NULL : apx_hc_create(px);
+    if (!px->upgrade) {
+        apx_hcache_req in;
+        const char *xff;
+
+        memset(&in, 0, sizeof(in));
+        in.rq = rq;
+        in.map = m;
+        in.hostport = px->be->hostport;
+        in.target = px->target;
+        in.url = px->url;
+        apx_px_forwarded(px, &xff, &in.xfh, &in.xfp);
+        in.body_empty = px->body_kind == REQ_BODY_LENGTH
+                        && px->body_length == 0;
+        in.body_left = !px->body_done;
+        px->hc = apx_hcache_create(r, &in);
+        if (in.drop_empty_body) {
+            /* a GET with Content-Length: 0 goes as one without a body */
+            px->body_kind = REQ_BODY_NONE;
+            px->body_done = 1;
+        }
+    }
     return STEP_OK;
 }
 
@@ -278,7 +299,7 @@ intptr_t apx_request_run(apx_coro *coro, void *data)
 
     rc = setup(px);
     if (rc == STEP_OK && px->hc) {
-        rc = apx_hc_run(px);
+        rc = apx_px_run_cached(px);
     }
     else if (rc == STEP_OK) {
         rc = apx_px_build_head(px);

@@ -38,7 +38,7 @@ typedef struct head_ctx {
 /* Fields we write ourselves, or must not forward. The X-Forwarded-* of the
  * client are always among them: apx_px_forwarded() decides what of them
  * goes on. */
-static int skip_request_field(const head_ctx *hc, const char *name)
+static int skip_request_field(const head_ctx *hd, const char *name)
 {
     static const char *const ours[] = {
         "Host", "Expect", "Content-Length", "Transfer-Encoding", "Via",
@@ -46,12 +46,12 @@ static int skip_request_field(const head_ctx *hc, const char *name)
     };
     int i;
 
-    if (apx_http_is_hop_by_hop(name, strlen(name), hc->client_conn))
+    if (apx_http_is_hop_by_hop(name, strlen(name), hd->client_conn))
         return 1;
     for (i = 0; ours[i]; i++)
         if (!strcasecmp(name, ours[i]))
             return 1;
-    if (hc->px->hc && apx_hc_skip_request_field(hc->px->hc, name))
+    if (hd->px->hc && apx_hcache_skip_request_field(hd->px->hc, name))
         return 1;
     return 0;
 }
@@ -120,7 +120,7 @@ int apx_px_build_head(proxy_ctx *px)
     const apr_array_header_t *arr = apr_table_elts(r->headers_in);
     const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
     apx_http_conn_tokens conn;
-    head_ctx hc;
+    head_ctx hd;
     const char *host = apr_table_get(r->headers_in, "Host");
     const char *v, *xff, *xfh, *xfp;
     int i;
@@ -148,13 +148,13 @@ int apx_px_build_head(proxy_ctx *px)
         px->rq->note = "bad-request";
         return STEP_FAIL;
     }
-    hc.px = px;
-    hc.client_conn = &conn;
+    hd.px = px;
+    hd.client_conn = &conn;
 
     put_field(px, "Host", sc->preserve_host == 1 && host ? host
                                                           : px->map->host_hdr);
     for (i = 0; i < arr->nelts; i++) {
-        if (!e[i].key || !e[i].val || skip_request_field(&hc, e[i].key))
+        if (!e[i].key || !e[i].val || skip_request_field(&hd, e[i].key))
             continue;
         put_field(px, e[i].key, e[i].val);
     }
