@@ -3,186 +3,17 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* request.h — the steps of the request path that the response
- * cache (cache.c) reuses: the proxy coroutine's state and
- * its exchange, head and body functions. Private to those two files.
+/* request.h — the request path as the connection code sees it: the
+ * coroutine that proxies one request, and the NOFLUSH filter it uses.
  *
- * Threads: every function runs inside the request's coroutine, on the
- * thread that currently owns the request.
+ * Threads: apx_request_run() inside the request's coroutine, on the thread
+ * that owns the request; apx_request_body_left() by that thread after the
+ * coroutine; apx_stream_register_filter() at register_hooks.
  */
-#ifndef MOD_ASYNCPROXY_PROXY_H
-#define MOD_ASYNCPROXY_PROXY_H
+#ifndef APX_HTTPD_REQUEST_H
+#define APX_HTTPD_REQUEST_H
 
-#include "apx_http.h"
 #include "drive.h"
-#include "upstream.h"
-#include "child.h"
-#include "map.h"
-
-typedef struct apx_hc apx_hc;
-
-/* Backend reads: 32 KiB per recv, and so at most 32 KiB per brigade passed
- * to the client, half the core output filter's 64 KiB blocking threshold. */
-#define RBUF_SIZE       (32 * 1024)
-/* Request body: one non-blocking read of the client at a time. */
-#define BODY_READ_MAX   (64 * 1024)
-/* Response head: at least 16 KiB, or two LimitRequestFieldSize lines'
- * worth when that is larger, never more than 64 KiB. */
-#define HEAD_MIN        (16 * 1024)
-#define HEAD_CAP        (64 * 1024)
-#define HEAD_FIELDS     100
-/* Interim (1xx) responses before the final one: a backend sending more is
- * stuck in a loop. */
-#define MAX_INTERIM     16
-/* Trailers of a chunked response are checked and dropped (httpd 2.4 cannot
- * send trailers to the client); bounded like a small head. */
-#define TRAILER_MAX     4096
-#define TRAILER_FIELDS  32
-/* A stream goes back through the poller after this many bytes without a
- * wait (see apx_px_recv()): ~1 ms of copying on loopback. */
-#define STREAM_TURN     (1024 * 1024)
-/* Slices of request body per sendmsg(). */
-#define BODY_IOV        64
-
-/* Results of the steps below. A step that fails has set rq->outcome,
- * rq->status and rq->note. */
-enum {
-    STEP_OK = 0,
-    STEP_FAIL = -1,
-    STEP_RETRY = 1      /* pooled connection died first: try a fresh one */
-};
-
-enum { REQ_BODY_NONE, REQ_BODY_LENGTH, REQ_BODY_CHUNKED };
-
-typedef struct proxy_ctx {
-    apx_req *rq;
-    request_rec *r;
-    conn_rec *c;
-    const apx_mapping *map;
-    apx_backend *be;
-    apx_defer *defer;
-    int fd;                         /* backend socket, -1 when none */
-    int reused;                     /* fd came from the pool */
-    int idempotent;
-    apr_interval_time_t timeout;    /* backend response head, each I/O */
-    apr_interval_time_t connect_timeout;
-    apr_interval_time_t client_timeout;
-    apr_interval_time_t stream_timeout; /* each body read of a stream */
-    apr_interval_time_t tunnel_timeout; /* an upgraded connection idle */
-    const char *upgrade;            /* the Upgrade the client asked for and
-                                     * the mapping allows, else NULL */
-    const char *target;             /* origin-form request target */
-    const char *url;                /* for log lines */
-    apx_http_writer head;           /* the request head */
-
-    /* request body */
-    int body_kind;
-    apr_off_t body_length;          /* REQ_BODY_LENGTH */
-    apr_off_t body_limit;           /* LimitRequestBody, 0: none */
-    apr_off_t body_bytes;
-    unsigned body_started:1;        /* a byte of it was read from the client */
-    unsigned body_done:1;           /* all of it went to the backend */
-    int send_errno;                 /* backend stopped taking the body */
-    int recv_errno;                 /* RECV_ERROR's cause */
-
-    /* response */
-    apx_http_resp resp;
-    apx_http_conn_tokens conn;      /* the backend's Connection tokens */
-    apr_size_t head_max;            /* response head buffer size */
-    apx_defer *bufs_defer;          /* frees the buffers below (one malloc,
-                                     * made on the first readable byte) */
-    char *rbuf;                     /* RBUF_SIZE bytes from the backend;
-                                     * NULL until then */
-    apr_size_t rlen, roff;          /* bytes in rbuf, bytes used */
-    unsigned got_bytes:1;           /* a byte came back on this attempt */
-    unsigned head_applied:1;        /* r carries the backend's head */
-    unsigned response_started:1;    /* something went to the output filters */
-    unsigned stream:1;              /* no length: each read goes out at once */
-    apr_size_t turn_bytes;          /* read since the last wait */
-    int *noflush;                   /* the connection's NOFLUSH switch */
-    apx_defer *stream_defer;        /* counts the stream out */
-    apx_http_framing framing;
-    int64_t remaining;              /* APX_HTTP_BODY_LENGTH */
-    apx_http_chunked chunked;
-    apr_bucket_brigade *bb;
-    apx_hc *hc;                     /* the response cache's part, or NULL */
-} proxy_ctx;
-
-/* What apx_px_recv() found (or STEP_FAIL: timeout or interrupted wait, the
- * outcome is set). */
-enum { RECV_EOF = 0, RECV_DATA = 1, RECV_ERROR = 2 };
-
-int apx_px_backend_failed(proxy_ctx *px, int status, const char *note);
-int apx_px_client_gone(proxy_ctx *px);
-int apx_px_wait_interrupted(proxy_ctx *px, unsigned ev);
-void apx_px_unapply_head(proxy_ctx *px);
-void apx_px_finish_backend(proxy_ctx *px, int reusable);
-/* Whether the client's peer address is in AsyncProxyTrustedProxies. */
-int apx_px_peer_trusted(const proxy_ctx *px);
-/* The X-Forwarded-For, -Host and -Proto values the backend is sent (NULL:
- * none): this hop's own (the client's address, the Host the request came
- * with, our scheme), the client's dropped; from a trusted peer, its
- * X-Forwarded-For appended to and its -Host / -Proto passed on. With
- * AsyncProxyAddHeaders Off only a trusted peer's values, unchanged. */
-void apx_px_forwarded(const proxy_ctx *px, const char **xff,
-                      const char **xfh, const char **xfp);
-int apx_px_build_head(proxy_ctx *px);
-int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase);
-int apx_px_exchange(proxy_ctx *px);
-/* Checks the final head's Connection tokens and sets the body framing
- * (apply_head does it too). */
-int apx_px_check_head(proxy_ctx *px);
-int apx_px_apply_head(proxy_ctx *px);
-/* Calls fn for each backend response field forwarded to the client (no
- * hop-by-hop, framing or Via; Location & co. mapped back) in r->pool. */
-void apx_px_each_field(proxy_ctx *px,
-                       void (*fn)(void *baton, const char *name,
-                                  const char *value),
-                       void *baton);
-/* The first value of a backend response field, or NULL; all values of a
- * list field joined with ", ", or NULL (r->pool). */
-const char *apx_px_resp_field(proxy_ctx *px, const char *name);
-const char *apx_px_resp_list(proxy_ctx *px, const char *name);
-/* The Via value sent to the client (the backend's plus ours). */
-const char *apx_px_via(proxy_ctx *px);
-int apx_px_drain_output(proxy_ctx *px);
-int apx_px_pass_out(proxy_ctx *px, int last);
-int apx_px_take_body(proxy_ctx *px);
-int apx_px_exchange_is_clean(const proxy_ctx *px);
-/* Body: init returns 1 when there is no body left to read. */
-int apx_px_relay_init(proxy_ctx *px);
-/* Reads the response body to its end, handing what px->bb holds to
- * sink() after each read (last = 1 once the body ended and the backend
- * connection was pooled or closed). Returns what the sink returned when it
- * was not STEP_OK or when last was 1, or STEP_FAIL. */
-typedef int (*apx_px_sink_fn)(proxy_ctx *px, void *baton, int last);
-int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton);
-/* apx_px_body() into the output filters, paced by the client. */
-int apx_px_relay(proxy_ctx *px, int done);
-
-/* The NOFLUSH switch of the connection (request.c): while
- * on, FLUSH buckets stop above the core output filter, which would make
- * them blocking writes. NULL when the filter could not be added. */
-int *apx_px_noflush_switch(proxy_ctx *px);
-
-/* tunnel.c */
-/* 1 when the backend's 101 answers px->upgrade. */
-int apx_px_upgrade_accepted(proxy_ctx *px);
-/* The backend said 101: relays it, then moves bytes both ways until
- * either side is done (outcome APX_OUT_TUNNEL) or fails. */
-int apx_px_tunnel(proxy_ctx *px);
-/* setup(): the protocol to forward in Upgrade, or NULL. */
-const char *apx_px_upgrade_wanted(proxy_ctx *px);
-
-/* cache.c */
-/* The cache's part of r, or NULL when r is not cached (sets the BYPASS
- * label for a cache-enabled scope the request cannot use). */
-apx_hc *apx_hc_create(proxy_ctx *px);
-/* Request fields the backend must not see for this request (a fetch meant
- * for the cache asks for the whole, identity-coded representation). */
-int apx_hc_skip_request_field(const apx_hc *hc, const char *name);
-/* The cached request path: hit, wait, or fetch and store. */
-int apx_hc_run(proxy_ctx *px);
 
 /* The request path, run as a coroutine (rq: the apx_req). */
 intptr_t apx_request_run(apx_coro *coro, void *rq);
@@ -192,4 +23,4 @@ int apx_request_body_left(const apx_req *rq);
 /* The connection filter that streams use (NOFLUSH). */
 void apx_stream_register_filter(apr_pool_t *p);
 
-#endif /* MOD_ASYNCPROXY_PROXY_H */
+#endif /* APX_HTTPD_REQUEST_H */

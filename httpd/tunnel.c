@@ -39,7 +39,7 @@
 #include "util_filter.h"
 #include "apr_strings.h"
 
-#include "request.h"
+#include "exchange.h"
 
 APLOG_USE_MODULE(asyncproxy);
 

@@ -1,0 +1,306 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* backend.c — the backend connection of one exchange: a pooled one or a
+ * new non-blocking connect (each of the origin's addresses in turn), the
+ * request bytes written with sendmsg() and the response read into the
+ * exchange's receive buffer, every would-block point through apx_wait().
+ * The idle pool itself is upstream.c's.
+ *
+ * Threads: inside the request's coroutine, on the thread that owns the
+ * request.
+ * Invariants: px->fd is covered by a coroutine defer from the moment the
+ * socket exists; the receive buffers are taken on the first readable byte.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_filter.h"
+#include "apr_lib.h"
+#include "apr_strings.h"
+
+#include "exchange.h"
+
+APLOG_USE_MODULE(asyncproxy);
+extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
+
+void apx_px_close_backend_deferred(void *arg)
+{
+    proxy_ctx *px = arg;
+
+    if (px->fd >= 0) {
+        close(px->fd);
+        px->fd = -1;
+    }
+}
+
+/* Ends the use of the backend connection: back to the pool only after a
+ * clean exchange, else closed. */
+void apx_px_finish_backend(proxy_ctx *px, int reusable)
+{
+    if (px->fd < 0)
+        return;
+    if (reusable)
+        apx_backend_release(px->be, px->fd, apr_time_now());
+    else
+        close(px->fd);
+    px->fd = -1;
+}
+
+/* Errors for which the origin's next address is worth a try. */
+static int address_specific(int err)
+{
+    return err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH
+           || err == EADDRNOTAVAIL || err == EAFNOSUPPORT;
+}
+
+/* One non-blocking connect. Returns 0, an errno value, or -1 when the wait
+ * was interrupted (outcome set). px->fd is set as soon as the socket
+ * exists, so the defer covers it across the wait. */
+static int connect_addr(proxy_ctx *px, const apr_sockaddr_t *sa,
+                        apr_time_t deadline)
+{
+    int fd, err, one = 1;
+    socklen_t len = sizeof(err);
+    unsigned ev;
+
+    fd = socket(sa->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return errno;
+    px->fd = fd;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (const struct sockaddr *)&sa->sa, sa->salen) == 0)
+        return 0;
+    err = errno;
+    if (err != EINPROGRESS) {
+        apx_px_finish_backend(px, 0);
+        return err;
+    }
+    ev = apx_wait_connect(px->rq, fd, deadline);
+    if (apx_px_wait_interrupted(px, ev)) {
+        apx_px_finish_backend(px, 0);
+        return -1;
+    }
+    if (!(ev & (APX_EV_OUT | APX_EV_HUP | APX_EV_ERR))) {
+        apx_px_finish_backend(px, 0);
+        return ETIMEDOUT;
+    }
+    err = 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err)
+        apx_px_finish_backend(px, 0);
+    return err;
+}
+
+static int connect_backend(proxy_ctx *px)
+{
+    const apr_sockaddr_t *sa;
+    apr_time_t deadline = apr_time_now() + px->connect_timeout;
+    request_rec *r = px->r;
+    int err = EADDRNOTAVAIL;
+
+    px->reused = 0;
+    for (sa = px->be->addr; sa; sa = sa->next) {
+        err = connect_addr(px, sa, deadline);
+        if (err == 0)
+            return STEP_OK;
+        if (err < 0)
+            return STEP_FAIL;
+        if (!address_specific(err))
+            break;
+    }
+    if (err == ETIMEDOUT) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APXLOGNO(00101)
+                      "connect to backend %s timed out after %" APR_TIME_T_FMT
+                      " ms", px->be->hostport,
+                      apr_time_as_msec(px->connect_timeout));
+        return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT, "connect-timeout");
+    }
+    if (err == EMFILE || err == ENFILE) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
+                      APXLOGNO(00102) "cannot open a connection to backend "
+                      "%s: out of file descriptors (raise the open files "
+                      "limit, ulimit -n)", px->be->hostport);
+        return apx_px_backend_failed(px, HTTP_SERVICE_UNAVAILABLE, "out-of-fds");
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
+                  APXLOGNO(00100) "connect to backend %s failed",
+                  px->be->hostport);
+    return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, err == ECONNREFUSED
+                          ? "connect-refused" : "connect-failed");
+}
+
+/* A pooled connection if there is a live one (and fresh_only is 0), else a
+ * new one. */
+int apx_px_open_backend(proxy_ctx *px, int fresh_only)
+{
+    if (!fresh_only) {
+        px->fd = apx_backend_take(px->be, apr_time_now());
+        if (px->fd >= 0) {
+            px->reused = 1;
+            apr_atomic_inc32(&apx_ch->n.backend_reused);
+            return STEP_OK;
+        }
+    }
+    return connect_backend(px);
+}
+
+/* Writes iov[0..n) to the backend (the array is consumed). Returns STEP_OK,
+ * STEP_FAIL (timeout or interrupted wait; outcome set), or an errno value
+ * > 0 when the backend stopped taking data (the caller decides). */
+int apx_px_send_iov(proxy_ctx *px, struct iovec *iov, int n)
+{
+    struct msghdr mh;
+    ssize_t w;
+    unsigned ev;
+    int err, hup = 0;
+
+    while (n > 0) {
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = iov;
+        mh.msg_iovlen = (size_t)n;
+        w = sendmsg(px->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w >= 0) {
+            while (n > 0 && (size_t)w >= iov->iov_len) {
+                w -= (ssize_t)iov->iov_len;
+                iov++;
+                n--;
+            }
+            if (n > 0) {
+                iov->iov_base = (char *)iov->iov_base + w;
+                iov->iov_len -= (size_t)w;
+            }
+            hup = 0;
+            continue;
+        }
+        err = errno;
+        if (err == EINTR)
+            continue;
+        if (err != EAGAIN && err != EWOULDBLOCK)
+            return err;
+        /* A hangup that still leaves the socket unwritable would wake us
+         * for ever: the backend is gone. */
+        if (hup)
+            return EPIPE;
+        ev = apx_wait(px->rq, px->fd, APX_EV_OUT,
+                      apr_time_now() + px->timeout);
+        if (apx_px_wait_interrupted(px, ev))
+            return STEP_FAIL;
+        if (ev & APX_EV_TIMEOUT) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00109)
+                          "backend %s did not take the request for %s "
+                          "within %" APR_TIME_T_FMT " ms", px->be->hostport,
+                          px->url, apr_time_as_msec(px->timeout));
+            return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+                                  "backend-timeout");
+        }
+        hup = !(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR));
+    }
+    return STEP_OK;
+}
+
+/* The receive buffer, the response head buffer and its fields, taken when
+ * the backend first has something to read, so a request parked while it
+ * waits for its response holds none of them; given back when the coroutine
+ * ends (a defer). From malloc, not r->pool: a pool's blocks stay in the
+ * connection's allocator after the request, resident, for as long as the
+ * connection lives. bench/PROFILE.md: 52 -> 40 KB per parked request (the
+ * same buffers taken lazily from r->pool: 56 KB). */
+static int get_buffers(proxy_ctx *px)
+{
+    apr_size_t fsize = HEAD_FIELDS * sizeof(apx_http_field);
+    char *b = malloc(fsize + RBUF_SIZE + px->head_max);
+
+    if (b)
+        px->bufs_defer = apx_coro_defer(px->rq->coro, free, b);
+    if (!b || !px->bufs_defer) {
+        /* apx_coro_defer() already freed b when it failed */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_ENOMEM, px->r,
+                      APXLOGNO(00126) "no memory for the response buffers");
+        return apx_px_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+                                     "no-memory");
+    }
+    /* the fields first: malloc's alignment is theirs */
+    apx_http_resp_init(&px->resp, b + fsize + RBUF_SIZE, px->head_max,
+                       (apx_http_field *)(void *)b, HEAD_FIELDS);
+    px->rbuf = b + fsize;
+    return STEP_OK;
+}
+
+/* Reads more of the response into rbuf (emptied first). On RECV_ERROR the
+ * errno is in px->recv_errno. deadline 0: one backend timeout from now.
+ * phase names what timed out in the log line. */
+int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
+{
+    ssize_t n;
+    unsigned ev;
+    int err, turn;
+
+    px->roff = px->rlen = 0;
+    /* A stream whose backend and client are both fast would keep this
+     * worker for as long as it lasts: after STREAM_TURN bytes without a
+     * wait, wait anyway (through the poller's queue, at once if the
+     * backend is still readable). */
+    turn = px->stream && px->turn_bytes >= STREAM_TURN;
+    if (!px->rbuf) {
+        /* Nothing read yet: one byte of peek says whether the buffers are
+         * needed now (a fast backend may have answered already) or only
+         * after the wait. */
+        char probe;
+
+        n = recv(px->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+        if ((n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            && get_buffers(px) != STEP_OK)
+            return STEP_FAIL;
+    }
+    for (;;) {
+        if (px->rbuf && !turn) {
+            n = recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
+            if (n > 0) {
+                px->got_bytes = 1;
+                px->rlen = (apr_size_t)n;
+                px->turn_bytes += (apr_size_t)n;
+                return RECV_DATA;
+            }
+            if (n == 0)
+                return RECV_EOF;
+            err = errno;
+            if (err == EINTR)
+                continue;
+            if (err != EAGAIN && err != EWOULDBLOCK) {
+                px->recv_errno = err;
+                return RECV_ERROR;
+            }
+        }
+        px->turn_bytes = 0;
+        turn = 0;
+        ev = apx_wait(px->rq, px->fd, APX_EV_IN,
+                      deadline ? deadline : apr_time_now() + px->timeout);
+        if (apx_px_wait_interrupted(px, ev))
+            return STEP_FAIL;
+        if (ev & APX_EV_TIMEOUT) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00106)
+                          "backend %s timed out (%" APR_TIME_T_FMT " ms) "
+                          "%s for %s", px->be->hostport,
+                          apr_time_as_msec(px->timeout), phase, px->url);
+            return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+                                  "backend-timeout");
+        }
+        if (!px->rbuf && get_buffers(px) != STEP_OK)
+            return STEP_FAIL;
+    }
+}

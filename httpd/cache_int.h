@@ -1,0 +1,230 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+
+/* cache_int.h — private to the cache_*.c files: the stored object, the
+ * cache's part of one request, and what those files share. The cache (AsyncProxyCache): an
+ * in-memory store per child on the engine's cache core, following RFC
+ * 9111's rules for a shared cache (poller/fresh.c).
+ *
+ * What the request path asks (cache.h; it orders the exchanges,
+ * request_cached.c), by outcome:
+ *   lookup   key = virtual host + Host + backend URL (+ the request's
+ *            values of the fields a stored Vary names);
+ *   HIT      served from memory: the body goes out by reference (a bucket
+ *            holding a reference on the object), sliced and paced by the
+ *            client like any proxied body; 304 for a matching conditional;
+ *   WAIT     another request is fetching the key: this one *parks* on the
+ *            pending object (no thread, no polling interval) and is woken
+ *            when the fetch ends, then looks up again — a hit, or it goes
+ *            to the backend itself when the fetch failed or was not
+ *            storable; bounded by AsyncProxyCacheWait;
+ *   FILL     the first miss: fetch (conditionals, Range and, when this
+ *            cache compresses, Accept-Encoding are not forwarded), read the
+ *            whole body into memory (up to AsyncProxyCacheMaxObject),
+ *            store it once — gzip-compressed when that is smaller — wake the
+ *            waiters, then serve this request from the stored object;
+ *   STALE    within stale-while-revalidate: served at once; the first such
+ *            request refreshes the object after its own response went out.
+ *            Within stale-if-error: served when the refresh fails.
+ *   PASS     a key known not to be storable (a "pass" marker, kept
+ *            PASS_TTL): fetched without coalescing, stored if it has
+ *            become storable;
+ *   BYPASS   not cacheable at all: the plain proxy path.
+ *
+ * Threads: the store is shared by every thread of the child (the core's
+ * rwlock; refcounts are atomic). A pending object's waiter list is guarded
+ * by its mutex: the fetcher wakes the waiters under it, and a waiter,
+ * resumed for whatever reason, delists itself under it before it goes on —
+ * so the fetcher never touches a waiter that may be gone.
+ * Invariants:
+ *   - An object is never freed while a response is written from it: the
+ *     request holds a reference until r->pool goes, and each body bucket
+ *     holds its own.
+ *   - Nothing of an object changes once it is published; a refresh
+ *     publishes a new object.
+ */
+#ifndef APX_HTTPD_CACHE_INT_H
+#define APX_HTTPD_CACHE_INT_H
+
+#include "apx_cache.h"
+#include "apx_fresh.h"
+#include "apx_gz.h"
+#include "child.h"
+#include "cache.h"
+
+/* How long a key that gave an unstorable response is fetched without
+ * coalescing (as Varnish's hit-for-miss): waiting on a fetch that will
+ * not be shared only adds its latency to everyone's. */
+#define PASS_TTL        apr_time_from_sec(10)
+/* zlib level of the one compressed copy: 6 is within a few percent of 9's
+ * size at a third of its time. */
+#define GZIP_LEVEL      6
+/* Bodies shorter than this are stored as they came. */
+#define GZIP_MIN        256
+/* Hits go out in slices of this, each taken by the client before the next
+ * (half the core output filter's 64 KiB blocking threshold). */
+#define SERVE_SLICE     (32 * 1024)
+/* How long an invalidation's mark stays: a fetch in flight for longer
+ * than that (the backend timeouts allow it) may still store what it read
+ * before the change. The mark is a few hundred bytes, and the next fetch
+ * of the key replaces it. */
+#define GONE_TTL        apr_time_from_sec(120)
+/* How long a stale response with a validator is kept to be revalidated
+ * (a conditional request and a 304 instead of the whole body) when
+ * nothing needs its memory first (LRU). */
+#define KEEP_STALE      apr_time_from_sec(600)
+/* Lookups per request: marker -> variant, then again after a wait. */
+#define MAX_ROUNDS      4
+#define VARY_KEY_MIN    256
+
+#define HDR_LABEL       "X-AsyncProxy-Cache"
+
+/* OBJ_GONE: what an invalidation leaves under a primary key, so a fetch
+ * that began before it finds the key changed even when nothing else was
+ * stored there (still_current()); a lookup takes it for a miss. */
+enum { OBJ_PENDING = 1, OBJ_READY, OBJ_VARY, OBJ_PASS, OBJ_GONE };
+
+enum {
+    ROLE_HIT = 1,
+    ROLE_STALE,         /* within stale-while-revalidate */
+    ROLE_WAIT,
+    ROLE_FILL,
+    ROLE_PASS,          /* fetch, store when storable, no coalescing */
+    ROLE_FETCH,         /* fetch, never store (HEAD miss, fallbacks) */
+    ROLE_UNSAFE,        /* an unsafe method: proxied, and a non-error
+                         * answer invalidates what is stored for it */
+    ROLE_REFRESH        /* after a STALE response: fetch for the store */
+};
+
+typedef struct hc_waiter hc_waiter;
+struct hc_waiter {
+    apx_park *p;
+    hc_waiter *next, *prev;
+    int linked;
+};
+
+typedef struct hc_field {
+    const char *name, *value;
+} hc_field;
+
+typedef struct hc_obj hc_obj;
+struct hc_obj {
+    apx_cache_entry ce;
+    int kind;                       /* OBJ_* */
+
+    /* OBJ_PENDING */
+    pthread_mutex_t mtx;
+    hc_waiter *waiters;
+    int done;                       /* fetch ended: waiters look again */
+    int stored;                     /* ... and stored something: else the
+                                     * waiters go to the backend themselves */
+    /* referenced: what the fetch stored, when every waiter may have it
+     * (same variant): they take it without a lookup, which a response
+     * that is stale at once (no-cache) would send to the backend again */
+    struct hc_obj *result;
+    volatile apr_uint32_t claimed;  /* one request fetches */
+
+    /* OBJ_VARY: the field names of the variants' Vary */
+    const char *vary;
+    int skip_ae;                    /* Accept-Encoding is ours, not a key */
+    /* in its variants' keys: a marker made anew (first store, a changed
+     * Vary, after an invalidation) gets a new one, so the variants stored
+     * under an earlier marker are never reached again and age out */
+    apr_uint64_t gen;
+
+    /* OBJ_READY */
+    int status;
+    const char *status_line;
+    hc_field *fields;
+    unsigned nfields;
+    const char *ctype;
+    const char *etag, *etag_gz;
+    apr_time_t last_modified;
+    apx_fresh_times ft;
+    char *body;                     /* malloc()ed, or body_owner's */
+    /* referenced: the object whose body this one shares (a 304 updated
+     * the head of that one; always the first owner, so no chains) */
+    struct hc_obj *body_owner;
+    apr_size_t body_len;            /* as stored */
+    apr_size_t plain_len;           /* decompressed, when gz */
+    int gz;                         /* body is our gzip copy */
+    volatile apr_uint32_t refreshing;
+};
+
+#define OBJ(e) APX_CONTAINER_OF((e), hc_obj, ce)
+
+/* The cache's part of one request (r->pool). */
+struct apx_hcache {
+    apx_req *rq;
+    request_rec *r;
+    const apx_mapping *map;
+    const char *hostport;           /* the backend origin */
+    const char *url;                /* for log lines */
+    int role;                       /* ROLE_* of the fetch under way */
+    hc_obj *refreshed;              /* the STALE object this request
+                                     * refreshes (held for r) */
+    hc_obj *serving;                /* held for r: what is served */
+    apr_size_t serve_off;           /* next body byte of serving */
+    apx_gz_inflater *inflater;      /* serving's gzip copy, inflated */
+    int serve_inflate;              /* ... for a client without gzip */
+    apr_int64_t cap_hint;           /* the response's length, -1 */
+    const char *inm, *ims;          /* the client's, while ours are in */
+    apx_fresh_times ft;             /* of the response on_head() took */
+    apx_cache_set set;              /* effective settings */
+    const char *kpre;               /* the key up to the backend URL */
+    const char *key;                /* primary key */
+    apr_size_t klen;
+    const char *vkey;               /* variant key, when a marker said so */
+    apr_size_t vklen;
+    int accept_gz;                  /* the client takes gzip */
+    int strip;                      /* fetch for the store: see skip */
+    int only_if_cached;             /* the request's only-if-cached */
+    int unsafe;                     /* ROLE_UNSAFE */
+    /* held until r->pool goes: what the last lookup found under the
+     * primary key. A fetch is stored only while it is still there (or a
+     * marker of the same generation): else the key was invalidated (or
+     * filled by someone else) meanwhile. */
+    hc_obj *prim;
+    int prim_set;                   /* prim is a snapshot (NULL: empty) */
+    hc_obj *reval;                  /* held: the stale object a FILL
+                                     * revalidates (it has a validator) */
+    int cond;                       /* the head being built carries our
+                                     * conditionals */
+    int share;                      /* what publish() stored suits every
+                                     * request waiting on our pending */
+    hc_obj *obj;                    /* referenced: what we serve */
+    hc_obj *stale;                  /* referenced: stale-if-error fallback */
+    hc_obj *pending;                /* referenced: filled or waited on */
+    hc_waiter waiter;
+    const char *reason;             /* why not stored */
+    /* the body being captured */
+    char *cap;
+    apr_size_t cap_len, cap_size;
+};
+
+/* The child's store (cache_store.c), NULL when the cache is off. */
+extern apx_cache *apx__hc_store;
+
+hc_obj *apx__hc_obj_alloc(int kind);
+void apx__hc_hold_for_request(request_rec *r, hc_obj *o);
+void apx__hc_drop(hc_obj **po);
+void apx__hc_put_marker(const char *key, apr_size_t klen, int kind,
+                       const char *vary, int skip_ae, apr_uint64_t gen,
+                       apr_time_t expires, apr_time_t now);
+int apx__hc_still_current(apx_hcache *hc);
+void apx__hc_snapshot_prim(apx_hcache *hc);
+int apx__hc_publish(apx_hcache *hc, hc_obj *o, const char *vary);
+void apx__hc_mark_pass(apx_hcache *hc);
+void apx__hc_set_label(apx_hcache *hc, const char *label);
+int apx__hc_make_variant_key(apx_hcache *hc, const char *vary, int skip_ae,
+                            apr_uint64_t gen);
+void apx__hc_release_pending(apx_hcache *hc, int stored, hc_obj *result);
+void apx__hc_set_serving(apx_hcache *hc, hc_obj *o);
+int apx__hc_decide(apx_hcache *hc, const apx_hcache_resp *resp,
+                  apr_time_t req_time, apr_time_t resp_time,
+                  apx_fresh_times *t);
+
+#endif /* APX_HTTPD_CACHE_INT_H */

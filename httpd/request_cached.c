@@ -1,0 +1,298 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* request_cached.c — the order of steps for a request in a cached scope:
+ * the request path asks the cache layer (cache.h) before the exchange
+ * (hit, stale, wait, or fetch with the cache's request fields), on the
+ * response head (store, pass, revalidated, stale-on-error), for each read
+ * of a body it stores, and after; it runs every exchange itself — the
+ * revalidation's conditional fetch, and the background refresh after a
+ * stale-while-revalidate response — and sends what the cache serves.
+ *
+ * Threads: inside the request's coroutine, on the thread that owns the
+ * request.
+ */
+#include <stdlib.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "apr_buckets.h"
+
+#include "exchange.h"
+#include "cache.h"
+
+APLOG_USE_MODULE(asyncproxy);
+
+/* What the body sinks below return beyond STEP_OK. */
+enum { SINK_DONE = 10, SINK_TOO_BIG };
+
+static const char *view_field(void *baton, const char *name, int list)
+{
+    return list ? apx_px_resp_list(baton, name)
+                : apx_px_resp_field(baton, name);
+}
+
+static void view_each(void *baton, void (*fn)(void *fb, const char *name,
+                                              const char *value), void *fb)
+{
+    apx_px_each_field(baton, fn, fb);
+}
+
+/* The cache's view of the response head in px->resp. */
+static void resp_view(proxy_ctx *px, apx_hcache_resp *v)
+{
+    v->status = px->resp.status;
+    v->reason = px->resp.reason;
+    v->reason_len = px->resp.reason_len;
+    v->content_length = px->resp.content_length;
+    v->nfields = px->resp.nfields;
+    v->baton = px;
+    v->field = view_field;
+    v->each = view_each;
+    v->via = apx_px_via(px);
+}
+
+/* Sends what the cache chose for this request, paced by the client. */
+static int serve(proxy_ctx *px, const char *label)
+{
+    int s, rc;
+
+    apx_px_unapply_head(px);
+    px->head_applied = 1;
+    if (!apx_hcache_serve_head(px->hc, label))
+        return apx_px_pass_out(px, 1);
+    for (;;) {
+        s = apx_hcache_serve_body(px->hc, px->bb);
+        if (s < 0)
+            return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
+                                         "cache-inflate");
+        if (s == APX_HCACHE_LAST)
+            return apx_px_pass_out(px, 1);
+        if ((rc = apx_px_pass_out(px, 0)) != STEP_OK)
+            return rc;
+    }
+}
+
+/* The backend failed and the cache holds a stale copy it may serve. */
+static int serve_stale(proxy_ctx *px)
+{
+    apx_req *rq = px->rq;
+
+    rq->outcome = APX_OUT_RUNNING;
+    rq->status = 0;
+    rq->note = NULL;
+    apx_px_finish_backend(px, 0);
+    return serve(px, "STALE");
+}
+
+static int capture_sink(proxy_ctx *px, void *baton, int last)
+{
+    int *ended = baton;
+    int s;
+
+    *ended = last;
+    s = apx_hcache_capture(px->hc, px->bb, last);
+    if (s == APX_HCACHE_TOO_BIG)
+        return SINK_TOO_BIG;
+    return s == APX_HCACHE_LAST ? SINK_DONE : STEP_OK;
+}
+
+/* A 304 has no body; this ends the exchange (and pools the connection). */
+static int discard_sink(proxy_ctx *px, void *baton, int last)
+{
+    apr_brigade_cleanup(px->bb);
+    return last ? SINK_DONE : STEP_OK;
+}
+
+/* The request head (with the cache's conditionals when it revalidates),
+ * then the exchange. */
+static int cached_exchange(proxy_ctx *px)
+{
+    int cond = apx_hcache_conditionals(px->hc, 1);
+    int rc = apx_px_build_head(px);
+
+    if (cond)
+        apx_hcache_conditionals(px->hc, 0);
+    if (rc == STEP_OK)
+        rc = apx_px_exchange(px);
+    return rc;
+}
+
+/* A fetch for the store (or not, as the cache said), and the answer. */
+static int fetch(proxy_ctx *px)
+{
+    apx_hcache *hc = px->hc;
+    apx_hcache_resp v;
+    apr_time_t req_time;
+    apr_bucket *b;
+    int rc, ended = 0;
+
+again:
+    req_time = apr_time_now();
+    rc = cached_exchange(px);
+    if (rc != STEP_OK) {
+        if (apx_hcache_failed(hc, px->rq->outcome == APX_OUT_ERROR
+                                  ? px->rq->status : 0)
+            == APX_HCACHE_STALE_ON_ERROR)
+            return serve_stale(px);
+        return rc;
+    }
+    resp_view(px, &v);
+    switch (apx_hcache_on_head(hc, &v, req_time)) {
+    case APX_HCACHE_NOT_MODIFIED:
+        rc = apx_px_check_head(px);
+        if (rc == STEP_OK
+            && apx_px_body(px, apx_px_relay_init(px), discard_sink, NULL)
+               != SINK_DONE)
+            rc = STEP_FAIL;
+        if (rc != STEP_OK) {
+            apx_hcache_abandon(hc);
+            return STEP_FAIL;
+        }
+        if (!apx_hcache_revalidated(hc, &v, req_time))
+            goto again;     /* not ours to update: the whole response */
+        return serve(px, "REVALIDATED");
+    case APX_HCACHE_STALE_ON_ERROR:
+        return serve_stale(px);
+    case APX_HCACHE_PASS:
+        rc = apx_px_apply_head(px);
+        if (rc == STEP_OK)
+            rc = apx_px_relay(px, apx_px_relay_init(px));
+        return rc;
+    default:
+        break;
+    }
+
+    /* storable: the whole body first, then one object for everyone */
+    rc = apx_px_apply_head(px);
+    if (rc != STEP_OK) {
+        apx_hcache_abandon(hc);
+        return rc;
+    }
+    rc = apx_px_body(px, apx_px_relay_init(px), capture_sink, &ended);
+    if (rc == SINK_DONE) {
+        if (apx_hcache_store(hc, &v))
+            return serve(px, "MISS");
+        if ((b = apx_hcache_take_captured(hc, px->c->bucket_alloc)))
+            APR_BRIGADE_INSERT_HEAD(px->bb, b);
+        return apx_px_pass_out(px, 1);
+    }
+    if (rc == SINK_TOO_BIG) {
+        /* what was read goes first; the body continues as a plain relay */
+        if ((b = apx_hcache_take_captured(hc, px->c->bucket_alloc)))
+            APR_BRIGADE_INSERT_HEAD(px->bb, b);
+        if (!ended && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
+            return rc;
+        return apx_px_relay(px, ended);
+    }
+    apx_hcache_abandon(hc);
+    return rc;
+}
+
+/* After a stale response went out whole: a new copy for the store.
+ * Nothing of it reaches this client, whose leaving no longer matters; the
+ * request's outcome stays. The connection's next request waits for it
+ * (bounded by the backend timeouts), as with nginx's background update. */
+static void refresh(proxy_ctx *px)
+{
+    apx_hcache *hc = px->hc;
+    apx_req *rq = px->rq;
+    int outcome = rq->outcome, status = rq->status;
+    const char *note = rq->note;
+    apr_time_t req_time = apr_time_now();
+    apx_hcache_resp v;
+    int rc, ended = 0;
+
+    /* the client may leave now: it has its response */
+    rq->detached = 1;
+    rc = cached_exchange(px);
+    if (rc == STEP_OK)
+        rc = apx_px_check_head(px);
+    if (rc == STEP_OK) {
+        resp_view(px, &v);
+        switch (apx_hcache_on_head(hc, &v, req_time)) {
+        case APX_HCACHE_NOT_MODIFIED:
+            /* a 304 naming another representation updates nothing: the
+             * next request after the window fetches the whole */
+            if (apx_px_body(px, apx_px_relay_init(px), discard_sink, NULL)
+                == SINK_DONE)
+                apx_hcache_revalidated(hc, &v, req_time);
+            break;
+        case APX_HCACHE_STORE:
+            if (apx_px_body(px, apx_px_relay_init(px), capture_sink, &ended)
+                == SINK_DONE)
+                apx_hcache_store(hc, &v);
+            break;
+        default:
+            break;
+        }
+    }
+    apx_px_finish_backend(px, 0);
+    apx_hcache_refresh_end(hc);
+    rq->outcome = outcome;
+    rq->status = status;
+    rq->note = note;
+}
+
+/* An unsafe method through a cached scope: the plain proxy path, plus
+ * the invalidation as soon as the answer's head is known (a client that
+ * follows its Location already misses the old copy). */
+static int run_unsafe(proxy_ctx *px)
+{
+    apx_hcache_resp v;
+    int rc;
+
+    rc = apx_px_build_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_exchange(px);
+    if (rc != STEP_OK)
+        return rc;
+    if (px->resp.status >= 200 && px->resp.status < 400) {
+        resp_view(px, &v);
+        apx_hcache_invalidate(px->hc, &v);
+    }
+    rc = apx_px_apply_head(px);
+    if (rc == STEP_OK)
+        rc = apx_px_relay(px, apx_px_relay_init(px));
+    return rc;
+}
+
+int apx_px_run_cached(proxy_ctx *px)
+{
+    apx_hcache *hc = px->hc;
+    unsigned ev = 0;
+    int rc;
+
+    switch (apx_hcache_lookup(hc, &ev)) {
+    case APX_HCACHE_UNSAFE:
+        return run_unsafe(px);
+    case APX_HCACHE_GONE:
+        apx_px_wait_interrupted(px, ev);
+        return STEP_FAIL;
+    case APX_HCACHE_ONLY_IF_CACHED:
+        px->rq->outcome = APX_OUT_ERROR;
+        px->rq->status = HTTP_GATEWAY_TIME_OUT;
+        px->rq->note = "cache-only-if-cached";
+        return STEP_FAIL;
+    case APX_HCACHE_HIT:
+        return serve(px, "HIT");
+    case APX_HCACHE_STALE:
+        rc = serve(px, "STALE");
+        if (rc == STEP_OK && apx_hcache_refresh_begin(hc)) {
+            px->rq->outcome = APX_OUT_DONE;
+            rc = apx_px_drain_output(px);
+            if (rc == STEP_OK)
+                refresh(px);
+        }
+        else {
+            apx_hcache_refresh_end(hc);
+        }
+        return rc;
+    default:
+        return fetch(px);
+    }
+}
