@@ -37,9 +37,9 @@
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
-void apx_px_close_backend_deferred(void *arg)
+void apx_ex_close_backend_deferred(void *arg)
 {
-    proxy_ctx *px = arg;
+    apx_exchange *px = arg;
 
     if (px->fd >= 0) {
         close(px->fd);
@@ -49,7 +49,7 @@ void apx_px_close_backend_deferred(void *arg)
 
 /* Ends the use of the backend connection: back to the pool only after a
  * clean exchange, else closed. */
-void apx_px_finish_backend(proxy_ctx *px, int reusable)
+void apx_ex_finish_backend(apx_exchange *px, int reusable)
 {
     if (px->fd < 0)
         return;
@@ -70,7 +70,7 @@ static int address_specific(int err)
 /* One non-blocking connect. Returns 0, an errno value, or -1 when the wait
  * was interrupted (outcome set). px->fd is set as soon as the socket
  * exists, so the defer covers it across the wait. */
-static int connect_addr(proxy_ctx *px, const apr_sockaddr_t *sa,
+static int connect_addr(apx_exchange *px, const apr_sockaddr_t *sa,
                         apr_time_t deadline)
 {
     int fd, err, one = 1;
@@ -86,27 +86,27 @@ static int connect_addr(proxy_ctx *px, const apr_sockaddr_t *sa,
         return 0;
     err = errno;
     if (err != EINPROGRESS) {
-        apx_px_finish_backend(px, 0);
+        apx_ex_finish_backend(px, 0);
         return err;
     }
     ev = apx_wait_connect(px->rq, fd, deadline);
-    if (apx_px_wait_interrupted(px, ev)) {
-        apx_px_finish_backend(px, 0);
+    if (apx_ex_wait_interrupted(px, ev)) {
+        apx_ex_finish_backend(px, 0);
         return -1;
     }
     if (!(ev & (APX_EV_OUT | APX_EV_HUP | APX_EV_ERR))) {
-        apx_px_finish_backend(px, 0);
+        apx_ex_finish_backend(px, 0);
         return ETIMEDOUT;
     }
     err = 0;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err)
-        apx_px_finish_backend(px, 0);
+        apx_ex_finish_backend(px, 0);
     return err;
 }
 
-static int connect_backend(proxy_ctx *px)
+static int connect_backend(apx_exchange *px)
 {
     const apr_sockaddr_t *sa;
     apr_time_t deadline = apr_time_now() + px->connect_timeout;
@@ -128,25 +128,25 @@ static int connect_backend(proxy_ctx *px)
                       "connect to backend %s timed out after %" APR_TIME_T_FMT
                       " ms", px->be->hostport,
                       apr_time_as_msec(px->connect_timeout));
-        return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT, "connect-timeout");
+        return apx_ex_backend_failed(px, HTTP_GATEWAY_TIME_OUT, "connect-timeout");
     }
     if (err == EMFILE || err == ENFILE) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
                       APXLOGNO(00102) "cannot open a connection to backend "
                       "%s: out of file descriptors (raise the open files "
                       "limit, ulimit -n)", px->be->hostport);
-        return apx_px_backend_failed(px, HTTP_SERVICE_UNAVAILABLE, "out-of-fds");
+        return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE, "out-of-fds");
     }
     ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
                   APXLOGNO(00100) "connect to backend %s failed",
                   px->be->hostport);
-    return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, err == ECONNREFUSED
+    return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY, err == ECONNREFUSED
                           ? "connect-refused" : "connect-failed");
 }
 
 /* A pooled connection if there is a live one (and fresh_only is 0), else a
  * new one. */
-int apx_px_open_backend(proxy_ctx *px, int fresh_only)
+int apx_ex_open_backend(apx_exchange *px, int fresh_only)
 {
     if (!fresh_only) {
         px->fd = apx_backend_take(px->be, apr_time_now());
@@ -162,7 +162,7 @@ int apx_px_open_backend(proxy_ctx *px, int fresh_only)
 /* Writes iov[0..n) to the backend (the array is consumed). Returns STEP_OK,
  * STEP_FAIL (timeout or interrupted wait; outcome set), or an errno value
  * > 0 when the backend stopped taking data (the caller decides). */
-int apx_px_send_iov(proxy_ctx *px, struct iovec *iov, int n)
+int apx_ex_send_iov(apx_exchange *px, struct iovec *iov, int n)
 {
     struct msghdr mh;
     ssize_t w;
@@ -198,14 +198,14 @@ int apx_px_send_iov(proxy_ctx *px, struct iovec *iov, int n)
             return EPIPE;
         ev = apx_wait(px->rq, px->fd, APX_EV_OUT,
                       apr_time_now() + px->timeout);
-        if (apx_px_wait_interrupted(px, ev))
+        if (apx_ex_wait_interrupted(px, ev))
             return STEP_FAIL;
         if (ev & APX_EV_TIMEOUT) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00109)
                           "backend %s did not take the request for %s "
                           "within %" APR_TIME_T_FMT " ms", px->be->hostport,
                           px->url, apr_time_as_msec(px->timeout));
-            return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+            return apx_ex_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
                                   "backend-timeout");
         }
         hup = !(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR));
@@ -220,7 +220,7 @@ int apx_px_send_iov(proxy_ctx *px, struct iovec *iov, int n)
  * connection's allocator after the request, resident, for as long as the
  * connection lives. bench/PROFILE.md: 52 -> 40 KB per parked request (the
  * same buffers taken lazily from r->pool: 56 KB). */
-static int get_buffers(proxy_ctx *px)
+static int get_buffers(apx_exchange *px)
 {
     apr_size_t fsize = HEAD_FIELDS * sizeof(apx_http_field);
     char *b = malloc(fsize + RBUF_SIZE + px->head_max);
@@ -231,7 +231,7 @@ static int get_buffers(proxy_ctx *px)
         /* apx_coro_defer() already freed b when it failed */
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_ENOMEM, px->r,
                       APXLOGNO(00126) "no memory for the response buffers");
-        return apx_px_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+        return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
                                      "no-memory");
     }
     /* the fields first: malloc's alignment is theirs */
@@ -244,7 +244,7 @@ static int get_buffers(proxy_ctx *px)
 /* Reads more of the response into rbuf (emptied first). On RECV_ERROR the
  * errno is in px->recv_errno. deadline 0: one backend timeout from now.
  * phase names what timed out in the log line. */
-int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
+int apx_ex_recv(apx_exchange *px, apr_time_t deadline, const char *phase)
 {
     ssize_t n;
     unsigned ev;
@@ -290,14 +290,14 @@ int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase)
         turn = 0;
         ev = apx_wait(px->rq, px->fd, APX_EV_IN,
                       deadline ? deadline : apr_time_now() + px->timeout);
-        if (apx_px_wait_interrupted(px, ev))
+        if (apx_ex_wait_interrupted(px, ev))
             return STEP_FAIL;
         if (ev & APX_EV_TIMEOUT) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00106)
                           "backend %s timed out (%" APR_TIME_T_FMT " ms) "
                           "%s for %s", px->be->hostport,
                           apr_time_as_msec(px->timeout), phase, px->url);
-            return apx_px_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+            return apx_ex_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
                                   "backend-timeout");
         }
         if (!px->rbuf && get_buffers(px) != STEP_OK)

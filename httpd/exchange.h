@@ -4,7 +4,7 @@
  */
 
 /* exchange.h — the request path's private state: one proxied exchange
- * (proxy_ctx) and the steps that request.c orders, one file each:
+ * (apx_exchange) and the steps that request.c orders, one file each:
  * backend.c (the backend connection), request_send.c (request head and
  * body), response_head.c, response_body.c, tunnel.c. Private to the
  * request path.
@@ -45,7 +45,7 @@
 #define TRAILER_MAX     4096
 #define TRAILER_FIELDS  32
 /* A stream goes back through the poller after this many bytes without a
- * wait (see apx_px_recv()): ~1 ms of copying on loopback. */
+ * wait (see apx_ex_recv()): ~1 ms of copying on loopback. */
 #define STREAM_TURN     (1024 * 1024)
 /* Slices of request body per sendmsg(). */
 #define BODY_IOV        64
@@ -60,7 +60,7 @@ enum {
 
 enum { REQ_BODY_NONE, REQ_BODY_LENGTH, REQ_BODY_CHUNKED };
 
-typedef struct proxy_ctx {
+typedef struct apx_exchange {
     apx_req *rq;
     request_rec *r;
     conn_rec *c;
@@ -112,64 +112,64 @@ typedef struct proxy_ctx {
     apx_http_chunked chunked;
     apr_bucket_brigade *bb;
     apx_hcache *hc;                 /* the response cache's part, or NULL */
-} proxy_ctx;
+} apx_exchange;
 
-/* What apx_px_recv() found (or STEP_FAIL: timeout or interrupted wait, the
+/* What apx_ex_recv() found (or STEP_FAIL: timeout or interrupted wait, the
  * outcome is set). */
 enum { RECV_EOF = 0, RECV_DATA = 1, RECV_ERROR = 2 };
 
-int apx_px_backend_failed(proxy_ctx *px, int status, const char *note);
-int apx_px_client_gone(proxy_ctx *px);
-int apx_px_wait_interrupted(proxy_ctx *px, unsigned ev);
-void apx_px_unapply_head(proxy_ctx *px);
-void apx_px_finish_backend(proxy_ctx *px, int reusable);
+int apx_ex_backend_failed(apx_exchange *px, int status, const char *note);
+int apx_ex_client_gone(apx_exchange *px);
+int apx_ex_wait_interrupted(apx_exchange *px, unsigned ev);
+void apx_ex_unapply_head(apx_exchange *px);
+void apx_ex_finish_backend(apx_exchange *px, int reusable);
 /* Whether the client's peer address is in AsyncProxyTrustedProxies. */
-int apx_px_peer_trusted(const proxy_ctx *px);
+int apx_ex_peer_trusted(const apx_exchange *px);
 /* The X-Forwarded-For, -Host and -Proto values the backend is sent (NULL:
  * none): this hop's own (the client's address, the Host the request came
  * with, our scheme), the client's dropped; from a trusted peer, its
  * X-Forwarded-For appended to and its -Host / -Proto passed on. With
  * AsyncProxyAddHeaders Off only a trusted peer's values, unchanged. */
-void apx_px_forwarded(const proxy_ctx *px, const char **xff,
+void apx_ex_forwarded(const apx_exchange *px, const char **xff,
                       const char **xfh, const char **xfp);
-int apx_px_build_head(proxy_ctx *px);
-int apx_px_recv(proxy_ctx *px, apr_time_t deadline, const char *phase);
-int apx_px_exchange(proxy_ctx *px);
+int apx_ex_build_head(apx_exchange *px);
+int apx_ex_recv(apx_exchange *px, apr_time_t deadline, const char *phase);
+int apx_ex_roundtrip(apx_exchange *px);
 /* Checks the final head's Connection tokens and sets the body framing
  * (apply_head does it too). */
-int apx_px_check_head(proxy_ctx *px);
-int apx_px_apply_head(proxy_ctx *px);
+int apx_ex_check_head(apx_exchange *px);
+int apx_ex_apply_head(apx_exchange *px);
 /* Calls fn for each backend response field forwarded to the client (no
  * hop-by-hop, framing or Via; Location & co. mapped back) in r->pool. */
-void apx_px_each_field(proxy_ctx *px,
+void apx_ex_each_field(apx_exchange *px,
                        void (*fn)(void *baton, const char *name,
                                   const char *value),
                        void *baton);
 /* The first value of a backend response field, or NULL; all values of a
  * list field joined with ", ", or NULL (r->pool). */
-const char *apx_px_resp_field(proxy_ctx *px, const char *name);
-const char *apx_px_resp_list(proxy_ctx *px, const char *name);
+const char *apx_ex_resp_field(apx_exchange *px, const char *name);
+const char *apx_ex_resp_list(apx_exchange *px, const char *name);
 /* The Via value sent to the client (the backend's plus ours). */
-const char *apx_px_via(proxy_ctx *px);
-int apx_px_drain_output(proxy_ctx *px);
-int apx_px_pass_out(proxy_ctx *px, int last);
-int apx_px_take_body(proxy_ctx *px);
-int apx_px_exchange_is_clean(const proxy_ctx *px);
+const char *apx_ex_via(apx_exchange *px);
+int apx_ex_drain_output(apx_exchange *px);
+int apx_ex_pass_out(apx_exchange *px, int last);
+int apx_ex_take_body(apx_exchange *px);
+int apx_ex_is_clean(const apx_exchange *px);
 /* Body: init returns 1 when there is no body left to read. */
-int apx_px_relay_init(proxy_ctx *px);
+int apx_ex_relay_init(apx_exchange *px);
 /* Reads the response body to its end, handing what px->bb holds to
  * sink() after each read (last = 1 once the body ended and the backend
  * connection was pooled or closed). Returns what the sink returned when it
  * was not STEP_OK or when last was 1, or STEP_FAIL. */
-typedef int (*apx_px_sink_fn)(proxy_ctx *px, void *baton, int last);
-int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton);
-/* apx_px_body() into the output filters, paced by the client. */
-int apx_px_relay(proxy_ctx *px, int done);
+typedef int (*apx_ex_sink_fn)(apx_exchange *px, void *baton, int last);
+int apx_ex_body(apx_exchange *px, int done, apx_ex_sink_fn sink, void *baton);
+/* apx_ex_body() into the output filters, paced by the client. */
+int apx_ex_relay(apx_exchange *px, int done);
 
 /* The NOFLUSH switch of the connection (request.c): while
  * on, FLUSH buckets stop above the core output filter, which would make
  * them blocking writes. NULL when the filter could not be added. */
-int *apx_px_noflush_switch(proxy_ctx *px);
+int *apx_ex_noflush_switch(apx_exchange *px);
 
 /* "a, b" from an existing list value and one more (p). */
 static APR_INLINE const char *apx_list_append(apr_pool_t *p, const char *old,
@@ -180,30 +180,30 @@ static APR_INLINE const char *apx_list_append(apr_pool_t *p, const char *old,
 
 /* backend.c */
 /* A coroutine defer: closes px->fd if the coroutine dies holding it. */
-void apx_px_close_backend_deferred(void *px);
+void apx_ex_close_backend_deferred(void *px);
 /* A pooled connection if there is a live one (and fresh_only is 0), else a
  * new one. */
-int apx_px_open_backend(proxy_ctx *px, int fresh_only);
+int apx_ex_open_backend(apx_exchange *px, int fresh_only);
 /* Writes iov[0..n) to the backend (the array is consumed). Returns STEP_OK,
  * STEP_FAIL (timeout or interrupted wait; outcome set), or an errno value
  * > 0 when the backend stopped taking data (the caller decides). */
-int apx_px_send_iov(proxy_ctx *px, struct iovec *iov, int n);
+int apx_ex_send_iov(apx_exchange *px, struct iovec *iov, int n);
 /* request_send.c: the head in px->head, then the body. */
-int apx_px_send_request(proxy_ctx *px);
+int apx_ex_send_request(apx_exchange *px);
 /* response_head.c: the final response head into px->resp. */
-int apx_px_read_head(proxy_ctx *px);
+int apx_ex_read_head(apx_exchange *px);
 
 /* tunnel.c */
 /* 1 when the backend's 101 answers px->upgrade. */
-int apx_px_upgrade_accepted(proxy_ctx *px);
+int apx_ex_upgrade_accepted(apx_exchange *px);
 /* The backend said 101: relays it, then moves bytes both ways until
  * either side is done (outcome APX_OUT_TUNNEL) or fails. */
-int apx_px_tunnel(proxy_ctx *px);
+int apx_ex_tunnel(apx_exchange *px);
 /* setup(): the protocol to forward in Upgrade, or NULL. */
-const char *apx_px_upgrade_wanted(proxy_ctx *px);
+const char *apx_ex_upgrade_wanted(apx_exchange *px);
 
 /* request_cached.c: the exchange of a request in a cached scope (px->hc
  * set), from the cache's lookup to what it serves. */
-int apx_px_run_cached(proxy_ctx *px);
+int apx_ex_run_cached(apx_exchange *px);
 
 #endif /* APX_HTTPD_EXCHANGE_H */

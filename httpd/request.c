@@ -21,7 +21,7 @@
  *                      thread-local is kept across a wait (errno is read
  *                      right after the call that set it).
  * Invariants:
- *   - The backend fd is held in proxy_ctx.fd and covered by a coroutine
+ *   - The backend fd is held in apx_exchange.fd and covered by a coroutine
  *     defer from the moment it exists, so it is closed if the coroutine is
  *     destroyed while parked (client abort, child exit).
  *   - Nothing of a malformed response reaches the client: the head is
@@ -56,7 +56,7 @@ extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
 /* Puts r back as it was before the backend's head was applied, so that
  * ap_die() sends a clean error page. */
-void apx_px_unapply_head(proxy_ctx *px)
+void apx_ex_unapply_head(apx_exchange *px)
 {
     request_rec *r = px->r;
 
@@ -72,7 +72,7 @@ void apx_px_unapply_head(proxy_ctx *px)
 
 /* The backend failed: an error page while nothing went to the client yet,
  * otherwise an aborted connection. */
-int apx_px_backend_failed(proxy_ctx *px, int status, const char *note)
+int apx_ex_backend_failed(apx_exchange *px, int status, const char *note)
 {
     apx_req *rq = px->rq;
 
@@ -81,14 +81,14 @@ int apx_px_backend_failed(proxy_ctx *px, int status, const char *note)
         rq->outcome = APX_OUT_ABORT;
     }
     else {
-        apx_px_unapply_head(px);
+        apx_ex_unapply_head(px);
         rq->outcome = APX_OUT_ERROR;
         rq->status = status;
     }
     return STEP_FAIL;
 }
 
-int apx_px_client_gone(proxy_ctx *px)
+int apx_ex_client_gone(apx_exchange *px)
 {
     apx_req *rq = px->rq;
 
@@ -103,10 +103,10 @@ int apx_px_client_gone(proxy_ctx *px)
 }
 
 /* Client hung up, or the child is going away: nothing to answer. */
-int apx_px_wait_interrupted(proxy_ctx *px, unsigned ev)
+int apx_ex_wait_interrupted(apx_exchange *px, unsigned ev)
 {
     if (ev & APX_EV_CLIENT_GONE) {
-        apx_px_client_gone(px);
+        apx_ex_client_gone(px);
         return 1;
     }
     if (ev & APX_EV_SHUTDOWN) {
@@ -139,7 +139,7 @@ static int method_is_idempotent(const request_rec *r)
 
 /* Connect (or reuse), send, read the head; a pooled connection the
  * backend had closed is replaced once (DESIGN.md §4 step 2). */
-int apx_px_exchange(proxy_ctx *px)
+int apx_ex_roundtrip(apx_exchange *px)
 {
     int fresh_only = 0, rc;
 
@@ -158,14 +158,14 @@ int apx_px_exchange(proxy_ctx *px)
         px->rlen = px->roff = 0;
         px->got_bytes = 0;
         px->send_errno = 0;
-        rc = apx_px_open_backend(px, fresh_only);
+        rc = apx_ex_open_backend(px, fresh_only);
         if (rc == STEP_OK)
-            rc = apx_px_send_request(px);
+            rc = apx_ex_send_request(px);
         if (rc == STEP_OK)
-            rc = apx_px_read_head(px);
+            rc = apx_ex_read_head(px);
         if (rc != STEP_RETRY)
             return rc;
-        apx_px_finish_backend(px, 0);
+        apx_ex_finish_backend(px, 0);
         apr_atomic_inc32(&apx_ch->n.backend_retries);
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, px->r, APXLOGNO(00114)
                       "pooled connection to %s was closed by the backend; "
@@ -177,7 +177,7 @@ int apx_px_exchange(proxy_ctx *px)
 /* ------------------------------------------------------------------ */
 /* the coroutine                                                        */
 
-static int setup(proxy_ctx *px)
+static int setup(apx_exchange *px)
 {
     apx_req *rq = px->rq;
     request_rec *r = px->r;
@@ -250,7 +250,7 @@ static int setup(proxy_ctx *px)
         return STEP_FAIL;
     }
 
-    px->upgrade = apx_px_upgrade_wanted(px);
+    px->upgrade = apx_ex_upgrade_wanted(px);
     /* an upgraded connection is never cached */
     if (!px->upgrade) {
         apx_hcache_req in;
@@ -262,7 +262,7 @@ static int setup(proxy_ctx *px)
         in.hostport = px->be->hostport;
         in.target = px->target;
         in.url = px->url;
-        apx_px_forwarded(px, &xff, &in.xfh, &in.xfp);
+        apx_ex_forwarded(px, &xff, &in.xfh, &in.xfp);
         in.body_empty = px->body_kind == REQ_BODY_LENGTH
                         && px->body_length == 0;
         in.body_left = !px->body_done;
@@ -278,7 +278,7 @@ static int setup(proxy_ctx *px)
 
 int apx_request_body_left(const apx_req *rq)
 {
-    const proxy_ctx *px = rq->proxy;
+    const apx_exchange *px = rq->proxy;
 
     return px && !px->body_done;
 }
@@ -287,7 +287,7 @@ intptr_t apx_request_run(apx_coro *coro, void *data)
 {
     apx_req *rq = data;
     request_rec *r = rq->r;
-    proxy_ctx *px = apr_pcalloc(r->pool, sizeof(*px));
+    apx_exchange *px = apr_pcalloc(r->pool, sizeof(*px));
     int rc;
 
     px->rq = rq;
@@ -295,30 +295,30 @@ intptr_t apx_request_run(apx_coro *coro, void *data)
     px->c = rq->c;
     px->fd = -1;
     rq->proxy = px;
-    px->defer = apx_coro_defer(coro, apx_px_close_backend_deferred, px);
+    px->defer = apx_coro_defer(coro, apx_ex_close_backend_deferred, px);
 
     rc = setup(px);
     if (rc == STEP_OK && px->hc) {
-        rc = apx_px_run_cached(px);
+        rc = apx_ex_run_cached(px);
     }
     else if (rc == STEP_OK) {
-        rc = apx_px_build_head(px);
+        rc = apx_ex_build_head(px);
         if (rc == STEP_OK)
-            rc = apx_px_exchange(px);
+            rc = apx_ex_roundtrip(px);
         if (rc == STEP_OK && px->resp.status == HTTP_SWITCHING_PROTOCOLS) {
-            rc = apx_px_tunnel(px);
+            rc = apx_ex_tunnel(px);
         }
         else {
             if (rc == STEP_OK)
-                rc = apx_px_apply_head(px);
+                rc = apx_ex_apply_head(px);
             if (rc == STEP_OK)
-                rc = apx_px_relay(px, apx_px_relay_init(px));
+                rc = apx_ex_relay(px, apx_ex_relay_init(px));
         }
     }
     if (rc == STEP_OK && rq->outcome == APX_OUT_RUNNING)
         rq->outcome = APX_OUT_DONE;
     /* every failure path closes: nothing half-read goes back to the pool */
-    apx_px_finish_backend(px, 0);
+    apx_ex_finish_backend(px, 0);
     if (px->defer)
         apx_coro_defer_disarm(coro, px->defer);
     if (px->stream_defer)

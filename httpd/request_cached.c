@@ -32,18 +32,18 @@ enum { SINK_DONE = 10, SINK_TOO_BIG };
 
 static const char *view_field(void *baton, const char *name, int list)
 {
-    return list ? apx_px_resp_list(baton, name)
-                : apx_px_resp_field(baton, name);
+    return list ? apx_ex_resp_list(baton, name)
+                : apx_ex_resp_field(baton, name);
 }
 
 static void view_each(void *baton, void (*fn)(void *fb, const char *name,
                                               const char *value), void *fb)
 {
-    apx_px_each_field(baton, fn, fb);
+    apx_ex_each_field(baton, fn, fb);
 }
 
 /* The cache's view of the response head in px->resp. */
-static void resp_view(proxy_ctx *px, apx_hcache_resp *v)
+static void resp_view(apx_exchange *px, apx_hcache_resp *v)
 {
     v->status = px->resp.status;
     v->reason = px->resp.reason;
@@ -53,43 +53,43 @@ static void resp_view(proxy_ctx *px, apx_hcache_resp *v)
     v->baton = px;
     v->field = view_field;
     v->each = view_each;
-    v->via = apx_px_via(px);
+    v->via = apx_ex_via(px);
 }
 
 /* Sends what the cache chose for this request, paced by the client. */
-static int serve(proxy_ctx *px, const char *label)
+static int serve(apx_exchange *px, const char *label)
 {
     int s, rc;
 
-    apx_px_unapply_head(px);
+    apx_ex_unapply_head(px);
     px->head_applied = 1;
     if (!apx_hcache_serve_head(px->hc, label))
-        return apx_px_pass_out(px, 1);
+        return apx_ex_pass_out(px, 1);
     for (;;) {
         s = apx_hcache_serve_body(px->hc, px->bb);
         if (s < 0)
-            return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
+            return apx_ex_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
                                          "cache-inflate");
         if (s == APX_HCACHE_LAST)
-            return apx_px_pass_out(px, 1);
-        if ((rc = apx_px_pass_out(px, 0)) != STEP_OK)
+            return apx_ex_pass_out(px, 1);
+        if ((rc = apx_ex_pass_out(px, 0)) != STEP_OK)
             return rc;
     }
 }
 
 /* The backend failed and the cache holds a stale copy it may serve. */
-static int serve_stale(proxy_ctx *px)
+static int serve_stale(apx_exchange *px)
 {
     apx_req *rq = px->rq;
 
     rq->outcome = APX_OUT_RUNNING;
     rq->status = 0;
     rq->note = NULL;
-    apx_px_finish_backend(px, 0);
+    apx_ex_finish_backend(px, 0);
     return serve(px, "STALE");
 }
 
-static int capture_sink(proxy_ctx *px, void *baton, int last)
+static int capture_sink(apx_exchange *px, void *baton, int last)
 {
     int *ended = baton;
     int s;
@@ -102,7 +102,7 @@ static int capture_sink(proxy_ctx *px, void *baton, int last)
 }
 
 /* A 304 has no body; this ends the exchange (and pools the connection). */
-static int discard_sink(proxy_ctx *px, void *baton, int last)
+static int discard_sink(apx_exchange *px, void *baton, int last)
 {
     apr_brigade_cleanup(px->bb);
     return last ? SINK_DONE : STEP_OK;
@@ -110,20 +110,20 @@ static int discard_sink(proxy_ctx *px, void *baton, int last)
 
 /* The request head (with the cache's conditionals when it revalidates),
  * then the exchange. */
-static int cached_exchange(proxy_ctx *px)
+static int cached_exchange(apx_exchange *px)
 {
     int cond = apx_hcache_conditionals(px->hc, 1);
-    int rc = apx_px_build_head(px);
+    int rc = apx_ex_build_head(px);
 
     if (cond)
         apx_hcache_conditionals(px->hc, 0);
     if (rc == STEP_OK)
-        rc = apx_px_exchange(px);
+        rc = apx_ex_roundtrip(px);
     return rc;
 }
 
 /* A fetch for the store (or not, as the cache said), and the answer. */
-static int fetch(proxy_ctx *px)
+static int fetch(apx_exchange *px)
 {
     apx_hcache *hc = px->hc;
     apx_hcache_resp v;
@@ -144,9 +144,9 @@ again:
     resp_view(px, &v);
     switch (apx_hcache_on_head(hc, &v, req_time)) {
     case APX_HCACHE_NOT_MODIFIED:
-        rc = apx_px_check_head(px);
+        rc = apx_ex_check_head(px);
         if (rc == STEP_OK
-            && apx_px_body(px, apx_px_relay_init(px), discard_sink, NULL)
+            && apx_ex_body(px, apx_ex_relay_init(px), discard_sink, NULL)
                != SINK_DONE)
             rc = STEP_FAIL;
         if (rc != STEP_OK) {
@@ -159,35 +159,35 @@ again:
     case APX_HCACHE_STALE_ON_ERROR:
         return serve_stale(px);
     case APX_HCACHE_PASS:
-        rc = apx_px_apply_head(px);
+        rc = apx_ex_apply_head(px);
         if (rc == STEP_OK)
-            rc = apx_px_relay(px, apx_px_relay_init(px));
+            rc = apx_ex_relay(px, apx_ex_relay_init(px));
         return rc;
     default:
         break;
     }
 
     /* storable: the whole body first, then one object for everyone */
-    rc = apx_px_apply_head(px);
+    rc = apx_ex_apply_head(px);
     if (rc != STEP_OK) {
         apx_hcache_abandon(hc);
         return rc;
     }
-    rc = apx_px_body(px, apx_px_relay_init(px), capture_sink, &ended);
+    rc = apx_ex_body(px, apx_ex_relay_init(px), capture_sink, &ended);
     if (rc == SINK_DONE) {
         if (apx_hcache_store(hc, &v))
             return serve(px, "MISS");
         if ((b = apx_hcache_take_captured(hc, px->c->bucket_alloc)))
             APR_BRIGADE_INSERT_HEAD(px->bb, b);
-        return apx_px_pass_out(px, 1);
+        return apx_ex_pass_out(px, 1);
     }
     if (rc == SINK_TOO_BIG) {
         /* what was read goes first; the body continues as a plain relay */
         if ((b = apx_hcache_take_captured(hc, px->c->bucket_alloc)))
             APR_BRIGADE_INSERT_HEAD(px->bb, b);
-        if (!ended && (rc = apx_px_pass_out(px, 0)) != STEP_OK)
+        if (!ended && (rc = apx_ex_pass_out(px, 0)) != STEP_OK)
             return rc;
-        return apx_px_relay(px, ended);
+        return apx_ex_relay(px, ended);
     }
     apx_hcache_abandon(hc);
     return rc;
@@ -197,7 +197,7 @@ again:
  * Nothing of it reaches this client, whose leaving no longer matters; the
  * request's outcome stays. The connection's next request waits for it
  * (bounded by the backend timeouts), as with nginx's background update. */
-static void refresh(proxy_ctx *px)
+static void refresh(apx_exchange *px)
 {
     apx_hcache *hc = px->hc;
     apx_req *rq = px->rq;
@@ -211,19 +211,19 @@ static void refresh(proxy_ctx *px)
     rq->detached = 1;
     rc = cached_exchange(px);
     if (rc == STEP_OK)
-        rc = apx_px_check_head(px);
+        rc = apx_ex_check_head(px);
     if (rc == STEP_OK) {
         resp_view(px, &v);
         switch (apx_hcache_on_head(hc, &v, req_time)) {
         case APX_HCACHE_NOT_MODIFIED:
             /* a 304 naming another representation updates nothing: the
              * next request after the window fetches the whole */
-            if (apx_px_body(px, apx_px_relay_init(px), discard_sink, NULL)
+            if (apx_ex_body(px, apx_ex_relay_init(px), discard_sink, NULL)
                 == SINK_DONE)
                 apx_hcache_revalidated(hc, &v, req_time);
             break;
         case APX_HCACHE_STORE:
-            if (apx_px_body(px, apx_px_relay_init(px), capture_sink, &ended)
+            if (apx_ex_body(px, apx_ex_relay_init(px), capture_sink, &ended)
                 == SINK_DONE)
                 apx_hcache_store(hc, &v);
             break;
@@ -231,7 +231,7 @@ static void refresh(proxy_ctx *px)
             break;
         }
     }
-    apx_px_finish_backend(px, 0);
+    apx_ex_finish_backend(px, 0);
     apx_hcache_refresh_end(hc);
     rq->outcome = outcome;
     rq->status = status;
@@ -241,27 +241,27 @@ static void refresh(proxy_ctx *px)
 /* An unsafe method through a cached scope: the plain proxy path, plus
  * the invalidation as soon as the answer's head is known (a client that
  * follows its Location already misses the old copy). */
-static int run_unsafe(proxy_ctx *px)
+static int run_unsafe(apx_exchange *px)
 {
     apx_hcache_resp v;
     int rc;
 
-    rc = apx_px_build_head(px);
+    rc = apx_ex_build_head(px);
     if (rc == STEP_OK)
-        rc = apx_px_exchange(px);
+        rc = apx_ex_roundtrip(px);
     if (rc != STEP_OK)
         return rc;
     if (px->resp.status >= 200 && px->resp.status < 400) {
         resp_view(px, &v);
         apx_hcache_invalidate(px->hc, &v);
     }
-    rc = apx_px_apply_head(px);
+    rc = apx_ex_apply_head(px);
     if (rc == STEP_OK)
-        rc = apx_px_relay(px, apx_px_relay_init(px));
+        rc = apx_ex_relay(px, apx_ex_relay_init(px));
     return rc;
 }
 
-int apx_px_run_cached(proxy_ctx *px)
+int apx_ex_run_cached(apx_exchange *px)
 {
     apx_hcache *hc = px->hc;
     unsigned ev = 0;
@@ -271,7 +271,7 @@ int apx_px_run_cached(proxy_ctx *px)
     case APX_HCACHE_UNSAFE:
         return run_unsafe(px);
     case APX_HCACHE_GONE:
-        apx_px_wait_interrupted(px, ev);
+        apx_ex_wait_interrupted(px, ev);
         return STEP_FAIL;
     case APX_HCACHE_ONLY_IF_CACHED:
         px->rq->outcome = APX_OUT_ERROR;
@@ -284,7 +284,7 @@ int apx_px_run_cached(proxy_ctx *px)
         rc = serve(px, "STALE");
         if (rc == STEP_OK && apx_hcache_refresh_begin(hc)) {
             px->rq->outcome = APX_OUT_DONE;
-            rc = apx_px_drain_output(px);
+            rc = apx_ex_drain_output(px);
             if (rc == STEP_OK)
                 refresh(px);
         }

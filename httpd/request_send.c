@@ -31,12 +31,12 @@ APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
 typedef struct head_ctx {
-    proxy_ctx *px;
+    apx_exchange *px;
     apx_http_conn_tokens *client_conn;
 } head_ctx;
 
 /* Fields we write ourselves, or must not forward. The X-Forwarded-* of the
- * client are always among them: apx_px_forwarded() decides what of them
+ * client are always among them: apx_ex_forwarded() decides what of them
  * goes on. */
 static int skip_request_field(const head_ctx *hd, const char *name)
 {
@@ -56,7 +56,7 @@ static int skip_request_field(const head_ctx *hd, const char *name)
     return 0;
 }
 
-static void put_field(proxy_ctx *px, const char *name, const char *value)
+static void put_field(apx_exchange *px, const char *name, const char *value)
 {
     if (apx_http_writer_field(&px->head, name, strlen(name), value,
                               strlen(value)) == APR_EINVAL)
@@ -72,7 +72,7 @@ static int collect_conn_tokens(void *data, const char *key, const char *val)
     return apx_http_conn_tokens_add(t, val, strlen(val)) == APR_SUCCESS;
 }
 
-int apx_px_peer_trusted(const proxy_ctx *px)
+int apx_ex_peer_trusted(const apx_exchange *px)
 {
     const apr_array_header_t *t = px->rq->sconf->trusted;
     apr_sockaddr_t *sa = px->r->connection->client_addr;
@@ -88,12 +88,12 @@ int apx_px_peer_trusted(const proxy_ctx *px)
  * describes this hop (and the response cache keys on it), unless the peer
  * is a proxy the administrator trusts to have described the earlier
  * ones. */
-void apx_px_forwarded(const proxy_ctx *px, const char **xff,
+void apx_ex_forwarded(const apx_exchange *px, const char **xff,
                       const char **xfh, const char **xfp)
 {
     request_rec *r = px->r;
     int add = px->rq->sconf->add_forwarded != 0;    /* -1 (unset): On */
-    int trusted = apx_px_peer_trusted(px);
+    int trusted = apx_ex_peer_trusted(px);
     const char *cff = NULL, *cfh = NULL, *cfp = NULL;
 
     if (trusted) {
@@ -113,7 +113,7 @@ void apx_px_forwarded(const proxy_ctx *px, const char **xff,
 }
 
 /* Builds the request head into px->head (r->pool). */
-int apx_px_build_head(proxy_ctx *px)
+int apx_ex_build_head(apx_exchange *px)
 {
     request_rec *r = px->r;
     const apx_srv_conf *sc = px->rq->sconf;
@@ -162,7 +162,7 @@ int apx_px_build_head(proxy_ctx *px)
                      apr_pstrcat(r->pool, "1.1 ", r->server->server_hostname,
                                  NULL));
     put_field(px, "Via", v);
-    apx_px_forwarded(px, &xff, &xfh, &xfp);
+    apx_ex_forwarded(px, &xff, &xfh, &xfp);
     if (xff)
         put_field(px, "X-Forwarded-For", xff);
     if (xfh)
@@ -206,7 +206,7 @@ static void send_continue(request_rec *r)
 }
 
 /* The client's body could not be read. */
-static int client_body_failed(proxy_ctx *px, apr_status_t rv)
+static int client_body_failed(apx_exchange *px, apr_status_t rv)
 {
     request_rec *r = px->r;
     int status;
@@ -214,7 +214,7 @@ static int client_body_failed(proxy_ctx *px, apr_status_t rv)
     px->c->keepalive = AP_CONN_CLOSE;
     if (px->c->aborted || APR_STATUS_IS_ECONNRESET(rv)
         || APR_STATUS_IS_ECONNABORTED(rv) || APR_STATUS_IS_EPIPE(rv))
-        return apx_px_client_gone(px);
+        return apx_ex_client_gone(px);
     /* AP_FILTER_ERROR: httpd's input filter has answered (400, 413)
      * itself; handing it back to ap_die() is the convention */
     status = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
@@ -231,7 +231,7 @@ static int client_body_failed(proxy_ctx *px, apr_status_t rv)
 /* Sends the data of bb (and, for chunked, its framing) to the backend.
  * Returns STEP_OK, STEP_FAIL, or an errno (> 0) when the backend stopped
  * taking data. */
-static int send_body_brigade(proxy_ctx *px, apr_off_t len, int eos)
+static int send_body_brigade(apx_exchange *px, apr_off_t len, int eos)
 {
     struct iovec iov[BODY_IOV + 2];
     char size_line[32];
@@ -257,7 +257,7 @@ static int send_body_brigade(proxy_ctx *px, apr_off_t len, int eos)
         if (!blen)
             continue;
         if (n == BODY_IOV) {
-            if ((rc = apx_px_send_iov(px, iov, n)) != STEP_OK)
+            if ((rc = apx_ex_send_iov(px, iov, n)) != STEP_OK)
                 return rc;
             n = 0;
         }
@@ -277,13 +277,13 @@ static int send_body_brigade(proxy_ctx *px, apr_off_t len, int eos)
             n++;
         }
     }
-    return n ? apx_px_send_iov(px, iov, n) : STEP_OK;
+    return n ? apx_ex_send_iov(px, iov, n) : STEP_OK;
 }
 
 /* Streams the client's body to the backend, one bounded read at a time. A
  * backend that stops reading (it may have answered early, e.g. 413) ends
  * the streaming with px->send_errno set; its answer is read next. */
-static int send_body(proxy_ctx *px)
+static int send_body(apx_exchange *px)
 {
     request_rec *r = px->r;
     int client_fd = px->rq->client_fd;
@@ -303,7 +303,7 @@ static int send_body(proxy_ctx *px)
             apr_brigade_cleanup(px->bb);
             ev = apx_wait(px->rq, client_fd, APX_EV_IN,
                           apr_time_now() + px->client_timeout);
-            if (apx_px_wait_interrupted(px, ev))
+            if (apx_ex_wait_interrupted(px, ev))
                 return STEP_FAIL;
             if (ev & APX_EV_TIMEOUT)
                 return client_body_failed(px, APR_TIMEUP);
@@ -342,14 +342,14 @@ static int send_body(proxy_ctx *px)
 }
 
 /* Request head, then body. */
-int apx_px_send_request(proxy_ctx *px)
+int apx_ex_send_request(apx_exchange *px)
 {
     struct iovec iov;
     int rc;
 
     iov.iov_base = px->head.buf;
     iov.iov_len = px->head.len;
-    rc = apx_px_send_iov(px, &iov, 1);
+    rc = apx_ex_send_iov(px, &iov, 1);
     if (rc > 0) {
         /* the most common death of a pooled connection */
         if (px->reused && px->idempotent && !px->body_started)
@@ -357,7 +357,7 @@ int apx_px_send_request(proxy_ctx *px)
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(rc), px->r,
                       APXLOGNO(00119) "sending the request for %s to "
                       "backend %s failed", px->url, px->be->hostport);
-        return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
+        return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
     }
     if (rc != STEP_OK || px->body_done)
         return rc;

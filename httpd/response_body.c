@@ -31,7 +31,7 @@ extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
 /* Writes what the core output filter holds without blocking; while some
  * is left, waits for the client to take it. */
-int apx_px_drain_output(proxy_ctx *px)
+int apx_ex_drain_output(apx_exchange *px)
 {
     conn_rec *c = px->c;
     ap_filter_t *f;
@@ -49,13 +49,13 @@ int apx_px_drain_output(proxy_ctx *px)
          * write completion calls it */
         rv = f->frec->filter_func.out_func(f, NULL);
         if (rv != APR_SUCCESS || c->aborted)
-            return apx_px_client_gone(px);
+            return apx_ex_client_gone(px);
         if (!c->data_in_output_filters)
             break;
         ev = apx_wait(px->rq, px->rq->client_fd, APX_EV_OUT,
                       apr_time_now() + px->client_timeout);
         if (ev & APX_EV_SHUTDOWN) {
-            apx_px_wait_interrupted(px, ev);
+            apx_ex_wait_interrupted(px, ev);
             return STEP_FAIL;
         }
         if (ev & APX_EV_TIMEOUT) {
@@ -65,14 +65,14 @@ int apx_px_drain_output(proxy_ctx *px)
         }
         /* hung up without being writable: it will never read the rest */
         if (!(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR)))
-            return apx_px_client_gone(px);
+            return apx_ex_client_gone(px);
     }
     return STEP_OK;
 }
 
 /* Hands px->bb (plus EOS when last) to the output filters, then lets the
  * client take it before more is read from the backend. */
-int apx_px_pass_out(proxy_ctx *px, int last)
+int apx_ex_pass_out(apx_exchange *px, int last)
 {
     conn_rec *c = px->c;
     apr_status_t rv;
@@ -85,11 +85,11 @@ int apx_px_pass_out(proxy_ctx *px, int last)
     rv = ap_pass_brigade(px->r->output_filters, px->bb);
     apr_brigade_cleanup(px->bb);
     if (rv != APR_SUCCESS || c->aborted)
-        return apx_px_client_gone(px);
-    return last ? STEP_OK : apx_px_drain_output(px);
+        return apx_ex_client_gone(px);
+    return last ? STEP_OK : apx_ex_drain_output(px);
 }
 
-static void add_transient(proxy_ctx *px, const char *data, apr_size_t len)
+static void add_transient(apx_exchange *px, const char *data, apr_size_t len)
 {
     APR_BRIGADE_INSERT_TAIL(px->bb,
                             apr_bucket_transient_create(data, len,
@@ -98,7 +98,7 @@ static void add_transient(proxy_ctx *px, const char *data, apr_size_t len)
 
 /* Moves the body bytes of rbuf into px->bb. Returns 1 when the body is
  * complete, 0 when more is expected, STEP_FAIL on a chunked error. */
-int apx_px_take_body(proxy_ctx *px)
+int apx_ex_take_body(apx_exchange *px)
 {
     apr_size_t avail = px->rlen - px->roff;
     const char *data;
@@ -132,7 +132,7 @@ int apx_px_take_body(proxy_ctx *px)
                               " bytes: %s", px->be->hostport, px->url,
                               (apr_uint64_t)px->chunked.body_bytes,
                               px->chunked.errstr ? px->chunked.errstr : "?");
-                return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+                return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
             }
         }
         return 0;
@@ -147,7 +147,7 @@ int apx_px_take_body(proxy_ctx *px)
 /* The body ended where its framing said: the connection may be reused if
  * the backend allows it and nothing else came (and the request went out
  * whole). */
-int apx_px_exchange_is_clean(const proxy_ctx *px)
+int apx_ex_is_clean(const apx_exchange *px)
 {
     return px->framing != APX_HTTP_BODY_CLOSE
            && apx_http_resp_keepalive(&px->resp)
@@ -155,7 +155,7 @@ int apx_px_exchange_is_clean(const proxy_ctx *px)
            && px->body_done && !px->send_errno;
 }
 
-int apx_px_relay_init(proxy_ctx *px)
+int apx_ex_relay_init(apx_exchange *px)
 {
     if (px->framing == APX_HTTP_BODY_CHUNKED) {
         char *tbuf = apr_palloc(px->r->pool, TRAILER_MAX);
@@ -169,13 +169,13 @@ int apx_px_relay_init(proxy_ctx *px)
            || (px->framing == APX_HTTP_BODY_LENGTH && px->remaining == 0);
 }
 
-int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton)
+int apx_ex_body(apx_exchange *px, int done, apx_ex_sink_fn sink, void *baton)
 {
     int rc;
 
     for (;;) {
         if (!done && px->roff < px->rlen) {
-            done = apx_px_take_body(px);
+            done = apx_ex_take_body(px);
             if (done == STEP_FAIL)
                 return STEP_FAIL;
         }
@@ -187,16 +187,16 @@ int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton)
                               "%s; closing that connection",
                               px->be->hostport, px->rlen - px->roff, px->url);
             /* the backend is free before the client has everything */
-            apx_px_finish_backend(px, apx_px_exchange_is_clean(px));
+            apx_ex_finish_backend(px, apx_ex_is_clean(px));
             return sink(px, baton, 1);
         }
         if ((rc = sink(px, baton, 0)) != STEP_OK)
             return rc;
-        rc = apx_px_recv(px, 0, "reading the response body");
+        rc = apx_ex_recv(px, 0, "reading the response body");
         if (rc == STEP_FAIL)
             return STEP_FAIL;
         if (rc == RECV_EOF && px->framing == APX_HTTP_BODY_CLOSE) {
-            apx_px_finish_backend(px, 0);
+            apx_ex_finish_backend(px, 0);
             return sink(px, baton, 1);
         }
         if (rc != RECV_DATA) {
@@ -206,7 +206,7 @@ int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton)
                           APXLOGNO(00107) "backend %s closed the connection "
                           "before the end of the response body for %s",
                           px->be->hostport, px->url);
-            return apx_px_backend_failed(px, HTTP_BAD_GATEWAY,
+            return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY,
                                          "backend-truncated");
         }
     }
@@ -222,7 +222,7 @@ int apx_px_body(proxy_ctx *px, int done, apx_px_sink_fn sink, void *baton)
  * for more. Below them the core output filter would turn that FLUSH into a
  * blocking write — up to Timeout on a module worker, for a client that does
  * not read — so the NOFLUSH filter, between mod_ssl and the core, drops it
- * while a stream of this module runs; apx_px_drain_output() then writes
+ * while a stream of this module runs; apx_ex_drain_output() then writes
  * without blocking and parks on the client when it cannot (the core's own
  * non-blocking path: what it cannot write it sets aside). Other handlers on
  * the same connection (the lane) see their FLUSH buckets pass untouched. */
@@ -257,7 +257,7 @@ void apx_stream_register_filter(apr_pool_t *p)
 /* The connection's NOFLUSH switch; the filter is added once per
  * connection (a filter added to the connection's chain cannot be taken out
  * of a request's chain that already points at it). */
-int *apx_px_noflush_switch(proxy_ctx *px)
+int *apx_ex_noflush_switch(apx_exchange *px)
 {
     conn_rec *c = px->c;
     ap_filter_t *f;
@@ -276,7 +276,7 @@ int *apx_px_noflush_switch(proxy_ctx *px)
 
 static void stream_end(void *arg)
 {
-    proxy_ctx *px = arg;
+    apx_exchange *px = arg;
     apx_child *ch = apx_ch;
 
     if (px->noflush)
@@ -288,7 +288,7 @@ static void stream_end(void *arg)
 /* A body without a length: relayed read by read, each read flushed, and
  * the backend's silence bounded by streamtimeout= instead of timeout=
  * (which bounded the head). */
-static void stream_begin(proxy_ctx *px)
+static void stream_begin(apx_exchange *px)
 {
     px->stream_defer = apx_coro_defer(px->rq->coro, stream_end, px);
     if (!px->stream_defer)
@@ -300,13 +300,13 @@ static void stream_begin(proxy_ctx *px)
     /* an HTTP/2 stream has no socket of its own and no core filter below:
      * its FLUSH goes to h2, which never blocks on it */
     if (px->rq->client_fd >= 0) {
-        px->noflush = apx_px_noflush_switch(px);
+        px->noflush = apx_ex_noflush_switch(px);
         if (px->noflush)
             *px->noflush = 1;
     }
 }
 
-static int relay_sink(proxy_ctx *px, void *baton, int last)
+static int relay_sink(apx_exchange *px, void *baton, int last)
 {
     apr_off_t len = 0;
 
@@ -317,13 +317,13 @@ static int relay_sink(proxy_ctx *px, void *baton, int last)
             APR_BRIGADE_INSERT_TAIL(px->bb,
                                     apr_bucket_flush_create(px->c->bucket_alloc));
     }
-    return apx_px_pass_out(px, last);
+    return apx_ex_pass_out(px, last);
 }
 
-int apx_px_relay(proxy_ctx *px, int done)
+int apx_ex_relay(apx_exchange *px, int done)
 {
     if (!done && !px->stream && (px->framing == APX_HTTP_BODY_CHUNKED
                                  || px->framing == APX_HTTP_BODY_CLOSE))
         stream_begin(px);
-    return apx_px_body(px, done, relay_sink, NULL);
+    return apx_ex_body(px, done, relay_sink, NULL);
 }

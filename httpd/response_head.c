@@ -29,16 +29,16 @@
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
-static int bad_response(proxy_ctx *px, const char *why)
+static int bad_response(apx_exchange *px, const char *why)
 {
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00103)
                   "bad response from backend %s for %s: %s",
                   px->be->hostport, px->url, why);
-    return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+    return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
 }
 
 /* Sends a 1xx other than 100 on to the client (103 Early Hints, 102). */
-static void forward_interim(proxy_ctx *px)
+static void forward_interim(apx_exchange *px)
 {
     request_rec *r = px->r;
     const apx_http_resp *h = &px->resp;
@@ -75,7 +75,7 @@ static void forward_interim(proxy_ctx *px)
 
 /* The backend's connection ended before a complete head: retried once on
  * a fresh connection when that is safe, else 502. */
-static int head_cut_short(proxy_ctx *px, int err)
+static int head_cut_short(apx_exchange *px, int err)
 {
     if (!px->got_bytes && px->reused && px->idempotent && !px->body_started)
         return STEP_RETRY;
@@ -85,19 +85,19 @@ static int head_cut_short(proxy_ctx *px, int err)
                       APXLOGNO(00120) "backend %s stopped reading the "
                       "request body for %s and sent no response",
                       px->be->hostport, px->url);
-        return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
+        return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY, "send-failed");
     }
     ap_log_rerror(APLOG_MARK, APLOG_ERR, err ? APR_FROM_OS_ERROR(err) : 0,
                   px->r, APXLOGNO(00104) "backend %s closed the connection "
                   "before a complete response head for %s (%s)",
                   px->be->hostport, px->url,
                   px->got_bytes ? "after part of it" : "nothing received");
-    return apx_px_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
+    return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY, "bad-response");
 }
 
 /* Reads and checks the final response head; interim ones are swallowed
  * (100) or forwarded. The bytes after the head stay in rbuf. */
-int apx_px_read_head(proxy_ctx *px)
+int apx_ex_read_head(apx_exchange *px)
 {
     apr_time_t deadline = apr_time_now() + px->timeout;
     apx_http_resp *h = &px->resp;
@@ -119,7 +119,7 @@ int apx_px_read_head(proxy_ctx *px)
                     return bad_response(px, "101 Switching Protocols to a "
                                         "request that asked for no upgrade");
                 if (h->status == HTTP_SWITCHING_PROTOCOLS) {
-                    if (!apx_px_upgrade_accepted(px))
+                    if (!apx_ex_upgrade_accepted(px))
                         return bad_response(px, "101 Switching Protocols "
                                             "to another protocol than the "
                                             "one asked for");
@@ -136,7 +136,7 @@ int apx_px_read_head(proxy_ctx *px)
                 return bad_response(px, h->errstr ? h->errstr
                                                   : "malformed head");
         }
-        rc = apx_px_recv(px, deadline, "waiting for the response head");
+        rc = apx_ex_recv(px, deadline, "waiting for the response head");
         if (rc == STEP_FAIL)
             return STEP_FAIL;
         if (rc != RECV_DATA)
@@ -174,7 +174,7 @@ static const char *map_reverse(request_rec *r, const apr_array_header_t *rvs,
     return NULL;
 }
 
-static const char *reverse_location(proxy_ctx *px, const char *value)
+static const char *reverse_location(apx_exchange *px, const char *value)
 {
     request_rec *r = px->r;
     const apx_dir_conf *dc = ap_get_module_config(r->per_dir_config,
@@ -188,7 +188,7 @@ static const char *reverse_location(proxy_ctx *px, const char *value)
     return mapped ? mapped : value;
 }
 
-void apx_px_each_field(proxy_ctx *px,
+void apx_ex_each_field(apx_exchange *px,
                        void (*fn)(void *baton, const char *name,
                                   const char *value),
                        void *baton)
@@ -216,7 +216,7 @@ void apx_px_each_field(proxy_ctx *px,
     }
 }
 
-const char *apx_px_resp_field(proxy_ctx *px, const char *name)
+const char *apx_ex_resp_field(apx_exchange *px, const char *name)
 {
     const apx_http_resp *h = &px->resp;
     unsigned i;
@@ -229,7 +229,7 @@ const char *apx_px_resp_field(proxy_ctx *px, const char *name)
     return NULL;
 }
 
-const char *apx_px_resp_list(proxy_ctx *px, const char *name)
+const char *apx_ex_resp_list(apx_exchange *px, const char *name)
 {
     const apx_http_resp *h = &px->resp;
     const char *all = NULL;
@@ -244,11 +244,11 @@ const char *apx_px_resp_list(proxy_ctx *px, const char *name)
     return all;
 }
 
-const char *apx_px_via(proxy_ctx *px)
+const char *apx_ex_via(apx_exchange *px)
 {
     request_rec *r = px->r;
 
-    return apx_list_append(r->pool, apx_px_resp_list(px, "Via"),
+    return apx_list_append(r->pool, apx_ex_resp_list(px, "Via"),
                         apr_pstrcat(r->pool, "1.1 ",
                                     r->server->server_hostname, NULL));
 }
@@ -265,7 +265,7 @@ static void apply_field(void *baton, const char *name, const char *value)
     apr_table_addn(r->headers_out, name, value);
 }
 
-int apx_px_check_head(proxy_ctx *px)
+int apx_ex_check_head(apx_exchange *px)
 {
     const apx_http_resp *h = &px->resp;
     unsigned i;
@@ -287,12 +287,12 @@ int apx_px_check_head(proxy_ctx *px)
 
 /* Copies the checked head into r: status, fields minus hop-by-hop and
  * framing (httpd frames the body for the client itself). */
-int apx_px_apply_head(proxy_ctx *px)
+int apx_ex_apply_head(apx_exchange *px)
 {
     request_rec *r = px->r;
     const apx_http_resp *h = &px->resp;
 
-    if (apx_px_check_head(px) != STEP_OK)
+    if (apx_ex_check_head(px) != STEP_OK)
         return STEP_FAIL;
     px->head_applied = 1;
     r->status = h->status;
@@ -305,8 +305,8 @@ int apx_px_apply_head(proxy_ctx *px)
     r->content_type = NULL;
     r->content_encoding = NULL;
     r->content_languages = NULL;
-    apx_px_each_field(px, apply_field, r);
-    apr_table_setn(r->headers_out, "Via", apx_px_via(px));
+    apx_ex_each_field(px, apply_field, r);
+    apr_table_setn(r->headers_out, "Via", apx_ex_via(px));
     /* The backend's length, also for HEAD (httpd leaves a HEAD's length
      * alone); filters that transform the body drop or recompute it. */
     if (h->content_length >= 0 && h->status >= 200 && h->status != 204

@@ -55,7 +55,7 @@ APLOG_USE_MODULE(asyncproxy);
 #define TUNNEL_TURN (1024 * 1024)
 
 typedef struct tunnel {
-    proxy_ctx *px;
+    apx_exchange *px;
     conn_rec *c;
     int cfd;                        /* the client's socket (for waits and
                                      * the half-close only) */
@@ -103,7 +103,7 @@ static int mapping_allows(const char *list, const char *proto,
     return 0;
 }
 
-const char *apx_px_upgrade_wanted(proxy_ctx *px)
+const char *apx_ex_upgrade_wanted(apx_exchange *px)
 {
     request_rec *r = px->r;
     const char *up = apr_table_get(r->headers_in, "Upgrade");
@@ -138,9 +138,9 @@ const char *apx_px_upgrade_wanted(proxy_ctx *px)
     return NULL;
 }
 
-int apx_px_upgrade_accepted(proxy_ctx *px)
+int apx_ex_upgrade_accepted(apx_exchange *px)
 {
-    const char *up = apx_px_resp_field(px, "Upgrade");
+    const char *up = apx_ex_resp_field(px, "Upgrade");
     apr_size_t n;
 
     if (!up)
@@ -228,7 +228,7 @@ static int from_client(tunnel *t)
  * when nothing could, -1 when a side failed (the tunnel ends). */
 static int pump(tunnel *t)
 {
-    proxy_ctx *px = t->px;
+    apx_exchange *px = t->px;
     int moved = 0, rc;
     ssize_t n;
 
@@ -302,16 +302,16 @@ static int pump(tunnel *t)
 }
 
 /* Sends the backend's 101 on (its fields minus hop-by-hop, plus ours). */
-static int send_101(proxy_ctx *px)
+static int send_101(apx_exchange *px)
 {
     request_rec *r = px->r;
-    const char *up = apx_px_resp_field(px, "Upgrade");
+    const char *up = apx_ex_resp_field(px, "Upgrade");
     apr_table_t *out = apr_table_make(r->pool, 8);
     const apx_http_resp *h = &px->resp;
     apr_table_t *saved = r->headers_out;
     int i;
 
-    if (apx_px_check_head(px) != STEP_OK)
+    if (apx_ex_check_head(px) != STEP_OK)
         return STEP_FAIL;
     for (i = 0; i < (int)h->nfields; i++) {
         const apx_http_field *f = &h->fields[i];
@@ -330,11 +330,11 @@ static int send_101(proxy_ctx *px)
     r->headers_out = saved;
     px->response_started = 1;
     if (px->c->aborted)
-        return apx_px_client_gone(px);
-    return apx_px_drain_output(px);
+        return apx_ex_client_gone(px);
+    return apx_ex_drain_output(px);
 }
 
-int apx_px_tunnel(proxy_ctx *px)
+int apx_ex_tunnel(apx_exchange *px)
 {
     apx_req *rq = px->rq;
     request_rec *r = px->r;
@@ -350,16 +350,16 @@ int apx_px_tunnel(proxy_ctx *px)
     t.cfd = rq->client_fd;
     /* the connection never serves another request */
     c->keepalive = AP_CONN_CLOSE;
-    noflush = apx_px_noflush_switch(px);
+    noflush = apx_ex_noflush_switch(px);
     if (!noflush) {
-        apx_px_finish_backend(px, 0);
-        return apx_px_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
+        apx_ex_finish_backend(px, 0);
+        return apx_ex_backend_failed(px, HTTP_INTERNAL_SERVER_ERROR,
                                      "no-memory");
     }
     *noflush = 1;
     t.cbuf = malloc(TUNNEL_BUF);
     if (!t.cbuf || !(bufd = apx_coro_defer(rq->coro, free, t.cbuf)))
-        return apx_px_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+        return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
                                      "no-memory");
     t.in = apr_brigade_create(r->pool, c->bucket_alloc);
     /* mod_reqtimeout's body limits are for request bodies, not for an
@@ -443,9 +443,9 @@ int apx_px_tunnel(proxy_ctx *px)
     }
     *noflush = 0;
     apx_coro_defer_fire(rq->coro, bufd);
-    apx_px_finish_backend(px, 0);
+    apx_ex_finish_backend(px, 0);
     if (rc != STEP_OK)
-        return apx_px_client_gone(px);
+        return apx_ex_client_gone(px);
     /* for the access log, written now that the tunnel closed: the status
      * that was sent, and what went to the client (%b) */
     r->status = HTTP_SWITCHING_PROTOCOLS;
