@@ -22,13 +22,13 @@ $h->start; my $P = $h->port;
 system("wrk -t1 -c16 -d1s http://127.0.0.1:$P/b/delay/0/1024 >/dev/null");
 my $pid = fork; if (!$pid) { open STDOUT, '>', '/dev/null'; exec "$top/build/bench/slowclient", '-a', '127.0.0.1', '-p', $P, '-u', '/b/delay/0/8388608', '-c', 200, '-r', 4096, '-i', 100, '-d', 40; }
 sleep 1.5;
-my %f0 = figures($P);
+my %f0 = %{ figures($P) };
 system('nstat -n');
 my $t0 = time;
 my $o = `wrk -t2 -c64 -d5s --latency -s $top/bench/conf/report.lua http://127.0.0.1:$P/b/delay/0/1024 2>&1`;
 print $o if $ENV{FULL};
 my ($p99) = $o =~ /99%\s+(\S+)/; my ($rps) = $o =~ /Requests\/sec:\s+(\S+)/;
-my %f = figures($P);
+my %f = %{ figures($P) };
 my $tcp = join ' ', map { /^(?:Tcp|TcpExt)(\S+)\s+(\d+)/ ? "$1=$2" : () } grep { /Retrans|Prune|Drop|Collapse|Memory|Timeout/ } `nstat`;
 # major page faults of the server's processes (code pages read back from
 # disk): the stalled runs are the first after an idle period

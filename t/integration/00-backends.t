@@ -10,8 +10,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Backend;
-use IO::Socket::INET;
-use IO::Select;
+use APX::Client qw(pattern_body connect_to read_until read_to_eof read_response);
 use POSIX ();
 use Time::HiRes qw(sleep time);
 use Cwd qw(abs_path);
@@ -20,80 +19,6 @@ use File::Path ();
 
 my $TOP = abs_path(dirname(abs_path(__FILE__)) . '/../..');
 my $SLOWD = $ENV{APX_SLOWD} || "$TOP/build/bench/slowd";
-my $PATTERN = join('', 0 .. 9, 'A' .. 'Z', 'a' .. 'z') . "-\n";
-
-sub pattern_body { my ($n) = @_; substr($PATTERN x (int($n / 64) + 1), 0, $n) }
-
-sub connect_to {
-    my ($port) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
-                                  Timeout => 3) or die "connect $port: $!";
-    binmode $s;
-    return $s;
-}
-
-# Reads into $$buf until $cond->() is true, EOF or the timeout; returns
-# true if the condition held.
-sub read_until {
-    my ($s, $buf, $cond, $timeout) = @_;
-    my $deadline = time + ($timeout // 3);
-    my $sel = IO::Select->new($s);
-    while (!$cond->()) {
-        my $left = $deadline - time;
-        return 0 if $left <= 0 || !$sel->can_read($left);
-        my $n = sysread($s, $$buf, 65536, length $$buf);
-        return $cond->() if !$n;
-    }
-    return 1;
-}
-
-sub read_to_eof {
-    my ($s, $timeout) = @_;
-    my $buf = '';
-    my $eof = 0;
-    my $deadline = time + ($timeout // 3);
-    my $sel = IO::Select->new($s);
-    while (time < $deadline && $sel->can_read($deadline - time)) {
-        my $n = sysread($s, $buf, 65536, length $buf);
-        if (!$n) { $eof = 1; last }
-    }
-    return wantarray ? ($buf, $eof) : $buf;
-}
-
-# Parses one response off the front of $$buf (reading more as needed):
-# { status, headers => {lc => v}, body, chunks, raw }; undef on timeout.
-sub read_response {
-    my ($s, $buf, $head_only) = @_;
-    read_until($s, $buf, sub { $$buf =~ /\r\n\r\n/ }) or return undef;
-    my $hl = index($$buf, "\r\n\r\n") + 4;
-    my ($sl, @lines) = split /\r\n/, substr($$buf, 0, $hl - 4);
-    my %h = map { /^([^:]+):\s*(.*)$/ ? (lc $1 => $2) : () } @lines;
-    my $r = { status => ($sl =~ /^HTTP\/1\.\d (\d{3})/)[0], headers => \%h, chunks => 0 };
-    my $pos = $hl;
-    if ($head_only) {
-    }
-    elsif (($h{'transfer-encoding'} // '') =~ /chunked/i) {
-        $r->{body} = '';
-        while (1) {
-            read_until($s, $buf, sub { index($$buf, "\r\n", $pos) >= 0 }) or return undef;
-            my $e = index($$buf, "\r\n", $pos);
-            my $size = hex substr($$buf, $pos, $e - $pos);
-            $pos = $e + 2;
-            read_until($s, $buf, sub { length($$buf) >= $pos + $size + 2 }) or return undef;
-            $r->{body} .= substr($$buf, $pos, $size);
-            $pos += $size + 2;
-            last if !$size;
-            $r->{chunks}++;
-        }
-    }
-    elsif (defined $h{'content-length'}) {
-        read_until($s, $buf, sub { length($$buf) >= $pos + $h{'content-length'} }) or return undef;
-        $r->{body} = substr($$buf, $pos, $h{'content-length'});
-        $pos += $h{'content-length'};
-    }
-    $r->{raw} = substr($$buf, 0, $pos, '');
-    return $r;
-}
 
 # ------------------------------------------------------------------ slowd
 SKIP: {
@@ -150,7 +75,7 @@ SKIP: {
         ok($r && $r->{body} eq pattern_body(40000), 'chunked: de-chunked body is the pattern');
 
         print $s "HEAD /delay/0/500 HTTP/1.1\r\nHost: x\r\n\r\nGET /nothing HTTP/1.1\r\nHost: x\r\n\r\n";
-        $r = read_response($s, \$buf, 1);
+        $r = read_response($s, \$buf, head_only => 1);
         is($r && $r->{headers}{'content-length'}, 500, 'HEAD: Content-Length of the GET');
         $r = read_response($s, \$buf);
         is($r && $r->{status}, 404, 'HEAD sends no body: the next answer follows at once, a 404');

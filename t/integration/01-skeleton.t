@@ -7,21 +7,14 @@ use warnings;
 use Test::More;
 use lib 't/lib';
 use APX::Httpd;
+use APX::Client qw(http_request parse_figures);
 use Time::HiRes qw(sleep time);
 
+# the whole answer to a GET (head and body), '' when none came
 sub get {
     my ($h, $path) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $h->port, Timeout => 5)
-        or return '';
-    print $s "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    local $/;
-    my $r = <$s>;
-    return $r // '';
-}
-
-sub figure {
-    my ($body, $name) = @_;
-    return $body =~ /^AsyncProxy$name: (\S+)/m ? $1 : undef;
+    my $r = http_request($h->port, 'GET', $path);
+    return $r ? $r->{raw} : '';
 }
 
 # --- bad directive values: configtest fails naming directive and value ---
@@ -64,7 +57,7 @@ for my $case (@bad) {
          'child_init logs asynchronous mode with the engine settings');
     my $st = get($h, '/apx-status');
     like($st, qr/^AsyncProxyMode: async$/m, 'status handler reports async mode');
-    is(figure($st, 'Workers'), 3, 'engine runs workers_min workers');
+    is(parse_figures($st)->{Workers}, 3, 'engine runs workers_min workers');
     my $auto = get($h, '/server-status?auto');
     like($auto, qr/^AsyncProxyMode: async$/m, 'mod_status ?auto carries the module figures');
     like(get($h, '/server-status'), qr/mod_asyncproxy/, 'mod_status HTML page carries them too');

@@ -176,7 +176,7 @@ EOF
     $h->write_file('htdocs/errors/502.html', "custom 502 page\n");
     $h->start;
     my $HP = $h->port;
-    my %f0 = figures($HP);
+    my %f0 = %{ figures($HP) };
     my $off = length $h->slurp_log;
     my @expected_log;    # error-log lines this test provoked and checked
 
@@ -352,7 +352,7 @@ EOF
     }
 
     unless (ref_mode()) {
-        my %f1 = figures($HP);
+        my %f1 = %{ figures($HP) };
         my %d = map { $_ => ($f1{$_} // 0) - ($f0{$_} // 0) } grep { $f1{$_} =~ /^\d+$/ } keys %f1;
         note "[$mpm] figure changes: " . join ' ', map { "$_=$d{$_}" } sort keys %d;
         is($d{BadGateway}, scalar(keys %BAD) + 1, "[$mpm] AsyncProxyBadGateway counts the malformed responses and the refused connect");

@@ -64,15 +64,6 @@ my $B = '127.0.0.1:' . $be->port;
 
 sub n_requests { my @r = $be->requests; return scalar @r }
 
-# One request on a raw socket: the whole request head is ours to write.
-sub raw_request {
-    my ($port, $head) = @_;
-    my $s = connect_to($port);
-    send_raw($s, $head);
-    my $buf = '';
-    return read_response($s, \$buf, timeout => 10, ($head =~ /^HEAD /) ? (head_only => 1) : ());
-}
-
 # The request the backend received after $n0 (undef if none within 5 s).
 sub received_after {
     my ($n0) = @_;
@@ -117,7 +108,7 @@ EOF
     # maps "/", so without the module's check it would be proxied.
     {
         my $n0 = n_requests();
-        my $r = raw_request($P2, "CONNECT 127.0.0.1:" . $be->port . " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        my $r = request($P2, "CONNECT 127.0.0.1:" . $be->port . " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         is($r && $r->{status}, 405, "[$mpm] CONNECT host:port where \"/\" is proxied: 405");
         unlike($r && $r->{headers}{allow} // '', qr/CONNECT/, "[$mpm] ... its Allow does not offer CONNECT");
         like($r && $r->{headers}{allow} // '', qr/GET/, "[$mpm] ... but GET")
@@ -128,7 +119,7 @@ EOF
     {
         # a path as CONNECT's target: httpd itself refuses it (400)
         my $n0 = n_requests();
-        my $r = raw_request($HP, "CONNECT /app/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        my $r = request($HP, "CONNECT /app/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         like($r && $r->{status}, qr/^40[05]$/, "[$mpm] CONNECT /app/x: refused (" . ($r ? $r->{status} : 'none') . ")");
         sleep 0.2;
         is(n_requests(), $n0, "[$mpm] ... and no backend saw it");
@@ -137,7 +128,7 @@ EOF
     # --- OPTIONS / TRACE with Max-Forwards: 0 ---------------------------------
     for my $path ('/app/opt', '/loc/opt') {
         my $n0 = n_requests();
-        my $r = raw_request($HP, "OPTIONS $path HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n");
+        my $r = request($HP, "OPTIONS $path HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n");
         is($r && $r->{status}, 200, "[$mpm] OPTIONS $path, Max-Forwards 0: 200 from the proxy");
         like($r && $r->{headers}{allow} // '', qr/\bOPTIONS\b/, "[$mpm] ... with an Allow header")
             or diag explain $r && $r->{headers};
@@ -148,7 +139,7 @@ EOF
     }
     {
         my $n0 = n_requests();
-        my $r = raw_request($HP, "TRACE /app/tr HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nX-Probe: p1\r\nConnection: close\r\n\r\n");
+        my $r = request($HP, "TRACE /app/tr HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nX-Probe: p1\r\nConnection: close\r\n\r\n");
         is($r && $r->{status}, 200, "[$mpm] TRACE, Max-Forwards 0 (TraceEnable on): 200 from the proxy");
         like($r && $r->{headers}{'content-type'} // '', qr{^message/http}, "[$mpm] ... as message/http");
         like($r && $r->{body} // '', qr{^TRACE /app/tr HTTP/1.1\r?\n.*X-Probe: p1}s, "[$mpm] ... echoing the request");
@@ -158,7 +149,7 @@ EOF
     for my $mf ('', "Max-Forwards: 0\r\n", "Max-Forwards: 7\r\n") {
         # TraceEnable off in the second virtual host: 405 for every TRACE
         my $n0 = n_requests();
-        my $r = raw_request($P2, "TRACE /app/tr HTTP/1.1\r\nHost: x\r\n${mf}Connection: close\r\n\r\n");
+        my $r = request($P2, "TRACE /app/tr HTTP/1.1\r\nHost: x\r\n${mf}Connection: close\r\n\r\n");
         (my $label = $mf) =~ s/\r\n//;
         is($r && $r->{status}, 405, "[$mpm] TRACE ($label) with TraceEnable off: 405");
         sleep 0.2;
@@ -173,7 +164,7 @@ EOF
         my $n0 = n_requests();
         my $hdr = defined $in ? "Max-Forwards: $in\r\n" : '';
         my $body = $m eq 'POST' ? "Content-Length: 2\r\n\r\nhi" : "\r\n";
-        my $r = raw_request($HP, "$m /app/mf HTTP/1.1\r\nHost: x\r\n${hdr}Connection: close\r\n$body");
+        my $r = request($HP, "$m /app/mf HTTP/1.1\r\nHost: x\r\n${hdr}Connection: close\r\n$body");
         my $label = defined $in ? $in : 'absent';
         is($r && $r->{status}, 200, "[$mpm] $m, Max-Forwards $label: proxied");
         my $got = received_after($n0);
@@ -181,7 +172,7 @@ EOF
     }
     for my $bad ('abc', '-1', '1.5', '+3', '2, 3') {
         my $n0 = n_requests();
-        my $r = raw_request($HP, "OPTIONS /app/mf HTTP/1.1\r\nHost: x\r\nMax-Forwards: $bad\r\nConnection: close\r\n\r\n");
+        my $r = request($HP, "OPTIONS /app/mf HTTP/1.1\r\nHost: x\r\nMax-Forwards: $bad\r\nConnection: close\r\n\r\n");
         is($r && $r->{status}, 400, "[$mpm] Max-Forwards '$bad': 400");
         sleep 0.1;
         is(n_requests(), $n0, "[$mpm] ... no backend saw it");
@@ -189,7 +180,7 @@ EOF
     {
         # two Max-Forwards fields: httpd joins them into "2, 3", invalid
         my $n0 = n_requests();
-        my $r = raw_request($HP, "GET /app/mf HTTP/1.1\r\nHost: x\r\nMax-Forwards: 2\r\nMax-Forwards: 3\r\nConnection: close\r\n\r\n");
+        my $r = request($HP, "GET /app/mf HTTP/1.1\r\nHost: x\r\nMax-Forwards: 2\r\nMax-Forwards: 3\r\nConnection: close\r\n\r\n");
         is($r && $r->{status}, 400, "[$mpm] two Max-Forwards fields: 400");
         sleep 0.1;
         is(n_requests(), $n0, "[$mpm] ... no backend saw it");
@@ -199,12 +190,12 @@ EOF
         # an internal redirect shares the request's headers: one hop, one
         # decrement (the refused request's ErrorDocument is proxied)
         my $n0 = n_requests();
-        raw_request($HP, "GET /app/errsrc/..;/..;/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n");
+        request($HP, "GET /app/errsrc/..;/..;/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n");
         my $got = received_after($n0);
         is($got && $got->{target}, '/base/errdoc400', "[$mpm] a refused request's ErrorDocument is proxied");
         is($got && $got->{hdr}{'max-forwards'}, '4', "[$mpm] ... with Max-Forwards decremented once (5 -> 4)");
         $n0 = n_requests();
-        raw_request($HP, "GET /missing/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n");
+        request($HP, "GET /missing/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n");
         $got = received_after($n0);
         is($got && $got->{target}, '/base/errdoc404', "[$mpm] a 404's ErrorDocument is proxied");
         is($got && $got->{hdr}{'max-forwards'}, '4', "[$mpm] ... with Max-Forwards decremented once (5 -> 4)");
@@ -242,7 +233,7 @@ EOF
     for my $d (@dots) {
         my ($vh, $path, $want, $base) = @$d;
         my $n0 = n_requests();
-        my $r = raw_request($port{$vh}, "GET $path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        my $r = request($port{$vh}, "GET $path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         like($r && $r->{status}, qr/^(?:$want)$/, "[$mpm] AllowEncodedSlashes $vh, GET $path: $want");
         if ($want eq '200') {
             my $got = received_after($n0);

@@ -15,7 +15,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use Time::HiRes qw(sleep time);
 
 plan skip_all => 'build/bench/slowd is not built (make -C bench slowd)'
@@ -48,7 +48,7 @@ my $child = $kids[0];
 sleep 0.3;
 my $fd_base = $h->fds_of($child);
 my $thr_base = $h->threads_of($child);
-my $st0 = status($h->port);
+my $st0 = figures($h->port);
 ok(defined $st0->{ParkedNow}, 'status page answers with ParkedNow') or diag explain $st0;
 diag "child $child: $fd_base fds, $thr_base threads before the load";
 
@@ -57,7 +57,7 @@ my ($max_parked, $max_threads, $max_adopted, $max_preq, $samples) = (0, 0, 0, 0,
 my $sampler = sub {
     my $t = $h->threads_of($child);
     $max_threads = $t if $t > $max_threads;
-    my $st = status($h->port);
+    my $st = figures($h->port);
     $samples++;
     $max_parked = $st->{ParkedNow} if ($st->{ParkedNow} // 0) > $max_parked;
     $max_adopted = $st->{AdoptedNow} if ($st->{AdoptedNow} // 0) > $max_adopted;
@@ -88,7 +88,7 @@ cmp_ok($max_preq, '>=', 500, "... as requests in flight (ParkedRequests peaked a
 cmp_ok($max_threads, '<=', $MAX_THREADS, "the child never had more than $MAX_THREADS threads ($max_threads)");
 is_deeply([$h->children], [$child], 'still the same single child');
 
-my $st1 = status($h->port);
+my $st1 = figures($h->port);
 is($st1->{AdoptedNow}, $N, "after round 1 the module holds the $N keep-alive connections (AdoptedNow)");
 
 # Round 2: the same connections, now adopted: keep-alive requests run on
@@ -107,7 +107,7 @@ is(scalar @good2, $N, "round 2 (keep-alive on adopted connections): all $N answe
 cmp_ok($took, '<', 20, sprintf('round 2 was not serialised either (%.1f s)', $took));
 cmp_ok($max_parked, '>=', 500, "round 2 parked them again (ParkedNow peaked at $max_parked)");
 cmp_ok($max_threads, '<=', $MAX_THREADS, "round 2: at most $MAX_THREADS threads ($max_threads)");
-my $st2 = status($h->port);
+my $st2 = figures($h->port);
 cmp_ok($st2->{AdoptedTotal} // 0, '>=', $N, "AdoptedTotal counts the $N adopted connections");
 cmp_ok(($st2->{ParksTotal} // 0) - ($st0->{ParksTotal} // 0), '>=', 2 * $N,
        'ParksTotal grew by at least two parks per connection');
@@ -116,7 +116,7 @@ cmp_ok(($st2->{ParksTotal} // 0) - ($st0->{ParksTotal} // 0), '>=', 2 * $N,
 # child's fd count come back to their idle values.
 for my $c (@conns) { close $c->{sock} if $c->{sock}; delete $c->{sock} }
 my $st;
-ok(wait_for(sub { $st = status($h->port); ($st->{AdoptedNow} // -1) == 0 && ($st->{ParkedNow} // -1) == 0 }, 15),
+ok(wait_for(sub { $st = figures($h->port); ($st->{AdoptedNow} // -1) == 0 && ($st->{ParkedNow} // -1) == 0 }, 15),
    'after the clients closed: AdoptedNow and ParkedNow are back to 0')
     or diag "AdoptedNow $st->{AdoptedNow} ParkedNow $st->{ParkedNow}";
 is($st->{QueuedNow} // -1, 0, 'nothing left on the worker queue');

@@ -20,7 +20,7 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
 use IO::Select;
 use Time::HiRes qw(sleep time);
@@ -42,7 +42,7 @@ my $h = APX::Httpd->new(
           . "AsyncProxyPass /u/ http://127.0.0.1:" . $up->port . "/\n",
 );
 $h->start;
-is(status($h->port)->{Workers}, 1, 'the module runs exactly one worker thread');
+is(figures($h->port)->{Workers}, 1, 'the module runs exactly one worker thread');
 
 # 50 requests on 10 keep-alive connections; returns (number answered
 # 200 with the whole body, seconds taken).
@@ -68,18 +68,6 @@ sub small_rcvbuf_client {
     return $s;
 }
 
-sub send_all {
-    my ($s, $data) = @_;
-    local $SIG{PIPE} = 'IGNORE';
-    my $off = 0;
-    while ($off < length $data) {
-        my $n = syswrite($s, $data, length($data) - $off, $off);
-        return 0 unless defined $n;
-        $off += $n;
-    }
-    return 1;
-}
-
 # Is the job's line already there (without waiting)?
 sub seen_line { my ($job, $re) = @_; return defined wait_line($job, $re, 0.01) }
 
@@ -98,11 +86,11 @@ for my $variant ('fresh', 'adopted') {
         my $s = small_rcvbuf_client();
         my $buf = '';
         if ($variant eq 'adopted') {
-            send_all($s, get_req('/s/delay/300/10'));
-            my $r = read_response($s, \$buf, 5);
+            send_raw($s, get_req('/s/delay/300/10'));
+            my $r = read_response($s, \$buf, timeout => 5);
             return 'first request failed' unless $r && $r->{status} == 200;
         }
-        send_all($s, get_req("/s/delay/0/$BIG"));
+        send_raw($s, get_req("/s/delay/0/$BIG"));
         # the head, then the body slowly
         while (index($buf, "\r\n\r\n") < 0) {
             my $n = sysread($s, $buf, 16384, length $buf) or return 'no head';
@@ -147,27 +135,27 @@ for my $variant ('fresh', 'adopted') {
 for my $n (1, 4) {
     my @jobs = map {
         spawn(sub {
-            my $s = client($h->port);
+            my $s = connect_to($h->port);
             my $buf = '';
-            send_all($s, get_req('/s/delay/300/10'));
-            my $r = read_response($s, \$buf, 5);
+            send_raw($s, get_req('/s/delay/300/10'));
+            my $r = read_response($s, \$buf, timeout => 5);
             return 'first request failed' unless $r && $r->{status} == 200;
             print "adopted\n";
             my $head = get_req('/s/delay/0/33');
             my $t0 = time;
             my $i = 0;
             while (time - $t0 < 4 && $i < length($head) - 1) {
-                send_all($s, substr($head, $i++, 1));
+                send_raw($s, substr($head, $i++, 1));
                 sleep 0.2;
             }
             print "dripdone $i\n";
-            send_all($s, substr($head, $i));
-            $r = read_response($s, \$buf, 10);
+            send_raw($s, substr($head, $i));
+            $r = read_response($s, \$buf, timeout => 10);
             return 'no answer' unless $r;
             return "status=$r->{status} body=" . ($r->{body} eq pattern_body(33) ? 'ok' : 'bad') . " dripped=$i";
         })
     } 1 .. $n;
-    my $st0 = status($h->port);
+    my $st0 = figures($h->port);
     my $ready = grep { defined wait_line($_, qr/^adopted/, 10) } @jobs;
     is($ready, $n, "Slowloris x$n: the connections are adopted (one request answered each)");
     sleep 0.5;    # let a few bytes of the next heads arrive
@@ -178,7 +166,7 @@ for my $n (1, 4) {
     my @res = map { finish($_, 20) // 'timeout' } @jobs;
     is(scalar(grep { /^status=200 body=ok dripped=(\d+)/ && $1 >= 15 } @res), $n,
        "Slowloris x$n: each slow head is answered once whole (@res)");
-    my $waits = (status($h->port)->{HeadWaits} // 0) - ($st0->{HeadWaits} // 0);
+    my $waits = (figures($h->port)->{HeadWaits} // 0) - ($st0->{HeadWaits} // 0);
     cmp_ok($waits, '>=', 10 * $n, "Slowloris x$n: the partial heads were parked, not read on a thread (HeadWaits +$waits)");
 }
 
@@ -186,18 +174,18 @@ for my $n (1, 4) {
 {
     my $body = pattern_body($UPLOAD);
     my $job = spawn(sub {
-        my $s = client($h->port);
-        send_all($s, "POST /u/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+        my $s = connect_to($h->port);
+        send_raw($s, "POST /u/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
                    . "Content-Length: $UPLOAD\r\n\r\n");
-        send_all($s, substr($body, 0, 16384));
+        send_raw($s, substr($body, 0, 16384));
         print "started\n";
         for (my $off = 16384; $off < $UPLOAD; $off += 16384) {
             sleep 0.05;
-            send_all($s, substr($body, $off, 16384)) or return 'send failed';
+            send_raw($s, substr($body, $off, 16384)) or return 'send failed';
         }
         print "sentall\n";
         my $buf = '';
-        my $r = read_response($s, \$buf, 10);
+        my $r = read_response($s, \$buf, timeout => 10);
         return $r ? "status=$r->{status} body=$r->{body}" : 'no answer';
     });
     ok(defined wait_line($job, qr/^started/, 10), 'slow upload: started');
@@ -210,9 +198,9 @@ for my $n (1, 4) {
     ok(@reqs && $reqs[0]{body} eq $body, 'slow upload: the 1 MiB body arrived intact');
 }
 
-my $st = status($h->port);
+my $st = figures($h->port);
 is($st->{Workers}, 1, 'still one worker thread');
-ok(wait_for(sub { $st = status($h->port); ($st->{ParkedNow} // -1) == 0 && ($st->{AdoptedNow} // -1) == 0 }, 8),
+ok(wait_for(sub { $st = figures($h->port); ($st->{ParkedNow} // -1) == 0 && ($st->{AdoptedNow} // -1) == 0 }, 8),
    'nothing left parked or adopted') or diag explain $st;
 ok($h->stop, 'server stops');
 $up->stop;

@@ -18,7 +18,7 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use IO::Uncompress::Gunzip qw(gunzip $GunzipError);
 use Time::HiRes qw(sleep time);
 
@@ -59,27 +59,10 @@ SKIP: {
                             global => "AsyncProxyWorkers 2 8\n",
                             conf => $MAPS . "AsyncProxyParkDelay 0\n");
     $h->start;
-    my $tls = sub {
-        my $s = IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $h->port, Timeout => 5,
-                                     SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_NONE())
-            or die "TLS connect: " . IO::Socket::SSL::errstr();
-        return $s;
-    };
-    my $tls_request = sub {
-        my ($bytes, $timeout) = @_;
-        my $s = $tls->();
-        print $s $bytes;
-        my $buf = '';
-        my $r = read_response($s, \$buf, $timeout // 10);
-        close $s;
-        return $r;
-    };
+    my $tls = sub { connect_tls($h->port) };
+    my $tls_request = sub { my ($bytes) = @_; return request($h->port, $bytes, tls => 1) };
     # the status page over plain HTTP is not available here: ask over TLS
-    my $tstatus = sub {
-        my $r = $tls_request->(get_req('/apx-status', Connection => 'close'));
-        return {} unless $r && $r->{status} == 200;
-        return { $r->{body} =~ /^AsyncProxy(\w+): (\S+)$/mg };
-    };
+    my $tstatus = sub { figures($h->port, tls => 1) };
     my $st0 = $tstatus->();
     is($st0->{Mode}, 'async', 'TLS: the child runs in async mode');
 
@@ -108,12 +91,12 @@ SKIP: {
         my $ok = 0;
         for my $p (@paths) {
             print $s get_req($p);
-            my $x = read_response($s, \$buf, 5);
+            my $x = read_response($s, \$buf, timeout => 5);
             my ($n) = $p =~ /(\d+)$/;
             $ok++ if $x && $x->{status} == 200 && $x->{body} eq pattern_body($n);
         }
         print $s "POST /b/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello";
-        my $x = read_response($s, \$buf, 5);
+        my $x = read_response($s, \$buf, timeout => 5);
         $ok++ if $x && $x->{status} == 200 && $x->{body} eq 'hello';
         is($ok, 4, 'TLS keep-alive: 4 requests (parked GETs, a POST) on one TLS connection');
         close $s;
@@ -136,11 +119,11 @@ SKIP: {
         my $good = 0;
         for my $s (@s) {
             my $buf = '';
-            my $x = read_response($s, \$buf, 5);
+            my $x = read_response($s, \$buf, timeout => 5);
             $good++ if $x && $x->{status} == 200 && $x->{body} eq pattern_body(100);
         }
         is($good, 5, 'TLS: the parked requests complete with their bodies');
-        my ($closed) = wait_eof($s[0], 0.2);
+        my (undef, $closed) = read_to_eof($s[0], 0.2);
         ok(!$closed, 'TLS: the connection stays open for keep-alive');
         close $_ for @s;
     }
@@ -166,7 +149,7 @@ SKIP: {
     $h->write_file('htdocs/err.html', "<html><body>custom 502 page</body></html>\n");
     $h->start;
     my $port = $h->port;
-    my $st0 = status($port);
+    my $st0 = figures($port);
 
     for my $delay (0, 300) {
         my $what = $delay ? 'parked' : 'fast';
@@ -200,14 +183,14 @@ SKIP: {
     }
     {
         my $t0 = time;
-        my $r = request($port, get_req('/b/slow', Connection => 'close'), 10);
+        my $r = request($port, get_req('/b/slow', Connection => 'close'), timeout => 10);
         my $took = time - $t0;
         is($r && $r->{status}, 504, sprintf('backend timeout (timeout=1): 504 (after %.1f s)', $took));
         cmp_ok($took, '<', 2.9, '... before the backend answered');
         my ($st) = log_fields((access_lines($h, qr{"GET /b/slow HTTP/1\.1"}))[-1]);
         is($st, 504, 'access log: 504');
     }
-    my $st1 = status($port);
+    my $st1 = figures($port);
     is(($st1->{BadGateway} // 0) - ($st0->{BadGateway} // 0), 1, 'the 502 is counted (BadGateway)');
     is(($st1->{GatewayTimeout} // 0) - ($st0->{GatewayTimeout} // 0), 1, 'the 504 is counted (GatewayTimeout)');
     ok($h->stop, 'server stops');

@@ -24,7 +24,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use Time::HiRes qw(sleep time);
 
 plan skip_all => 'build/bench/slowd is not built (make -C bench slowd)'
@@ -119,14 +119,14 @@ is_deeply([$h->children], [$child], 'the same child is still serving (no crash, 
 
 # recovery: with the load gone, fds come back and requests succeed
 my $st;
-ok(wait_for(sub { $st = status($h->port); ($st->{InFlight} // -1) == 0 && ($st->{ParkedNow} // -1) == 0 }, 15),
+ok(wait_for(sub { $st = figures($h->port); ($st->{InFlight} // -1) == 0 && ($st->{ParkedNow} // -1) == 0 }, 15),
    'afterwards nothing is in flight or parked')
     or diag explain $st;
 cmp_ok($st->{Unavailable} // 0, '>=', $by{503} // 0, "the status page counts the 503s (Unavailable $st->{Unavailable})");
 my $fds;
 ok(wait_for(sub { $fds = $h->fds_of($child); $fds <= $fd_base + 4 }, 15),
    "the child's fd count returns to its baseline ($fds now, $fd_base before)");
-my @after = map { request($h->port, get_req("/s/delay/50/$BODY", Connection => 'close'), 10) } 1 .. 5;
+my @after = map { request($h->port, get_req("/s/delay/50/$BODY", Connection => 'close'), timeout => 10) } 1 .. 5;
 is(scalar(grep { $_ && $_->{status} == 200 && $_->{body} eq $want } @after), 5,
    'five requests after the load are proxied normally (recovered)');
 {

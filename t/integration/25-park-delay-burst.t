@@ -16,7 +16,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 
 plan skip_all => 'build/bench/slowd is not built (make -C bench slowd)'
     unless -x ($ENV{APX_SLOWD} || APX::Httpd::top() . '/build/bench/slowd');
@@ -32,9 +32,9 @@ my $sd = start_slowd();
     $h->start;
     my $parked = sub {      # ParkedTotal grew by how much over one request
         my ($path) = @_;
-        my $st0 = status($h->port);
-        my $r = request($h->port, get_req($path), 10);
-        my $st1 = status($h->port);
+        my $st0 = figures($h->port);
+        my $r = request($h->port, get_req($path), timeout => 10);
+        my $st1 = figures($h->port);
         return ($r && $r->{status}, ($st1->{ParkedTotal} // 0) - ($st0->{ParkedTotal} // 0));
     };
     is_deeply([$parked->('/s/delay/2/10')], [200, 1], 'default (0): a 2 ms backend\'s request is parked');
@@ -52,25 +52,25 @@ my $h = APX::Httpd->new(
 );
 $h->start;
 
-my $st0 = status($h->port);
+my $st0 = figures($h->port);
 ok(defined $st0->{ParkDelaySkipped}, 'the status page has ParkDelaySkipped')
     or diag explain $st0;
 
 my @c;
 for my $i (1 .. 6) {
-    my $s = client($h->port);
+    my $s = connect_to($h->port);
     print $s get_req("/s/delay/1500/10?i=$i");
     push @c, $s;
 }
 my $ok = 0;
 for my $s (@c) {
     my $buf = '';
-    my $r = read_response($s, \$buf, 15);
+    my $r = read_response($s, \$buf, timeout => 15);
     $ok++ if $r && $r->{status} == 200 && length($r->{body}) == 10;
 }
 is($ok, 6, 'all 6 requests answered 200 with their whole body');
 
-my $st1 = status($h->port);
+my $st1 = figures($h->port);
 is(($st1->{ParkDelaySkipped} // 0) - ($st0->{ParkDelaySkipped} // 0), 4,
    '2 of the 4 MPM threads waited out the park delay; the 4 other requests parked at once');
 cmp_ok(($st1->{ParksTotal} // 0) - ($st0->{ParksTotal} // 0), '>=', 6, 'every request was parked');

@@ -21,7 +21,7 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use Compress::Raw::Zlib;
 use IO::Select;
 use File::Temp ();
@@ -43,27 +43,9 @@ sub blog {
 # Waits (up to $secs) for the peer to close; logs "eof ID" when it did.
 sub await_eof {
     my ($sock, $id, $secs) = @_;
-    my $sel = IO::Select->new($sock);
-    my $end = time + $secs;
-    while ((my $left = $end - time) > 0) {
-        next unless $sel->can_read($left);
-        my $n = sysread($sock, my $junk, 4096);
-        next if !defined $n && $!{EINTR};
-        if (!$n) { blog("eof $id"); return 1 }
-    }
-    blog("no-eof $id");
-    return 0;
-}
-
-sub send_all {
-    my ($sock, $data) = @_;
-    my $off = 0;
-    while ($off < length $data) {
-        my $n = syswrite($sock, $data, length($data) - $off, $off);
-        if (!defined $n) { next if $!{EINTR}; return 0 }
-        $off += $n;
-    }
-    return 1;
+    my (undef, $closed) = read_to_eof($sock, $secs);
+    blog(($closed ? 'eof' : 'no-eof') . " $id");
+    return $closed;
 }
 
 # /sse/ID?n=N&gap=G[&quiet=Q][&wait=W][&close=1][&big=BYTES]
@@ -81,7 +63,7 @@ my $b = APX::Backend->new(handler => sub {
     my $sock = $conn->{sock};
     my $chunked = !$a{close};
     my $frame = sub { my ($d) = @_; $chunked ? sprintf("%x\r\n%s\r\n", length $d, $d) : $d };
-    send_all($sock, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    send_raw($sock, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
              . "Cache-Control: no-cache\r\n"
              . ($chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n") . "\r\n");
     if ($a{big}) {
@@ -89,26 +71,26 @@ my $b = APX::Backend->new(handler => sub {
         my $sent = 0;
         my $ev = 'data: ' . ('x' x 16000) . "\n\n";
         while ($sent < $a{big}) {
-            last unless send_all($sock, $frame->($ev));
+            last unless send_raw($sock, $frame->($ev));
             $sent += length $ev;
             if ($sent % (length($ev) * 32) < length $ev) { blog("big $id $sent") }
         }
         blog(($sent >= $a{big} ? "big-done" : "big-cut") . " $id $sent");
-        send_all($sock, "0\r\n\r\n") if $chunked;
+        send_raw($sock, "0\r\n\r\n") if $chunked;
         return [[close => 1]];
     }
     for my $i (1 .. ($a{n} // 3)) {
         my $pause = $i == 2 && $a{quiet} ? $a{quiet} : $i > 1 ? ($a{gap} // 0.3) : 0;
         sleep $pause if $pause;
         # a comment line pads the event, as SSE servers' keep-alives do
-        last unless send_all($sock, $frame->(": pad\ndata: event $i\n\n"));
+        last unless send_raw($sock, $frame->(": pad\ndata: event $i\n\n"));
         blog("sent $id $i");
     }
     if ($a{wait}) {
         await_eof($sock, $id, $a{wait});
         return [[close => 1]];
     }
-    send_all($sock, "0\r\n\r\n") if $chunked;
+    send_raw($sock, "0\r\n\r\n") if $chunked;
     return [[close => 1]];
 });
 my $bport = $b->port;
@@ -134,7 +116,7 @@ sub read_stream {
     while ((my $left = $end - time) > 0) {
         last if $stop_after && keys %{ $r{seen} } >= $stop_after;
         last if $r{complete};
-        next unless APX::Load::can_read($s, $left);
+        next unless can_read($s, $left);
         my $n = sysread($s, my $got, 65536);
         next if !defined $n && ($!{EAGAIN} || $!{EINTR});
         if (!$n) { $r{eof} = 1; last }
@@ -186,13 +168,8 @@ sub read_stream {
     return \%r;
 }
 
-sub open_plain { my ($h) = @_; return client($h->port) }
-sub open_tls {
-    my ($h) = @_;
-    return IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $h->port, Timeout => 5,
-                                SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_NONE())
-        // die "TLS connect: " . IO::Socket::SSL::errstr();
-}
+sub open_plain { my ($h) = @_; return connect_to($h->port) }
+sub open_tls { my ($h) = @_; return connect_tls($h->port) }
 
 # Events of stream $id all arrived, each within $BOUND of being sent.
 sub events_timely {
@@ -218,7 +195,7 @@ my $h = APX::Httpd->new(mpm => 'event', threads => 10, timeout => 2,
                         modules => ['deflate', 'filter'],
                         global => "AsyncProxyWorkers 2 2\n", conf => $MAPS);
 $h->start;
-my $st0 = status($h->port);
+my $st0 = figures($h->port);
 ok(defined $st0->{StreamsTotal}, 'figures StreamsNow/StreamsTotal/StreamBytes exist');
 
 {
@@ -262,13 +239,13 @@ ok(defined $st0->{StreamsTotal}, 'figures StreamsNow/StreamsTotal/StreamBytes ex
     is(scalar(keys %{ $r->{seen} }), 3, 'quiet stream (4 s, Timeout 2 s, timeout=1): every event arrived');
     ok($r->{complete} && !$r->{eof}, 'quiet stream: ended by the backend, not cut');
     close $s;
-    my $plain = request($h->port, get_req('/b/plain'), 10);
+    my $plain = request($h->port, get_req('/b/plain'), timeout => 10);
     is($plain && $plain->{status}, 200, 'ordinary response after the quiet stream');
 }
 # The head still waits at most timeout= (1 s): a backend answering after 3 s.
 {
     my $t0 = time;
-    my $r = request($h->port, get_req('/b/late'), 15);
+    my $r = request($h->port, get_req('/b/late'), timeout => 15);
     is($r && $r->{status}, 504, 'head later than timeout=: 504');
     ok(time - $t0 < 2.8, 'head wait bounded by timeout=, not by streamtimeout=');
 }
@@ -291,16 +268,16 @@ ok(defined $st0->{StreamsTotal}, 'figures StreamsNow/StreamsTotal/StreamBytes ex
     print $s get_req('/b/sse/a1?n=1&wait=20');
     my $r = read_stream($s, 10, 1);
     is(scalar(keys %{ $r->{seen} }), 1, 'abort: first event arrived');
-    ok(wait_for(sub { (status($h->port)->{StreamsNow} // 0) >= 1 }, 5), 'abort: StreamsNow counts the open stream');
+    ok(wait_for(sub { (figures($h->port)->{StreamsNow} // 0) >= 1 }, 5), 'abort: StreamsNow counts the open stream');
     my $closed = time;
     close $s;
     ok(wait_for(sub { defined eof_at('a1') }, 5), 'abort: the backend saw EOF');
     my $eof = eof_at('a1');
     ok(defined $eof && $eof - $closed < 3, 'abort: within 3 s of the client closing (' . (defined $eof ? sprintf('%.2fs', $eof - $closed) : 'never') . ')');
-    ok(wait_for(sub { (status($h->port)->{StreamsNow} // -1) == 0 }, 5), 'abort: StreamsNow back to 0');
+    ok(wait_for(sub { (figures($h->port)->{StreamsNow} // -1) == 0 }, 5), 'abort: StreamsNow back to 0');
 }
 
-my $f = status($h->port);
+my $f = figures($h->port);
 ok(($f->{StreamsTotal} // 0) - ($st0->{StreamsTotal} // 0) >= 6, 'StreamsTotal counted the streams');
 my @bad = grep { !/APX00106/ } $h->error_lines;
 is("@bad", '', 'no unexpected errors in the log (the timeouts are expected)');
@@ -350,14 +327,14 @@ $hh->start;
     ok(wait_for(sub { my %k = map { $_->[1] => 1 } grep { $_->[0] eq 'big' } backend_log(); keys(%k) >= 6 }, 10),
        'slow readers: the six backends started sending');
     sleep 2;
-    my @plain = map { request($hh->port, get_req('/b/plain'), 5) } 1 .. 5;
+    my @plain = map { request($hh->port, get_req('/b/plain'), timeout => 5) } 1 .. 5;
     is(scalar(grep { $_ && $_->{status} == 200 } @plain), 5, 'slow readers: ordinary requests answered alongside (2 workers)');
     my $s = open_plain($hh);
     print $s get_req('/b/sse/n1?n=3&gap=0.3');
     my $r = read_stream($s, 10);
     events_timely($r, 'n1', 3, 'slow readers: another stream alongside');
     close $s;
-    my $f = status($hh->port);
+    my $f = figures($hh->port);
     is($f->{StreamsNow}, 6, 'slow readers: their six streams are open (StreamsNow)');
     ok(($f->{StreamBytes} // 0) > 0, 'StreamBytes counts');
     my $most = sub {
@@ -379,7 +356,7 @@ $hh->start;
     ok($grow < 16384, "slow readers: the child's RSS grew by $grow KiB (< 16 MiB for 6 x 64 MiB streams)");
     my $res = finish($job, 20) // '';
     like($res, qr/^read=\d+/, "slow readers done ($res)");
-    ok(wait_for(sub { (status($hh->port)->{StreamsNow} // -1) == 0 }, 10), 'slow readers gone: StreamsNow 0');
+    ok(wait_for(sub { (figures($hh->port)->{StreamsNow} // -1) == 0 }, 10), 'slow readers gone: StreamsNow 0');
 }
 is(join(' ', $hh->error_lines), '', 'slow readers: no errors in the log');
 $hh->stop;

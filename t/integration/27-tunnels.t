@@ -17,7 +17,7 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use APX::WS qw(:all);
 use IO::Select;
 use File::Temp ();
@@ -52,13 +52,13 @@ my $b = APX::Backend->new(handler => sub {
     blog("upgrade $id " . ($req->{hdr}{upgrade} // '-') . '/' . ($req->{hdr}{connection} // '-'));
     return APX::Backend::response(426, "upgrade required\n") unless $key && ($req->{hdr}{upgrade} // '') =~ /websocket/i;
     my $s = $conn->{sock};
-    ws_write($s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    send_raw($s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  . "Sec-WebSocket-Accept: " . ws_accept($key) . "\r\n\r\n");
     if ($kind eq 'flood') {
         my $sent = 0;
         my $f = ws_frame(OP_BINARY, 'f' x 16384);
         my $next = 0;
-        while (ws_write($s, $f)) {
+        while (send_raw($s, $f)) {
             $sent += length $f;
             if ($sent >= $next) { blog("flood $id $sent"); $next = $sent + 262144 }
         }
@@ -86,49 +86,34 @@ my $b = APX::Backend->new(handler => sub {
         if ($op eq 'eof') {
             # the client half-closed: say so, then close our side
             blog("eof $id");
-            ws_write($s, ws_frame(OP_TEXT, "bye-after-eof"));
+            send_raw($s, ws_frame(OP_TEXT, "bye-after-eof"));
             return [[close => 1]];
         }
         if ($op eq 'timeout') { blog("timeout $id"); return [[close => 1]] }
         if ($op == OP_CLOSE) {
             blog("close $id");
-            ws_write($s, ws_frame(OP_CLOSE, $p));
+            send_raw($s, ws_frame(OP_CLOSE, $p));
             return [[close => 1]];
         }
-        if ($op == OP_PING) { blog("ping $id"); ws_write($s, ws_frame(OP_PONG, $p)); next }
+        if ($op == OP_PING) { blog("ping $id"); send_raw($s, ws_frame(OP_PONG, $p)); next }
         blog("msg $id " . length($p) . ' ' . sha1_hex($p));
-        ws_write($s, ws_frame($op, $p)) or do { blog("send-failed $id"); return [[close => 1]] };
+        send_raw($s, ws_frame($op, $p)) or do { blog("send-failed $id"); return [[close => 1]] };
     }
 });
 my $bport = $b->port;
 
-sub open_tls {
-    my ($h) = @_;
-    return IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $h->port, Timeout => 5,
-                                SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_NONE())
-        // die "TLS connect: " . IO::Socket::SSL::errstr();
-}
-
-# Opens a WebSocket: { s, status, hdr, buf, key }.
+# Opens a WebSocket: { s, status, hdr, buf, key, head }; what follows the
+# answer's head (frames, or a refusal's body) stays in buf.
 sub ws_open {
     my ($h, $path, %o) = @_;
-    my $s = $o{tls} ? open_tls($h) : client($h->port);
+    my $s = $o{tls} ? connect_tls($h->port) : connect_to($h->port);
     my $key = ws_key();
-    ws_write($s, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                 . "Connection: Upgrade\r\nSec-WebSocket-Key: $key\r\nSec-WebSocket-Version: 13\r\n\r\n");
     my $buf = '';
-    my $end = time + 10;
-    while (index($buf, "\r\n\r\n") < 0 && time < $end) {
-        next unless APX::Load::can_read($s, $end - time);
-        my $n = sysread($s, $buf, 65536, length $buf);
-        last if defined $n && !$n;
-    }
-    my $at = index($buf, "\r\n\r\n");
-    return { s => $s, status => 0, buf => $buf } if $at < 0;
-    my $head = substr($buf, 0, $at + 4, '');
-    my ($st) = $head =~ m{^HTTP/1\.1 (\d{3})};
-    my %hdr = map { /^([^:]+):\s*(.*?)\s*$/ ? (lc $1 => $2) : () } split /\r\n/, $head;
-    return { s => $s, status => $st, hdr => \%hdr, buf => $buf, key => $key, head => $head };
+    my $r = roundtrip($s, \$buf, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                      . "Connection: Upgrade\r\nSec-WebSocket-Key: $key\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                      head_only => 1, timeout => 10);
+    return { s => $s, status => 0, buf => $buf } unless $r;
+    return { s => $s, status => $r->{status}, hdr => $r->{headers}, buf => $buf, key => $key, head => $r->{head} };
 }
 
 sub rss_kb {
@@ -150,21 +135,21 @@ sub echo_checks {
     my $s = $w->{s};
     my @got;
     for my $i (1 .. 3) {
-        ws_write($s, ws_frame(OP_TEXT, "hello $i", 1));
+        send_raw($s, ws_frame(OP_TEXT, "hello $i", 1));
         my ($op, $p) = ws_read_frame($s, \$w->{buf}, 10);
         push @got, "$op:" . ($p // '');
     }
     is("@got", '1:hello 1 1:hello 2 1:hello 3', "$what: text frames echoed in order");
-    ws_write($s, ws_frame(OP_PING, 'pp', 1));
+    send_raw($s, ws_frame(OP_PING, 'pp', 1));
     my ($op, $p) = ws_read_frame($s, \$w->{buf}, 10);
     is("$op:" . ($p // ''), '10:pp', "$what: ping answered with pong");
     my $big = join '', map { chr(($_ * 7) % 251) } 0 .. 1048575;
-    ws_write($s, ws_frame(OP_BINARY, $big, 1));
+    send_raw($s, ws_frame(OP_BINARY, $big, 1));
     ($op, $p) = ws_read_frame($s, \$w->{buf}, 30);
     ok($op eq '2' && defined $p && length($p) == 1048576 && $p eq $big, "$what: a 1 MiB message there and back, intact");
     ok(wait_for(sub { grep { $_->[0] eq 'msg' && $_->[1] eq $id && $_->[2] == 1048576 && $_->[3] eq sha1_hex($big) } backend_log() }, 5),
        "$what: the backend received the 1 MiB message intact");
-    ws_write($s, ws_frame(OP_CLOSE, pack('n', 1000) . 'bye', 1));
+    send_raw($s, ws_frame(OP_CLOSE, pack('n', 1000) . 'bye', 1));
     ($op, $p) = ws_read_frame($s, \$w->{buf}, 10);
     is("$op:" . ($p // ''), '8:' . pack('n', 1000) . 'bye', "$what: close handshake answered");
     ($op) = ws_read_frame($s, \$w->{buf}, 10);
@@ -182,7 +167,7 @@ my $MAPS = "AsyncProxyPass /ws/ http://127.0.0.1:$bport/ws/ upgrade=websocket\n"
 my $h = APX::Httpd->new(mpm => 'event', threads => 10, timeout => 3,
                         global => "AsyncProxyWorkers 2 2\n", conf => $MAPS);
 $h->start;
-my $f0 = status($h->port);
+my $f0 = figures($h->port);
 ok(defined $f0->{TunnelsTotal}, 'figures TunnelsNow/TunnelsTotal/TunnelBytesIn/TunnelBytesOut exist');
 
 echo_checks($h, 'e1', 'ws');
@@ -196,14 +181,14 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
 {
     my $w = ws_open($h, '/ws/echo/l1');
     is($w->{status}, 101, 'log: tunnel open');
-    ws_write($w->{s}, ws_frame(OP_TEXT, 'x' x 1000, 1));
+    send_raw($w->{s}, ws_frame(OP_TEXT, 'x' x 1000, 1));
     my ($op) = ws_read_frame($w->{s}, \$w->{buf}, 10);
     is($op, 1, 'log: echo');
     sleep 0.5;
     my @open = grep { m{GET /ws/echo/l1 } } split /\n/, $h->slurp_log($h->access_log);
     is(scalar(@open), 0, 'log: no access-log line while the tunnel is open');
-    ok((status($h->port)->{TunnelsNow} // 0) >= 1, 'TunnelsNow counts the open tunnel');
-    ws_write($w->{s}, ws_frame(OP_CLOSE, pack('n', 1000), 1));
+    ok((figures($h->port)->{TunnelsNow} // 0) >= 1, 'TunnelsNow counts the open tunnel');
+    send_raw($w->{s}, ws_frame(OP_CLOSE, pack('n', 1000), 1));
     ws_read_frame($w->{s}, \$w->{buf}, 10);
     ws_read_frame($w->{s}, \$w->{buf}, 10);
     close $w->{s};
@@ -232,7 +217,7 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
 # and what it sends afterwards still reaches the client.
 {
     my $w = ws_open($h, '/ws/echo/h1');
-    ws_write($w->{s}, ws_frame(OP_TEXT, 'before', 1));
+    send_raw($w->{s}, ws_frame(OP_TEXT, 'before', 1));
     my ($op, $p) = ws_read_frame($w->{s}, \$w->{buf}, 10);
     is($p, 'before', 'half-close: echo before');
     shutdown($w->{s}, 1);
@@ -260,7 +245,7 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
     my $ok = 1;
     for (1 .. 4) {
         sleep 0.8;
-        ws_write($w->{s}, ws_frame(OP_TEXT, "k$_", 1));
+        send_raw($w->{s}, ws_frame(OP_TEXT, "k$_", 1));
         my ($o, $p) = ws_read_frame($w->{s}, \$w->{buf}, 5);
         $ok = 0 unless ($p // '') eq "k$_";
     }
@@ -292,10 +277,10 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
     };
     sleep 2;
     my $m1 = $most->();
-    my @plain = map { request($h->port, get_req('/plain'), 5) } 1 .. 5;
+    my @plain = map { request($h->port, get_req('/plain'), timeout => 5) } 1 .. 5;
     is(scalar(grep { $_ && $_->{status} == 200 } @plain), 5, 'flood: ordinary requests answered alongside');
     my $e = ws_open($h, '/ws/echo/f9');
-    ws_write($e->{s}, ws_frame(OP_TEXT, 'still here', 1));
+    send_raw($e->{s}, ws_frame(OP_TEXT, 'still here', 1));
     my ($op, $p) = ws_read_frame($e->{s}, \$e->{buf}, 5);
     is($p, 'still here', 'flood: another tunnel echoes alongside');
     close $e->{s};
@@ -306,10 +291,10 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
     is(scalar(grep { $_->[0] eq 'flood-end' } backend_log()), 0, 'flood: no backend send failed while the clients were connected');
     my $grow = rss_kb($child) - $rss0;
     ok($grow < 16384, "flood: the child's RSS grew by $grow KiB (< 16 MiB)");
-    my $f = status($h->port);
+    my $f = figures($h->port);
     is($f->{TunnelsNow}, 4, 'flood: TunnelsNow 4');
     close $_->{s} for @w;
-    ok(wait_for(sub { (status($h->port)->{TunnelsNow} // -1) == 0 }, 10), 'flood clients gone: TunnelsNow 0');
+    ok(wait_for(sub { (figures($h->port)->{TunnelsNow} // -1) == 0 }, 10), 'flood clients gone: TunnelsNow 0');
     ok(wait_for(sub { scalar(grep { $_->[0] eq 'flood-end' } backend_log()) == 4 }, 10),
        'flood clients gone: every backend connection was closed');
 }
@@ -339,13 +324,13 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
     ok($sent < 96 * 1048576, 'sink: bounded by socket buffers (< 96 MiB)');
     my $grow = rss_kb($child) - $rss0;
     ok($grow < 16384, "sink: the child's RSS grew by $grow KiB (< 16 MiB)");
-    my $plain = request($h->port, get_req('/plain'), 5);
+    my $plain = request($h->port, get_req('/plain'), timeout => 5);
     is($plain && $plain->{status}, 200, 'sink: an ordinary request alongside');
     # let the backend read; then the client's last partial frame completes
     open my $go, '>', "$EV.k1.go" or die;
     close $go;
     $s->blocking(1);
-    ws_write($s, $pending);
+    send_raw($s, $pending);
     $sent += length $pending;
     shutdown($s, 1);
     ok(wait_for(sub { grep { $_->[0] eq 'sink-read' && $_->[1] eq 'k1' } backend_log() }, 20), 'sink: the backend read to EOF');
@@ -354,7 +339,7 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
     close $s;
 }
 {
-    my $f = status($h->port);
+    my $f = figures($h->port);
     ok(($f->{TunnelsTotal} // 0) >= 8, "TunnelsTotal $f->{TunnelsTotal}");
     ok(($f->{TunnelBytesIn} // 0) > 2 * 1048576, 'TunnelBytesIn counts (two 1 MiB messages and more)');
     ok(($f->{TunnelBytesOut} // 0) > 2 * 1048576, 'TunnelBytesOut counts');

@@ -190,11 +190,8 @@ sub call_port {
 sub exchange {
     my ($port, $method, $path, @h) = @_;
     my $s = connect_to($port);
-    my $req = "$method $path HTTP/1.1\r\nHost: 127.0.0.1:$port\r\nConnection: close\r\n";
-    for (my $i = 0; $i < @h; $i += 2) { $req .= "$h[$i]: $h[$i + 1]\r\n" }
-    send_raw($s, "$req\r\n");
     my $buf = '';
-    my $r = read_response($s, \$buf, head_only => $method eq 'HEAD', timeout => 10);
+    my $r = roundtrip($s, \$buf, request_bytes($port, $method, $path, headers => \@h), timeout => 10);
     my ($rest) = read_to_eof($s, 2);
     close $s;
     $WORDS{ $r->{headers}{'x-asyncproxy-cache'} }++ if $r && defined $r->{headers}{'x-asyncproxy-cache'};
@@ -309,7 +306,7 @@ my $h = APX::Httpd->new(mpm => 'event', threads => 25, servers => 1, server_limi
                         conf => $conf, global => $global);
 $h->start;
 my $HP = $h->port;
-my %f0 = figures($HP);
+my %f0 = %{ figures($HP) };
 ok(defined $f0{CacheHits}, 'the status page has the cache figures') or diag explain \%f0;
 
 sub get  { call_port($HP, 'GET', @_) }
@@ -687,7 +684,7 @@ my $fresh0 = get('/c/fresh/age');    # its Age is checked after the sleep
     is_deeply(\%log, \%WORDS, '... one logged word per response, the same ones the clients saw')
         or diag explain { log => \%log, clients => \%WORDS };
 
-    my %f1 = figures($HP);
+    my %f1 = %{ figures($HP) };
     my %d = map { $_ => ($f1{$_} // 0) - ($f0{$_} // 0) } qw(CacheHits CacheMisses CacheStale CacheBypass);
     note 'figures: ' . join ' ', map { "$_=$f1{$_}" } grep { /^Cache/ } sort keys %f1;
     note 'words: ' . join ' ', map { "$_=$WORDS{$_}" } sort keys %WORDS;

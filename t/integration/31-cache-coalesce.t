@@ -30,8 +30,8 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
-use APX::Client qw(connect_to send_raw read_response http_request figures wait_for md5_hex noise);
-use APX::Load qw(multiplex raise_fd_limit);
+use APX::Client qw(connect_to send_raw read_response request_bytes http_request figures wait_for md5_hex noise
+                   multiplex raise_fd_limit);
 use File::Temp qw(tempdir);
 use Fcntl qw(O_CREAT O_EXCL O_WRONLY);
 use Time::HiRes qw(sleep time);
@@ -104,7 +104,7 @@ my $PORT;
 
 sub raw_get {
     my ($path, %o) = @_;
-    return "GET $path HTTP/1.1\r\nHost: 127.0.0.1:$PORT\r\n" . ($o{keep} ? '' : "Connection: close\r\n") . "\r\n";
+    return request_bytes($PORT, 'GET', $path, keep_alive => $o{keep});
 }
 
 # $n concurrent connections, one GET of $path each; returns (conns, seconds)
@@ -144,7 +144,7 @@ sub fig_delta {
 sub settled {
     my %f;
     my $ok = wait_for(sub {
-        %f = figures($PORT);
+        %f = %{ figures($PORT) };
         ($f{InFlight} // -1) == 0 && ($f{ParkedRequests} // -1) == 0 && ($f{StacksInUse} // -1) == 0;
     }, 10);
     return ($ok, \%f);
@@ -165,7 +165,7 @@ is(scalar @kids, 1, 'one child: one cache');
 
 # --- 500 concurrent GETs of one cold key ---------------------------------------
 {
-    my %f0 = figures($PORT);
+    my %f0 = %{ figures($PORT) };
     my ($c, $took) = burst('/c/co/1', $N);
     my ($st, $w, $b) = tally($c);
     is_deeply($st, { 200 => $N }, "$N concurrent GETs of one cold key (backend takes 1 s): $N x 200")
@@ -176,7 +176,7 @@ is(scalar @kids, 1, 'one child: one cache');
     is_deeply($w, { MISS => 1, HIT => $N - 1 }, '... 1 MISS and ' . ($N - 1) . ' HIT') or diag explain $w;
     is(bcount('/c/co/1'), 1, '... exactly one backend request');
     cmp_ok($took, '<', 3, sprintf('... all answered in %.1f s (one fetch of 1 s, not one each)', $took));
-    my %f1 = figures($PORT);
+    my %f1 = %{ figures($PORT) };
     is(fig_delta(\%f0, \%f1, 'CacheMisses'), 1, 'CacheMisses +1');
     is(fig_delta(\%f0, \%f1, 'CacheHits'), $N - 1, 'CacheHits +' . ($N - 1));
     my $co = fig_delta(\%f0, \%f1, 'CacheCoalesced');
@@ -240,7 +240,7 @@ for my $kind (qw(nostore private)) {
 
 # --- waiters whose clients close ---------------------------------------------------
 {
-    my %f0 = figures($PORT);
+    my %f0 = %{ figures($PORT) };
     my $f = connect_to($PORT);
     send_raw($f, raw_get('/c/quit/1'));
     ok(wait_for(sub { bcount('/c/quit/1') >= 1 }, 5), 'a fetch of 1.5 s is under way');
@@ -391,7 +391,7 @@ $PORT = $hb->port;
 
 # --- AsyncProxyCacheSize 1M: 50 keys of 100 KB --------------------------------------
 {
-    my %f0 = figures($PORT);
+    my %f0 = %{ figures($PORT) };
     my ($bad, $miss) = (0, 0);
     for my $k (1 .. $BLOBS) {
         my $r = http_request($PORT, 'GET', "/c/blob/$k");
@@ -400,7 +400,7 @@ $PORT = $hb->port;
     }
     is($bad, 0, "$BLOBS keys of 100 KB with AsyncProxyCacheSize 1M: every body right");
     is($miss, $BLOBS, '... each a MISS');
-    my %f1 = figures($PORT);
+    my %f1 = %{ figures($PORT) };
     cmp_ok($f1{CacheBytes} // 1e9, '<=', 1048576, "CacheBytes $f1{CacheBytes} <= 1048576");
     cmp_ok($f1{CacheEntries} // 1e9, '<=', 11, "CacheEntries $f1{CacheEntries}: at most ten 100 KB bodies (and the small wait entry) fit");
     my $ev = fig_delta(\%f0, \%f1, 'CacheEvictions');

@@ -13,7 +13,7 @@ use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use IO::Uncompress::Gunzip qw(gunzip $GunzipError);
 
 my $have_ssl = eval { require IO::Socket::SSL; 1 };
@@ -44,16 +44,14 @@ $h->start;
 
 sub tls_get {
     my ($path, %hdr) = @_;
-    my $s = IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $h->port, Timeout => 10,
-                                 SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_NONE())
-        or die "TLS connect: " . IO::Socket::SSL::errstr();
+    my $s = connect_tls($h->port);
     my @r;
     for my $i (0 .. ($hdr{repeat} // 1) - 1) {
         my %h2 = %hdr;
         delete $h2{repeat};
         print $s get_req($path, %h2);
         my $buf = '';
-        push @r, read_response($s, \$buf, 10);
+        push @r, read_response($s, \$buf, timeout => 10);
     }
     close $s;
     return wantarray ? @r : $r[0];
@@ -92,12 +90,11 @@ is(scalar(grep { $_->{target} eq '/cold' } $b->requests), 0, '... the backend wa
 my $o2 = tls_get('/c/small', 'Cache-Control' => 'only-if-cached');
 is(word($o2), 'HIT', 'only-if-cached, stored: HIT');
 {
-    my $s = IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $h->port, Timeout => 10,
-                                 SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_NONE());
+    my $s = connect_tls($h->port);
     print $s "GET /c/small HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello" . get_req('/c/small');
     my $buf = '';
-    my $r1 = read_response($s, \$buf, 10);
-    my $r2 = read_response($s, \$buf, 10);
+    my $r1 = read_response($s, \$buf, timeout => 10);
+    my $r2 = read_response($s, \$buf, timeout => 10);
     close $s;
     is(word($r1), 'BYPASS', 'a GET with a body: BYPASS (its body reaches the backend)');
     is($r1 && $r1->{body}, $SMALL, '... answered');

@@ -208,11 +208,11 @@ sub breqs { my ($path) = @_; return grep { $_->{target} eq $path } $be->requests
     get($p);
     my $n0 = scalar breqs($p);
     my $N = 30;
-    my %f0 = figures($HP);
+    my %f0 = %{ figures($HP) };
     my @s = map { connect_to($HP) } 1 .. $N;
     send_raw($_, "GET $p HTTP/1.1\r\nHost: 127.0.0.1:$HP\r\nConnection: close\r\n\r\n") for @s;
     # the backend holds its 304 until the other requests wait for it
-    my $parked = wait_for(sub { my %f = figures($HP); ($f{CacheCoalesced} // 0) - ($f0{CacheCoalesced} // 0) >= $N - 1 }, 10);
+    my $parked = wait_for(sub { my %f = %{ figures($HP) }; ($f{CacheCoalesced} // 0) - ($f0{CacheCoalesced} // 0) >= $N - 1 }, 10);
     ok($parked, ($N - 1) . ' requests park on the one revalidation (CacheCoalesced)');
     set_ctl('release', 1);
     my (%w, $bodies);

@@ -21,7 +21,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
-use APX::Load qw(:all);
+use APX::Client qw(:all);
 use POSIX ();
 use Time::HiRes qw(sleep time);
 
@@ -55,7 +55,7 @@ sub normal {
 }
 
 # Starts an attack in the background; returns once it says "ready N"
-# (its output is read with APX::Load's wait_line()).
+# (its output is read with APX::Client's wait_line()).
 sub attack {
     my ($port, @args) = @_;
     my $pid = open(my $fh, '-|', $HOSTILE, '-p', $port, @args) or die "hostile: $!";
@@ -77,7 +77,7 @@ sub stop_attack {
 
 sub fig {
     my ($h, $name) = @_;
-    return status($h->port)->{$name} // 0;
+    return figures($h->port)->{$name} // 0;
 }
 
 # During the attack: every normal request answered 200, p99 within the slack.
@@ -148,7 +148,7 @@ diag(sprintf("normal traffic without an attack: p50 %.0f ms, p99 %.0f ms",
     # normal traffic first: mod_reqtimeout's body stage ends the uploads
     # after 20 s, and with them the attack
     check_normal('slow uploads x200', $h, $base, 200);
-    my $st = status($h->port);
+    my $st = figures($h->port);
     is($st->{LaneBusy} // -1, $st->{LaneThreadsMax} // -2,
        'slow uploads: they hold the lane\'s threads (LaneBusy = LaneThreadsMax = '
        . ($st->{LaneThreadsMax} // '?') . '), not the workers');
@@ -180,18 +180,19 @@ my $h2 = APX::Httpd->new(
 $h2->start;
 {
     my $t0 = fig($h2, 'HeadTimeouts');
-    my $s = client($h2->port);
+    my $s = connect_to($h2->port);
     print $s get_req('/s/delay/0/10');
     my $buf = '';
-    my $r = read_response($s, \$buf, 5);
+    my $r = read_response($s, \$buf, timeout => 5);
     is($r && $r->{status}, 200, '408: the first request is answered (the connection is adopted)');
     my $t = time;
     print $s "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
-    $r = read_response($s, \$buf, 10);
+    $r = read_response($s, \$buf, timeout => 10);
     my $took = time - $t;
     is($r && $r->{status}, 408, 'a partial next head is answered 408');
     cmp_ok($took, '>=', 1.5, sprintf('... after the header stage of RequestReadTimeout header=2-3 (%.1f s)', $took));
-    ok(wait_eof($s, 5), '... and the connection closed');
+    my (undef, $closed) = read_to_eof($s, 5);
+    ok($closed, '... and the connection closed');
     is(fig($h2, 'HeadTimeouts') - $t0, 1, '... counted in HeadTimeouts');
     close $s;
 
@@ -201,24 +202,24 @@ $h2->start;
                   ['field over LimitRequestFieldSize',
                    "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " . ('b' x 9000), 400]) {
         my ($what, $bytes, $want) = @$case;
-        my $c = client($h2->port);
+        my $c = connect_to($h2->port);
         print $c get_req('/s/delay/0/10');
         my $b = '';
-        my $r0 = read_response($c, \$b, 5);
+        my $r0 = read_response($c, \$b, timeout => 5);
         print $c $bytes;
         my $t1 = time;
-        my $r1 = read_response($c, \$b, 10);
+        my $r1 = read_response($c, \$b, timeout => 10);
         is($r1 && $r1->{status}, $want, "adopted connection, $what: $want");
         cmp_ok(time - $t1, '<', 1.5, sprintf('... at once, not at the header deadline (%.2f s)', time - $t1));
         close $c;
     }
 
     # the first head of a new connection, too, in the poller
-    $s = client($h2->port);
+    $s = connect_to($h2->port);
     $t = time;
     print $s "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\n";
     $buf = '';
-    $r = read_response($s, \$buf, 10);
+    $r = read_response($s, \$buf, timeout => 10);
     is($r && $r->{status}, 408, 'a partial first head is answered 408 by the module');
     close $s;
 }
@@ -232,15 +233,15 @@ my $h3 = APX::Httpd->new(
 $h3->start;
 {
     my $r0 = fig($h3, 'HeadRefused');
-    my $c = client($h3->port);
+    my $c = connect_to($h3->port);
     print $c get_req('/s/delay/0/10');
     my $b = '';
-    read_response($c, \$b, 5);
+    read_response($c, \$b, timeout => 5);
     local $SIG{PIPE} = 'IGNORE';
     my $field = 'X-F: ' . ('c' x 1000) . "\r\n";
     print $c "GET /s/delay/0/10 HTTP/1.1\r\nHost: 127.0.0.1\r\n";
     for (1 .. 1100) { last unless print $c $field }
-    my $r1 = read_response($c, \$b, 10);
+    my $r1 = read_response($c, \$b, timeout => 10);
     is($r1 && $r1->{status}, 431, 'LimitRequestFields 0: a head past 1 MiB is refused by the module (431)');
     is(fig($h3, 'HeadRefused') - $r0, 1, '... counted in HeadRefused');
     close $c;
@@ -280,19 +281,14 @@ my $hc = APX::Httpd->new(
 $hc->start;
 SKIP: {
     eval { require IO::Socket::SSL; 1 } or skip 'IO::Socket::SSL missing', 8;
-    my $tls = sub {
-        my $s = IO::Socket::SSL->new(PeerAddr => '127.0.0.1', PeerPort => $hc->port,
-                                     SSL_verify_mode => 0, Timeout => 10) or return undef;
-        $s->autoflush(1);
-        return $s;
-    };
+    my $tls = sub { return eval { connect_tls($hc->port) } };
     # 30 TLS connections with a partial next head; one worker only
     my @held;
     for (1 .. 30) {
         my $s = $tls->() or next;
         print $s get_req('/s/delay/0/10');
         my $buf = '';
-        my $r = read_response($s, \$buf, 5);
+        my $r = read_response($s, \$buf, timeout => 5);
         next unless $r && $r->{status} == 200;
         print $s "GET /s/delay/0/10 HTTP/1.1\r\nHost: 1";
         push @held, $s;
@@ -303,7 +299,7 @@ SKIP: {
         my $s = $tls->() or next;
         print $s get_req('/s/delay/50/10', Connection => 'close');
         my $buf = '';
-        my $r = read_response($s, \$buf, 10);
+        my $r = read_response($s, \$buf, timeout => 10);
         $ok++ if $r && $r->{status} == 200;
     }
     is($ok, 10, 'TLS: with the only module worker free, 10 other requests are answered');
@@ -312,29 +308,21 @@ SKIP: {
     my $s = $tls->();
     print $s get_req('/s/delay/0/10');
     my $buf = '';
-    my $r = read_response($s, \$buf, 5);
+    my $r = read_response($s, \$buf, timeout => 5);
     my %big = map { sprintf('X-Big-%02d', $_) => 'b' x 1000 } 1 .. 20;
     print $s get_req('/s/delay/0/77', %big);
-    $r = read_response($s, \$buf, 10);
+    $r = read_response($s, \$buf, timeout => 10);
     is($r && $r->{status}, 200, 'TLS: a 20 KB head on an adopted connection is read and answered');
     is($r && length($r->{body}), 77, '... with its body');
     close $_ for @held;
 
     # first heads over TLS: 60 connections stall in the handshake (TCP only,
     # no ClientHello) and 60 finish it and trickle a head, on 25 MPM threads
-    my $tls_fig = sub {
-        my ($name) = @_;
-        my $c = $tls->() or return 0;
-        print $c get_req('/apx-status', Connection => 'close');
-        my $b = '';
-        my $r1 = read_response($c, \$b, 10);
-        return 0 unless $r1 && $r1->{status} == 200;
-        return ($r1->{body} =~ /^AsyncProxy\Q$name\E: (\d+)$/m)[0] // 0;
-    };
+    my $tls_fig = sub { my ($name) = @_; return figures($hc->port, tls => 1)->{$name} // 0 };
     my $a0 = $tls_fig->('HeadsAdopted');
     # (5 bytes: a TLS record header announcing a ClientHello that never
     # comes; mod_ssl's own handshake would wait for it on an MPM thread)
-    my @stall = grep { defined } map { my $c = client($hc->port); print $c "\x16\x03\x01\x02\x00"; $c } 1 .. 60;
+    my @stall = grep { defined } map { my $c = connect_to($hc->port); print $c "\x16\x03\x01\x02\x00"; $c } 1 .. 60;
     my @slow;
     for (1 .. 60) {
         my $s = $tls->() or next;
@@ -351,7 +339,7 @@ SKIP: {
         my $c = $tls->() or next;
         print $c get_req('/s/delay/0/10', Connection => 'close');
         my $b = '';
-        my $r1 = read_response($c, \$b, 10);
+        my $r1 = read_response($c, \$b, timeout => 10);
         $ok++ if $r1 && $r1->{status} == 200;
     }
     is($ok, 10, 'TLS first heads: 10 new TLS clients are answered meanwhile');
@@ -388,14 +376,14 @@ my $he = APX::Httpd->new(
 );
 $he->start;
 {
-    my $c = client($he->port);
+    my $c = connect_to($he->port);
     print $c get_req('/s/delay/0/10');
     my $b = '';
-    my $r1 = read_response($c, \$b, 5);
+    my $r1 = read_response($c, \$b, timeout => 5);
     is($r1 && $r1->{status}, 200, 'h2c allowed: the first request adopts the connection');
     print $c get_req('/s/delay/0/10', Upgrade => 'h2c', Connection => 'Upgrade, HTTP2-Settings',
                      'HTTP2-Settings' => 'AAMAAABkAARAAAAAAAIAAAAA');
-    my $r2 = read_response($c, \$b, 5);
+    my $r2 = read_response($c, \$b, timeout => 5);
     is($r2 && $r2->{status}, 200, 'h2c allowed: an Upgrade: h2c on it is answered as HTTP/1.1, not 101');
     close $c;
 }

@@ -168,6 +168,7 @@ use POSIX ();
 use Fcntl qw(:flock O_WRONLY O_APPEND O_CREAT);
 use File::Temp qw(tempdir);
 use Time::HiRes qw(sleep time);
+use APX::Client qw(send_raw);
 
 # Write ends of the pipes of every live backend of this process: a newly
 # forked listener closes them all, so each pipe's only writer is the test.
@@ -473,20 +474,6 @@ sub _end {
     POSIX::_exit(0);
 }
 
-sub _send_all {
-    my ($self, $c, $data) = @_;
-    my $off = 0;
-    while ($off < length $data) {
-        my $n = syswrite($c->{sock}, $data, length($data) - $off, $off);
-        if (!defined $n) {
-            next if $!{EINTR};
-            return 0;
-        }
-        $off += $n;
-    }
-    return 1;
-}
-
 # Performs a handler's answer. Returns 'keep', 'close' (already closed),
 # 'shut' (FIN sent) or 'default' (caller applies the keep-alive rule).
 sub _perform {
@@ -497,7 +484,7 @@ sub _perform {
         my ($op, $arg) = @$st;
         if ($op eq 'send') {
             $$sent .= $arg;
-            $self->_end($c, 'peer') unless $self->_send_all($c, $arg);
+            $self->_end($c, 'peer') unless send_raw($c->{sock}, $arg);
         }
         elsif ($op eq 'sleep') {
             my $until = time + $arg;

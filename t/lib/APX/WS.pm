@@ -5,16 +5,17 @@ package APX::WS;
 # works on plain and IO::Socket::SSL sockets. Enough for an echo backend and
 # a test client: text, binary, ping/pong, close; no extensions, no
 # fragmentation on send (a fragmented message is reassembled on read).
+# Frames are written with APX::Client's send_raw.
 
 use strict;
 use warnings;
 use Digest::SHA qw(sha1);
 use MIME::Base64 qw(encode_base64);
-use IO::Select;
+use APX::Client qw(can_read);
 use Time::HiRes qw(time);
 use Exporter 'import';
 
-our @EXPORT_OK = qw(ws_accept ws_key ws_frame ws_parse ws_read_frame ws_write
+our @EXPORT_OK = qw(ws_accept ws_key ws_frame ws_parse ws_read_frame
                     OP_TEXT OP_BINARY OP_CLOSE OP_PING OP_PONG);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
@@ -63,12 +64,6 @@ sub ws_parse {
     return (($b0 & 0x80) ? 1 : 0, $b0 & 0x0f, $p);
 }
 
-sub _can_read {
-    my ($s, $t) = @_;
-    return 1 if $s->can('pending') && $s->pending;
-    return IO::Select->new($s)->can_read($t);
-}
-
 # Reads one whole message (fragments joined): (op, payload), ('eof') when
 # the peer closed, ('timeout') when none came within $timeout s.
 sub ws_read_frame {
@@ -84,25 +79,11 @@ sub ws_read_frame {
         }
         my $left = $end - time;
         return ('timeout') if $left <= 0;
-        next unless _can_read($s, $left);
+        next unless can_read($s, $left);
         my $n = sysread($s, $$buf, 262144, length $$buf);
         next if !defined $n && ($!{EAGAIN} || $!{EINTR});
         return ('eof') if !$n;
     }
-}
-
-sub ws_write {
-    my ($s, $data) = @_;
-    my $off = 0;
-    while ($off < length $data) {
-        my $n = syswrite($s, $data, length($data) - $off, $off);
-        if (!defined $n) {
-            next if $!{EINTR} || $!{EAGAIN};
-            return 0;
-        }
-        $off += $n;
-    }
-    return 1;
 }
 
 1;
