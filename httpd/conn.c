@@ -248,6 +248,13 @@ static void park_request(apx_conn *ac)
     if (rq->wait_deadline)
         timeout = park_timeout(rq->wait_deadline - apr_time_now());
     if (rq->wait_two) {
+        /* A tunnel parks for long, and its coroutine ran deep once (the
+         * handler, the exchange, the 101 through the filters) and never
+         * again: that part of its stack goes back to the kernel, once. */
+        if (!rq->stack_trimmed) {
+            apx_coro_stack_trim(rq->coro, 0);
+            rq->stack_trimmed = 1;
+        }
         park2(ac, rq->wait_fd, rq->wait_events, rq->wait_fd1,
               rq->wait_events1, timeout);
         return;

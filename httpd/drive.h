@@ -56,6 +56,8 @@ typedef struct apx_req {
                                  * dispatch set by conn.c), NULL when the
                                  * request cannot park */
     int wait_two;               /* apx_wait2(): fd1 is watched as asked */
+    int stack_trimmed;          /* conn.c gave back the stack's unused
+                                 * pages at the first such wait */
     int wait_fd1;
     unsigned wait_events1;
     unsigned wait_got1;

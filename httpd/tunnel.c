@@ -16,10 +16,14 @@
  *     sockets at once (apx_wait2: one park record, two fds) with the
  *     tunnel's idle deadline.
  *   - One bounded buffer per direction: client to backend, cbuf
- *     (TUNNEL_BUF); backend to client, one backend read (RBUF_SIZE) handed
+ *     (TUNNEL_BUF); backend to client, one backend read (TUNNEL_BUF) handed
  *     to the output filters, and no next read while the core still holds
  *     some of it (c->data_in_output_filters). A side that does not read
  *     stops the other side's reads, so its sender is throttled by TCP.
+ *   - Buffers are held only while bytes move: cbuf while it has bytes the
+ *     backend has not taken, the read buffer for one pump; an idle tunnel
+ *     holds none (the exchange's response buffers go once the 101 is
+ *     out). Thousands of quiet tunnels share the few that are in use.
  *   - The client side goes through the connection's filters (mod_ssl):
  *     reads from c->input_filters with APR_NONBLOCK_READ, writes to
  *     c->output_filters with a FLUSH that the NOFLUSH filter keeps from
@@ -43,10 +47,8 @@
 
 APLOG_USE_MODULE(asyncproxy);
 
-/* Client bytes held for the backend: one non-blocking read's worth. Small
- * enough that 10,000 idle tunnels hold little (it is taken only when the
- * tunnel opens, from malloc), large enough for a 1 MiB message in ~32
- * rounds. */
+/* One non-blocking read's worth, each way: large enough for a 1 MiB
+ * message in ~32 rounds; taken from malloc only while bytes move. */
 #define TUNNEL_BUF (32 * 1024)
 /* Bytes moved before the tunnel goes back through the poller even though
  * both sides are still ready: two peers that are fast enough would
@@ -59,7 +61,7 @@ typedef struct tunnel {
     conn_rec *c;
     int cfd;                        /* the client's socket (for waits and
                                      * the half-close only) */
-    char *cbuf;                     /* client -> backend */
+    char *cbuf;                     /* client -> backend, NULL when empty */
     apr_size_t clen, coff;
     apr_bucket_brigade *in;
     unsigned client_eof:1;          /* the client sent all it will */
@@ -193,6 +195,19 @@ static apr_status_t to_client(tunnel *t, const char *data, apr_size_t len)
     return client_flush(t);
 }
 
+static void drop_cbuf(tunnel *t)
+{
+    free(t->cbuf);
+    t->cbuf = NULL;
+    t->clen = t->coff = 0;
+}
+
+/* The coroutine's defer: what the tunnel holds when it ends. */
+static void tunnel_free(void *arg)
+{
+    drop_cbuf(arg);
+}
+
 /* One non-blocking read of the client into cbuf (empty). Returns 1 when
  * bytes came, 0 when none (or EOF: client_eof set), -1 on an error. */
 static int from_client(tunnel *t)
@@ -216,11 +231,15 @@ static int from_client(tunnel *t)
          e = APR_BUCKET_NEXT(e))
         if (APR_BUCKET_IS_EOS(e))
             t->client_eof = 1;
+    if (!t->cbuf && !(t->cbuf = malloc(TUNNEL_BUF)))
+        return -1;
     if (apr_brigade_flatten(t->in, t->cbuf, &len) != APR_SUCCESS)
         return -1;
     apr_brigade_cleanup(t->in);
     t->clen = len;
     t->coff = 0;
+    if (!len)
+        drop_cbuf(t);
     return len > 0;
 }
 
@@ -229,6 +248,7 @@ static int from_client(tunnel *t)
 static int pump(tunnel *t)
 {
     apx_exchange *px = t->px;
+    char *rb = NULL;
     int moved = 0, rc;
     ssize_t n;
 
@@ -236,10 +256,15 @@ static int pump(tunnel *t)
     if (t->c->data_in_output_filters && client_flush(t) != APR_SUCCESS)
         return -1;
     while (!t->backend_eof && !t->c->data_in_output_filters) {
-        n = recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
+        if (!rb && !(rb = malloc(TUNNEL_BUF)))
+            return -1;
+        n = recv(px->fd, rb, TUNNEL_BUF, MSG_DONTWAIT);
         if (n > 0) {
-            if (to_client(t, px->rbuf, (apr_size_t)n) != APR_SUCCESS)
+            /* the core sets aside what it keeps: rb is free again */
+            if (to_client(t, rb, (apr_size_t)n) != APR_SUCCESS) {
+                free(rb);
                 return -1;
+            }
             moved = 1;
         }
         else if (n == 0) {
@@ -252,9 +277,11 @@ static int pump(tunnel *t)
             break;
         }
         else {
+            free(rb);
             return -1;
         }
     }
+    free(rb);
     /* the backend is done sending: once the client has it all, pass the
      * half-close on (the client may still send) */
     if (t->backend_eof && !t->client_shut && !t->c->data_in_output_filters) {
@@ -275,7 +302,7 @@ static int pump(tunnel *t)
                                  (apr_uint64_t)n);
                 moved = 1;
                 if (t->coff == t->clen)
-                    t->coff = t->clen = 0;
+                    drop_cbuf(t);
                 continue;
             }
             if (n < 0 && errno == EINTR)
@@ -357,8 +384,7 @@ int apx_ex_tunnel(apx_exchange *px)
                                      "no-memory");
     }
     *noflush = 1;
-    t.cbuf = malloc(TUNNEL_BUF);
-    if (!t.cbuf || !(bufd = apx_coro_defer(rq->coro, free, t.cbuf)))
+    if (!(bufd = apx_coro_defer(rq->coro, tunnel_free, &t)))
         return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
                                      "no-memory");
     t.in = apr_brigade_create(r->pool, c->bucket_alloc);
@@ -383,6 +409,12 @@ int apx_ex_tunnel(apx_exchange *px)
            != APR_SUCCESS)
         rc = STEP_FAIL;
     px->roff = px->rlen = 0;
+    /* the response head and its buffers have served */
+    if (px->bufs_defer) {
+        apx_coro_defer_fire(rq->coro, px->bufs_defer);
+        px->bufs_defer = NULL;
+        px->rbuf = NULL;
+    }
     deadline = apr_time_now() + px->tunnel_timeout;
     while (rc == STEP_OK) {
         unsigned want_b, want_c, got, got1, gb, gc;
