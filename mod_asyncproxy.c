@@ -34,8 +34,23 @@ module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
 static const command_rec asyncproxy_cmds[] = {
     AP_INIT_RAW_ARGS("AsyncProxyPass", apx_cmd_pass, NULL, RSRC_CONF | ACCESS_CONF,
-                     "PATH URL [timeout= connecttimeout= streamtimeout= "
+                     "PATH URL|balancer://NAME/PATH [timeout= connecttimeout= streamtimeout= "
                      "tunneltimeout= upgrade= parkdelay= max= ttl= cache=] | PATH ! (in <Location>: URL [...] | !)"),
+    AP_INIT_RAW_ARGS("<AsyncProxyBalancer", apx_cmd_balancer, NULL, RSRC_CONF,
+                     "NAME>: a balancer group, used as AsyncProxyPass PATH "
+                     "balancer://NAME/PATH; holds AsyncProxyMember and "
+                     "AsyncProxyBalancerSet"),
+    AP_INIT_RAW_ARGS("AsyncProxyMember", apx_cmd_member, NULL, RSRC_CONF,
+                     "http://host[:port] [weight=N] [route=R] [max=N] "
+                     "[ttl=D]: a member of the enclosing "
+                     "<AsyncProxyBalancer>"),
+    AP_INIT_RAW_ARGS("AsyncProxyBalancerSet", apx_cmd_balancer_set, NULL,
+                     RSRC_CONF,
+                     "[lbmethod=p2c-ewma|wrr|hash] [hashkey=cookie:NAME|"
+                     "header:NAME|client] [stickysession=NAME] [failures=N] "
+                     "[ejecttime=D] [maxeject=P%] [retrybudget=P%] "
+                     "[slowstart=D] [failstatus=S,S...]: settings of the "
+                     "enclosing <AsyncProxyBalancer>"),
     AP_INIT_TAKE12("AsyncProxyPassReverse", apx_cmd_pass_reverse, NULL,
                    RSRC_CONF | ACCESS_CONF,
                    "PATH URL: rewrite Location, Content-Location and URI "
@@ -118,6 +133,7 @@ static void asyncproxy_register_hooks(apr_pool_t *p)
 
     /* configuration (conf.c) */
     ap_hook_pre_config(apx_conf_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_check_config(apx_conf_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(apx_conf_post_config, NULL, NULL, APR_HOOK_MIDDLE);
 
     /* the child: adopted-connection list first, then the engine (child.c) */

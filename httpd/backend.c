@@ -47,10 +47,173 @@ void apx_ex_close_backend_deferred(void *arg)
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* balancer members                                                     */
+
+/* Gives the member's slot back to the group with the outcome. */
+static void member_report(apx_exchange *px, int outcome)
+{
+    int idx = px->member;
+    apr_interval_time_t latency;
+
+    if (idx < 0)
+        return;
+    latency = px->member_answered ? px->member_latency
+                                  : apr_time_now() - px->attempt_at;
+    px->member = -1;
+    px->member_answered = 0;
+    apx_group_done(px->bal, px->r->server, (unsigned)idx, outcome, latency);
+}
+
+/* A coroutine defer: the coroutine ends (or dies parked) holding a slot.
+ * A response head that came is its outcome; else there is no verdict. */
+static void member_deferred(void *arg)
+{
+    apx_exchange *px = arg;
+
+    if (px->member >= 0)
+        member_report(px, px->member_answered ? px->member_outcome
+                                              : APX_BAL_ABORTED);
+}
+
+/* px on member idx (which holds a slot): its origin, Host, URL. */
+static void use_member(apx_exchange *px, unsigned idx)
+{
+    const apx_member *mb = &APR_ARRAY_IDX(px->bal->members, (int)idx,
+                                          apx_member);
+
+    px->member = (int)idx;
+    px->member_answered = 0;
+    px->tries++;
+    px->be = mb->be;
+    px->host_hdr = mb->host_hdr;
+    px->url = apr_pstrcat(px->r->pool, mb->url, px->target, NULL);
+    apx_ex_head_set_host(px);
+}
+
+int apx_ex_member_pick(apx_exchange *px)
+{
+    apr_status_t rv;
+    unsigned idx;
+
+    if (!px->member_defer) {
+        px->member_defer = apx_coro_defer(px->rq->coro, member_deferred, px);
+        if (!px->member_defer) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_ENOMEM, px->r,
+                          APXLOGNO(00130) "no memory to track the "
+                          "balancer's member");
+            return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+                                         "no-memory");
+        }
+    }
+    px->tries = 0;
+    rv = apx_group_pick(px->bal, px->r, &idx);
+    if (rv != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00131)
+                      "balancer %s has no member in service for %s%s",
+                      px->bal->name, px->bal->url, px->target);
+        return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+                                     "no-member");
+    }
+    use_member(px, idx);
+    return STEP_OK;
+}
+
+void apx_ex_member_answered(apx_exchange *px)
+{
+    px->member_outcome = apx_group_fail_status(px->bal, px->resp.status)
+                         ? APX_BAL_5XX : APX_BAL_OK;
+    px->member_latency = apr_time_now() - px->attempt_at;
+    px->member_answered = 1;
+}
+
+/* The retry rules (README: Balancer groups). Nothing reached the client
+ * (the outcome is an error page still to send) and then:
+ *   - a connect that failed: always (no byte of the request left);
+ *   - a connection that died, or a response head that did not come in
+ *     time: for an idempotent method, when no byte of a request body was
+ *     read from the client (it cannot be replayed: it is not kept) and
+ *     the member sent nothing (not even a 1xx, which went on to the
+ *     client);
+ * each retry leaving out the member that just failed, at most as many
+ * attempts as members, within the group's retry budget. A
+ * malformed head, a configured failure status and the client's or our
+ * own failures are not retried. */
+int apx_ex_member_failed(apx_exchange *px)
+{
+    apx_req *rq = px->rq;
+    const char *note = rq->note ? rq->note : "";
+    int outcome, retry, failed = px->member;
+    int safe = px->idempotent && !px->body_started && !px->got_bytes;
+    apr_status_t rv;
+    unsigned idx;
+
+    apx_ex_finish_backend(px, 0);
+    if (!strcmp(note, "connect-refused") || !strcmp(note, "connect-failed")) {
+        outcome = APX_BAL_CONNECT_FAIL;
+        retry = 1;
+    }
+    else if (!strcmp(note, "connect-timeout")) {
+        outcome = APX_BAL_TIMEOUT;
+        retry = 1;
+    }
+    else if (!strcmp(note, "backend-timeout")) {
+        outcome = APX_BAL_TIMEOUT;
+        retry = safe;
+    }
+    else if (!strcmp(note, "send-failed")) {
+        outcome = APX_BAL_CONNECT_FAIL;
+        retry = safe;
+    }
+    else if (!strcmp(note, "bad-response")) {
+        /* closed before a whole head, or a malformed one */
+        outcome = APX_BAL_CONNECT_FAIL;
+        retry = safe;
+    }
+    else {
+        /* the client left, the child stops, no memory or descriptors, a
+         * request we refused: nothing said about the member */
+        outcome = APX_BAL_ABORTED;
+        retry = 0;
+    }
+    member_report(px, outcome);
+    if (!retry || rq->outcome != APX_OUT_ERROR || failed < 0
+        || px->tries >= (unsigned)px->bal->members->nelts)
+        return 0;
+    rv = apx_group_retry(px->bal, px->r, (unsigned)failed, &idx);
+    if (rv != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, px->r, APXLOGNO(00132)
+                      "balancer %s: %s not retried after member %s failed "
+                      "(%s)", px->bal->name, px->url,
+                      APR_ARRAY_IDX(px->bal->members, failed,
+                                    apx_member).url,
+                      rv == APR_EBUSY ? "retry budget spent"
+                                      : "no other member in service");
+        return 0;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, px->r, APXLOGNO(00133)
+                  "balancer %s: %s %s failed on member %s (%s); retrying on "
+                  "member %s", px->bal->name, px->r->method, px->target,
+                  APR_ARRAY_IDX(px->bal->members, failed, apx_member).url,
+                  note, APR_ARRAY_IDX(px->bal->members, (int)idx,
+                                      apx_member).url);
+    rq->outcome = APX_OUT_RUNNING;
+    rq->status = 0;
+    rq->note = NULL;
+    use_member(px, idx);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* the backend connection                                               */
+
 /* Ends the use of the backend connection: back to the pool only after a
- * clean exchange, else closed. */
+ * clean exchange, else closed. A balancer member whose response head came
+ * gets its outcome now: the exchange is over. */
 void apx_ex_finish_backend(apx_exchange *px, int reusable)
 {
+    if (px->member >= 0 && px->member_answered)
+        member_report(px, px->member_outcome);
     if (px->fd < 0)
         return;
     if (reusable)

@@ -110,6 +110,7 @@ void apx_child_init(apr_pool_t *pchild, server_rec *s)
                          "on adopted connections will get 503");
     }
     apx_backends_child_init(pchild);
+    apx_balancers_child_init(pchild, s);
     apx_hc_child_init(pchild, s);
     apr_pool_pre_cleanup_register(pchild, ch, child_cleanup);
 

@@ -209,6 +209,8 @@ int apx_conf_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     apx_gconf.max_parked = APX_DEFAULT_MAX_PARKED;
     apx_gconf.retry_after = APX_DEFAULT_RETRY_AFTER;
     apx_gconf.backends = apr_array_make(pconf, 8, sizeof(apx_backend *));
+    apx_gconf.balancers = apr_array_make(pconf, 2, sizeof(apx_balancer *));
+    apx_gconf.group_maps = apr_array_make(pconf, 2, sizeof(apx_mapping *));
     apx_gconf.cache_size = APX_DEFAULT_CACHE_SIZE;
     apx_gconf.cache_max_object = APX_DEFAULT_CACHE_MAX_OBJ;
     apx_gconf.cache_wait = APX_DEFAULT_CACHE_WAIT;
@@ -218,6 +220,31 @@ int apx_conf_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     apx_gconf.mpm_factor = 2.0;
     apx_gconf.mpm_threads = 25;
     return OK;
+}
+
+/* A balancer may be defined after the AsyncProxyPass that names it (as
+ * mod_proxy allows), so the names are resolved once the whole
+ * configuration is read; check_config runs for configtest too. */
+int apx_conf_check_config(apr_pool_t *pconf, apr_pool_t *plog,
+                          apr_pool_t *ptemp, server_rec *s)
+{
+    int i, rc = OK;
+
+    for (i = 0; i < apx_gconf.group_maps->nelts; i++) {
+        apx_mapping *m = APR_ARRAY_IDX(apx_gconf.group_maps, i,
+                                       apx_mapping *);
+
+        m->balancer = apx_balancer_find(m->balancer_name);
+        if (!m->balancer) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_ERR, 0, s,
+                         APXLOGNO(00023) "AsyncProxyPass %s %s (%s): unknown "
+                         "balancer '%s': no <AsyncProxyBalancer %s> is "
+                         "defined", m->path, m->url, m->defined_at,
+                         m->balancer_name, m->balancer_name);
+            rc = HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+    return rc;
 }
 
 /* The event MPM stops accepting when a child's connections exceed

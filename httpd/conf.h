@@ -59,6 +59,9 @@ typedef struct apx_global_conf {
     unsigned max_parked;            /* in-flight parked requests per child */
     unsigned retry_after;           /* seconds, on 503 */
     apr_array_header_t *backends;   /* apx_backend *, every origin configured */
+    apr_array_header_t *balancers;  /* apx_balancer *, <AsyncProxyBalancer> */
+    apr_array_header_t *group_maps; /* apx_mapping * naming balancer://:
+                                     * resolved by check_config */
     apr_size_t cache_size;          /* response cache budget per child */
     apr_size_t cache_max_object;    /* largest body stored */
     apr_interval_time_t cache_wait; /* longest wait on another's fetch */
@@ -81,6 +84,7 @@ typedef struct apx_cache_set {
 } apx_cache_set;
 
 typedef struct apx_backend apx_backend;   /* upstream.h */
+typedef struct apx_balancer apx_balancer; /* upstream.h */
 
 /* AsyncProxyPass PATH URL [key=value ...] | AsyncProxyPass PATH ! */
 typedef struct apx_mapping {
@@ -90,7 +94,13 @@ typedef struct apx_mapping {
     const char *url;                /* as configured, for messages */
     const char *base;               /* path prefix on the backend ("/v1/") */
     const char *host_hdr;           /* Host sent when not preserving */
-    apx_backend *backend;           /* origin + this mapping's pool */
+    apx_backend *backend;           /* origin + this mapping's pool; NULL
+                                     * for a balancer */
+    apx_balancer *balancer;         /* balancer://NAME/..., else NULL */
+    const char *balancer_name;      /* NAME, until check_config finds it */
+    const char *origin;             /* "http://host:port" or
+                                     * "balancer://NAME" (r->filename) */
+    const char *defined_at;         /* "file:line", for messages */
     unsigned pool_max;              /* max= (default APX_DEFAULT_POOL_MAX) */
     apr_interval_time_t pool_ttl;   /* ttl= (default APX_DEFAULT_POOL_TTL) */
     /* 0: inherit the server's value */
@@ -176,6 +186,13 @@ const char *apx_cmd_pass_reverse(cmd_parms *cmd, void *dconf,
 const char *apx_cmd_srv_flag(cmd_parms *cmd, void *dummy, int on);
 const char *apx_cmd_trusted(cmd_parms *cmd, void *dummy, const char *arg);
 const char *apx_cmd_srv_time(cmd_parms *cmd, void *dummy, const char *arg);
+/* upstream_conf.c: <AsyncProxyBalancer NAME> ... </AsyncProxyBalancer>
+ * and what goes in it: AsyncProxyMember URL [key=value ...],
+ * AsyncProxyBalancerSet key=value ... */
+const char *apx_cmd_balancer(cmd_parms *cmd, void *dummy, const char *arg);
+const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args);
+const char *apx_cmd_balancer_set(cmd_parms *cmd, void *dummy,
+                                 const char *args);
 
 /* conf.c: the records (module record callbacks) and the configuration
  * hooks. */
@@ -185,6 +202,10 @@ void *apx_conf_create_dir(apr_pool_t *p, char *dir);
 void *apx_conf_merge_dir(apr_pool_t *p, void *basev, void *addv);
 int apx_conf_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
                         apr_pool_t *ptemp);
+/* check_config: every balancer://NAME of an AsyncProxyPass names a
+ * defined <AsyncProxyBalancer NAME> (it may come later in the file). */
+int apx_conf_check_config(apr_pool_t *pconf, apr_pool_t *plog,
+                          apr_pool_t *ptemp, server_rec *s);
 int apx_conf_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                          apr_pool_t *ptemp, server_rec *s);
 

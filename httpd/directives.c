@@ -105,8 +105,25 @@ static const char *parse_backend_url(cmd_parms *cmd, const char *url,
     if (apr_uri_parse(cmd->pool, url, &uri) != APR_SUCCESS || !uri.scheme
         || !uri.hostname)
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': not an "
-                            "absolute URL (http://host[:port]/path)",
-                            cmd->cmd->name, url);
+                            "absolute URL (http://host[:port]/path or "
+                            "balancer://NAME/path)", cmd->cmd->name, url);
+    if (!strcasecmp(uri.scheme, "balancer")) {
+        if (uri.port_str || uri.user || uri.password)
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s': a "
+                                "balancer is named balancer://NAME/path",
+                                cmd->cmd->name, url);
+        if (uri.query || uri.fragment)
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s': a "
+                                "backend URL has no query or fragment",
+                                cmd->cmd->name, url);
+        *puri = uri;
+        m->url = url;
+        m->base = uri.path && *uri.path ? uri.path : "/";
+        m->balancer_name = uri.hostname;
+        m->origin = apr_pstrcat(cmd->pool, "balancer://", uri.hostname,
+                                NULL);
+        return NULL;
+    }
     if (strcasecmp(uri.scheme, "http"))
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': scheme "
                             "'%s' is not supported (only http://)",
@@ -124,6 +141,12 @@ static const char *parse_backend_url(cmd_parms *cmd, const char *url,
                                              uri.port_str, NULL)
                                : uri.hostname;
     return NULL;
+}
+
+static const char *where(cmd_parms *cmd)
+{
+    return apr_psprintf(cmd->pool, "%s:%d", cmd->directive->filename,
+                        cmd->directive->line_num);
 }
 
 /* The mapping options that take a duration: where each goes, its range. */
@@ -250,15 +273,34 @@ const char *apx_cmd_pass(cmd_parms *cmd, void *dconf, const char *args)
     else {
         if ((err = parse_backend_url(cmd, url, m, &uri)))
             return err;
-        while (*(opt = ap_getword_conf(cmd->pool, &args)))
+        while (*(opt = ap_getword_conf(cmd->pool, &args))) {
+            if (m->balancer_name && (!strncasecmp(opt, "max=", 4)
+                                     || !strncasecmp(opt, "ttl=", 4)))
+                return apr_psprintf(cmd->pool, "%s: option '%s' is not "
+                                    "for a balancer: each AsyncProxyMember "
+                                    "has its own max= and ttl=",
+                                    cmd->cmd->name, opt);
             if ((err = parse_map_option(cmd, m, opt)))
                 return err;
-        /* after the options: max= and ttl= choose the origin's record */
-        err = apx_backend_declare(cmd->pool, uri.hostname, uri.port,
-                                  m->pool_max, m->pool_ttl, &m->backend);
-        if (err)
-            return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
-                                cmd->cmd->name, url, err);
+        }
+        m->defined_at = where(cmd);
+        if (m->balancer_name) {
+            /* the section may come later in the file: check_config finds
+             * it (apx_conf_check_config) */
+            APR_ARRAY_PUSH(apx_gconf.group_maps, apx_mapping *) = m;
+        }
+        else {
+            /* after the options: max= and ttl= choose the origin's
+             * record */
+            err = apx_backend_declare(cmd->pool, uri.hostname, uri.port,
+                                      m->pool_max, m->pool_ttl,
+                                      &m->backend);
+            if (err)
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
+                                    cmd->cmd->name, url, err);
+            m->origin = apr_pstrcat(cmd->pool, "http://",
+                                    m->backend->hostport, NULL);
+        }
     }
     if (cmd->path) {
         ((apx_dir_conf *)dconf)->map = m;

@@ -112,6 +112,22 @@ typedef struct apx_exchange {
     apx_http_chunked chunked;
     apr_bucket_brigade *bb;
     apx_hcache *hc;                 /* the response cache's part, or NULL */
+
+    /* a balancer mapping (backend.c): px->be is the member's origin */
+    apx_balancer *bal;              /* NULL: a single origin */
+    int member;                     /* index holding an in-flight slot of
+                                     * the group, -1: none */
+    unsigned tries;                 /* members tried for this exchange */
+    apr_time_t attempt_at;          /* this attempt began (latency) */
+    int member_outcome;             /* APX_BAL_* of the response head */
+    apr_interval_time_t member_latency;
+    unsigned member_answered:1;     /* the head came: report the outcome
+                                     * when the exchange ends */
+    apx_defer *member_defer;        /* reports the slot if the coroutine
+                                     * dies holding it */
+    const char *host_hdr;           /* Host sent when not preserving */
+    unsigned host_ours:1;           /* px->head's Host is host_hdr */
+    apr_size_t host_at, host_end;   /* where that field is in px->head */
 } apx_exchange;
 
 /* What apx_ex_recv() found (or STEP_FAIL: timeout or interrupted wait, the
@@ -184,6 +200,20 @@ void apx_ex_close_backend_deferred(void *px);
 /* A pooled connection if there is a live one (and fresh_only is 0), else a
  * new one. */
 int apx_ex_open_backend(apx_exchange *px, int fresh_only);
+/* Balancer mappings: a member for the exchange (px->be, px->host_hdr,
+ * px->url become its own); STEP_FAIL with 503 when none is eligible. */
+int apx_ex_member_pick(apx_exchange *px);
+/* The head came: its outcome is kept for when the exchange ends
+ * (apx_ex_finish_backend() reports it). */
+void apx_ex_member_answered(apx_exchange *px);
+/* The attempt failed (outcome set, the backend connection closed or not):
+ * reports it to the group; returns 1 when the request goes to another
+ * member (the failure undone, px on that member), 0 when the failure
+ * stands. */
+int apx_ex_member_failed(apx_exchange *px);
+/* request_send.c: puts px->host_hdr into the built head's Host field
+ * (a member was chosen after the head was built). */
+void apx_ex_head_set_host(apx_exchange *px);
 /* Writes iov[0..n) to the backend (the array is consumed). Returns STEP_OK,
  * STEP_FAIL (timeout or interrupted wait; outcome set), or an errno value
  * > 0 when the backend stopped taking data (the caller decides). */

@@ -234,8 +234,8 @@ static int claim_request(request_rec *r, const apx_mapping *m)
     ap_set_module_config(r->request_config, &asyncproxy_module, (void *)m);
     r->handler = "asyncproxy";
     r->proxyreq = PROXYREQ_REVERSE;
-    r->filename = apr_pstrcat(r->pool, "asyncproxy:http://",
-                              m->backend->hostport, target, NULL);
+    r->filename = apr_pstrcat(r->pool, "asyncproxy:", m->origin, target,
+                              NULL);
     return OK;
 }
 

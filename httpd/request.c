@@ -138,7 +138,10 @@ static int method_is_idempotent(const request_rec *r)
 /* one exchange                                                         */
 
 /* Connect (or reuse), send, read the head; a pooled connection the
- * backend had closed is replaced once (DESIGN.md §4 step 2). */
+ * backend had closed is replaced once (DESIGN.md §4 step 2). Through a
+ * balancer, a member is chosen first, and an attempt that failed before
+ * anything reached the client may go to another member
+ * (apx_ex_member_failed() says when). */
 int apx_ex_roundtrip(apx_exchange *px)
 {
     int fresh_only = 0, rc;
@@ -154,17 +157,31 @@ int apx_ex_roundtrip(apx_exchange *px)
         px->head_max = head_max;
     }
 
+    if (px->bal && px->member < 0 && (rc = apx_ex_member_pick(px))
+                                       != STEP_OK)
+        return rc;
     for (;;) {
         px->rlen = px->roff = 0;
         px->got_bytes = 0;
         px->send_errno = 0;
+        px->attempt_at = apr_time_now();
         rc = apx_ex_open_backend(px, fresh_only);
         if (rc == STEP_OK)
             rc = apx_ex_send_request(px);
         if (rc == STEP_OK)
             rc = apx_ex_read_head(px);
-        if (rc != STEP_RETRY)
-            return rc;
+        if (rc != STEP_RETRY) {
+            if (!px->bal)
+                return rc;
+            if (rc == STEP_OK) {
+                apx_ex_member_answered(px);
+                return rc;
+            }
+            if (!apx_ex_member_failed(px))
+                return rc;
+            fresh_only = 0;
+            continue;
+        }
         apx_ex_finish_backend(px, 0);
         apr_atomic_inc32(&apx_ch->n.backend_retries);
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, px->r, APXLOGNO(00114)
@@ -189,6 +206,13 @@ static int setup(apx_exchange *px)
 
     px->map = m;
     px->be = m->backend;
+    px->bal = m->balancer;
+    px->member = -1;
+    /* a balancer's member, and so its Host, is chosen by the roundtrip;
+     * until then the first member's stands in (apx_ex_head_set_host) */
+    px->host_hdr = px->bal ? APR_ARRAY_IDX(px->bal->members, 0,
+                                           apx_member).host_hdr
+                           : m->host_hdr;
     px->fd = -1;
     px->timeout = m->timeout ? m->timeout
                   : sc->timeout ? sc->timeout : r->server->timeout;
@@ -212,8 +236,7 @@ static int setup(apx_exchange *px)
         rq->note = "bad-request";
         return STEP_FAIL;
     }
-    px->url = apr_pstrcat(r->pool, "http://", px->be->hostport, px->target,
-                          NULL);
+    px->url = apr_pstrcat(r->pool, m->origin, px->target, NULL);
     px->bb = apr_brigade_create(r->pool, px->c->bucket_alloc);
 
     /* httpd's input filter already refused any coding but chunked and
@@ -259,7 +282,8 @@ static int setup(apx_exchange *px)
         memset(&in, 0, sizeof(in));
         in.rq = rq;
         in.map = m;
-        in.hostport = px->be->hostport;
+        /* a group's objects are the group's, whichever member served */
+        in.hostport = px->bal ? m->origin : px->be->hostport;
         in.target = px->target;
         in.url = px->url;
         apx_ex_forwarded(px, &xff, &in.xfh, &in.xfp);
@@ -325,5 +349,7 @@ intptr_t apx_request_run(apx_coro *coro, void *data)
         apx_coro_defer_fire(coro, px->stream_defer);
     if (px->bufs_defer)
         apx_coro_defer_fire(coro, px->bufs_defer);
+    if (px->member_defer)
+        apx_coro_defer_fire(coro, px->member_defer);
     return 0;
 }

@@ -151,8 +151,10 @@ int apx_ex_build_head(apx_exchange *px)
     hd.px = px;
     hd.client_conn = &conn;
 
-    put_field(px, "Host", sc->preserve_host == 1 && host ? host
-                                                          : px->map->host_hdr);
+    px->host_ours = !(sc->preserve_host == 1 && host);
+    px->host_at = px->head.len;
+    put_field(px, "Host", px->host_ours ? px->host_hdr : host);
+    px->host_end = px->head.len;
     for (i = 0; i < arr->nelts; i++) {
         if (!e[i].key || !e[i].val || skip_request_field(&hd, e[i].key))
             continue;
@@ -187,6 +189,32 @@ int apx_ex_build_head(apx_exchange *px)
         return STEP_FAIL;
     }
     return STEP_OK;
+}
+
+void apx_ex_head_set_host(apx_exchange *px)
+{
+    apr_size_t hlen, len;
+    char *buf;
+
+    if (!px->host_ours || !px->host_end)
+        return;
+    hlen = strlen(px->host_hdr);
+    /* "Host: " value CRLF, as put_field() wrote it */
+    if (px->host_end - px->host_at == hlen + 8
+        && !memcmp(px->head.buf + px->host_at + 6, px->host_hdr, hlen))
+        return;
+    len = px->head.len - (px->host_end - px->host_at) + hlen + 8;
+    buf = apr_palloc(px->r->pool, len + 1);
+    memcpy(buf, px->head.buf, px->host_at);
+    memcpy(buf + px->host_at, "Host: ", 6);
+    memcpy(buf + px->host_at + 6, px->host_hdr, hlen);
+    memcpy(buf + px->host_at + 6 + hlen, "\r\n", 2);
+    memcpy(buf + px->host_at + hlen + 8, px->head.buf + px->host_end,
+           px->head.len - px->host_end + 1);
+    px->head.buf = buf;
+    px->head.len = len;
+    px->head.cap = len;
+    px->host_end = px->host_at + hlen + 8;
 }
 
 /* Tells a client that waits for "100 Continue" to send its body: httpd's

@@ -21,6 +21,7 @@
 #include "cache.h"
 #include "status.h"
 #include "lane.h"
+#include "upstream.h"
 
 APLOG_USE_MODULE(asyncproxy);
 
@@ -136,6 +137,7 @@ static void print_figures(request_rec *r, int short_report)
         for (i = 0; i < n; i++)
             ap_rprintf(r, "AsyncProxy%s: %" APR_UINT64_T_FMT "\n", f[i].name,
                        f[i].value);
+        apx_balancers_status(r, 1);
         return;
     }
     ap_rputs("<h2>mod_asyncproxy (this child)</h2>\n<table>\n", r);
@@ -144,6 +146,7 @@ static void print_figures(request_rec *r, int short_report)
         ap_rprintf(r, "<tr><th>%s</th><td>%" APR_UINT64_T_FMT "</td></tr>\n",
                    f[i].name, f[i].value);
     ap_rputs("</table>\n", r);
+    apx_balancers_status(r, 0);
 }
 
 int apx_status_hook(request_rec *r, int flags)

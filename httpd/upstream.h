@@ -13,6 +13,7 @@
 #define APX_HTTPD_UPSTREAM_H
 
 #include "conf.h"
+#include "apx_balance.h"
 
 /* One backend origin (scheme http, host, port) with one pair of pool
  * settings (max, ttl) and, per child, its pool of idle keep-alive
@@ -53,5 +54,70 @@ int apx_backend_take(apx_backend *be, apr_time_t now);
  * stopping or the origin has no pool. Any request thread. */
 void apx_backend_release(apx_backend *be, int fd, apr_time_t now);
 
+/* ------------------------------------------------------------------ */
+/* balancer groups (upstream_group.c)                                   */
+
+/* Where a hash key comes from (hashkey=). */
+enum { APX_HASHKEY_CLIENT = 0, APX_HASHKEY_COOKIE, APX_HASHKEY_HEADER };
+
+/* One AsyncProxyMember: an origin with its own keep-alive pool. */
+typedef struct apx_member {
+    const char *url;                /* "http://host:port", its identity */
+    const char *host_hdr;           /* Host sent to it ("host[:port]") */
+    const char *route;              /* route=, NULL: none */
+    unsigned weight;                /* weight= (loadfactor=), 1..100 */
+    unsigned pool_max;              /* max=: idle connections per child */
+    apr_interval_time_t pool_ttl;   /* ttl= */
+    apx_backend *be;
+} apx_member;
+
+/* <AsyncProxyBalancer NAME>: built at configuration time in pconf and
+ * read-only afterwards, except `rt`, the per-child group that
+ * apx_balancers_child_init() sets up. */
+struct apx_balancer {
+    const char *name;
+    const char *url;                /* "balancer://NAME" */
+    const char *defined_at;         /* "file:line" of the section */
+    apr_array_header_t *members;    /* apx_member */
+    apx_bal_config cfg;             /* lbmethod=, failures=, ejecttime= ... */
+    int hash_from;                  /* APX_HASHKEY_* */
+    const char *hash_name;          /* the cookie or header of hashkey= */
+    const char *sticky_cookie;      /* stickysession=COOKIE|PARAM, NULL: */
+    const char *sticky_param;       /* no sticky routes */
+    unsigned char fail_status[100]; /* failstatus=: 500 + i counts as a
+                                     * failure */
+    void *rt;                       /* per child: upstream_group.c */
+};
+
+/* The balancer named `name` (without "balancer://"), or NULL.
+ * Configuration time. */
+apx_balancer *apx_balancer_find(const char *name);
+/* child_init: one group per balancer, each with its lock. */
+void apx_balancers_child_init(apr_pool_t *pchild, server_rec *s);
+
+/* One pick of a member for request r (request thread, inside the
+ * coroutine or not; takes the group's lock for the engine call only).
+ * Returns APR_SUCCESS with *idx the member (counted in flight: every
+ * success is matched by one apx_group_done()), APR_EAGAIN when no member
+ * is eligible, APR_ENOTIMPL when the child has no group (its creation
+ * failed at child_init). */
+apr_status_t apx_group_pick(apx_balancer *b, request_rec *r, unsigned *idx);
+/* The request on member idx ended: outcome APX_BAL_*, latency from the
+ * start of the attempt to the response head (or the failure). Logs what
+ * the report changed (an ejection, a member back up). */
+void apx_group_done(apx_balancer *b, server_rec *s, unsigned idx,
+                    int outcome, apr_interval_time_t latency);
+/* The request failed on member `failed` (reported already) and may be
+ * replayed: another member within the group's retry budget (APR_SUCCESS,
+ * *idx counted in flight), APR_EBUSY (budget spent) or APR_EAGAIN (none
+ * eligible). */
+apr_status_t apx_group_retry(apx_balancer *b, request_rec *r,
+                             unsigned failed, unsigned *idx);
+/* 1 when the balancer counts a response status as a member failure. */
+int apx_group_fail_status(const apx_balancer *b, int status);
+/* The members of every balancer with their state, for the status page
+ * (short_report: one "AsyncProxyMember: key=value ..." line each). The
+ * figures are copied under each group's lock and printed after it. */
+void apx_balancers_status(request_rec *r, int short_report);
 
 #endif /* APX_HTTPD_UPSTREAM_H */

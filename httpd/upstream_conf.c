@@ -1,0 +1,389 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* upstream_conf.c — the balancer directives: <AsyncProxyBalancer NAME>
+ * and, inside it, AsyncProxyMember and AsyncProxyBalancerSet, parsed into
+ * an apx_balancer (upstream.h) whose members are origins declared like
+ * AsyncProxyPass's (apx_backend_declare: one keep-alive pool each). The
+ * AsyncProxyPass that names balancer://NAME is resolved by check_config
+ * (conf.c), so the section may come after it.
+ *
+ * Threads: configuration time only (pconf, single thread, in the parent).
+ */
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "apr_lib.h"
+#include "apr_strings.h"
+#include "apr_uri.h"
+
+#include "conf.h"
+#include "upstream.h"
+
+APLOG_USE_MODULE(asyncproxy);
+
+static const char *where(cmd_parms *cmd)
+{
+    return apr_psprintf(cmd->pool, "%s:%d", cmd->directive->filename,
+                        cmd->directive->line_num);
+}
+
+/* ------------------------------------------------------------------ */
+/* <AsyncProxyBalancer NAME>                                            */
+
+/* The section being read: AsyncProxyMember and AsyncProxyBalancerSet
+ * belong to it. Configuration is read by one thread; the section's
+ * handler sets and restores it around its walk. */
+static apx_balancer *cur_balancer;
+
+static const char *only_in_balancer(cmd_parms *cmd)
+{
+    if (!cur_balancer)
+        return apr_psprintf(cmd->pool, "%s: only inside <AsyncProxyBalancer "
+                            "NAME> ... </AsyncProxyBalancer>",
+                            cmd->cmd->name);
+    return NULL;
+}
+
+static int valid_name(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!apr_isalnum(*s) && !strchr("._-", *s))
+            return 0;
+    return 1;
+}
+
+/* The next "key=value" of args: 1 with *key and *val set, 0 at the end,
+ * -1 with *err set when the word has no '='. */
+static int next_option(cmd_parms *cmd, const char **args, const char **key,
+                       const char **val, const char **err)
+{
+    const char *opt = ap_getword_conf(cmd->pool, args), *eq;
+
+    if (!*opt)
+        return 0;
+    eq = strchr(opt, '=');
+    if (!eq || eq == opt) {
+        *err = apr_psprintf(cmd->pool, "%s: invalid option '%s': expected "
+                            "key=value", cmd->cmd->name, opt);
+        return -1;
+    }
+    *key = apr_pstrmemdup(cmd->pool, opt, eq - opt);
+    *val = eq + 1;
+    return 1;
+}
+
+const char *apx_cmd_balancer(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    const char *endp = ap_strrchr_c(arg, '>');
+    const char *err, *name, *rest;
+    apx_balancer *b, *prev;
+
+    if ((err = ap_check_cmd_context(cmd, NOT_IN_DIR_LOC_FILE)))
+        return err;
+    if (!endp)
+        return apr_psprintf(cmd->pool, "%s directive missing closing '>'",
+                            cmd->cmd->name);
+    rest = apr_pstrmemdup(cmd->pool, arg, endp - arg);
+    name = ap_getword_conf(cmd->pool, &rest);
+    if (!strncasecmp(name, "balancer://", 11))
+        name += 11;
+    if (*rest || !valid_name(name))
+        return apr_psprintf(cmd->pool, "%s: invalid name '%s' (letters, "
+                            "digits, '.', '_', '-'; used as "
+                            "balancer://NAME)", cmd->cmd->name,
+                            apr_pstrmemdup(cmd->pool, arg, endp - arg));
+    if (cur_balancer)
+        return apr_psprintf(cmd->pool, "%s %s: sections do not nest",
+                            cmd->cmd->name, name);
+    if ((b = apx_balancer_find(name)))
+        return apr_psprintf(cmd->pool, "%s %s: defined twice (first at %s)",
+                            cmd->cmd->name, name, b->defined_at);
+    b = apr_pcalloc(cmd->pool, sizeof(*b));
+    b->name = name;
+    b->url = apr_pstrcat(cmd->pool, "balancer://", name, NULL);
+    b->defined_at = where(cmd);
+    b->members = apr_array_make(cmd->pool, 4, sizeof(apx_member));
+    apx_bal_config_init(&b->cfg);
+    /* 502, 503, 504: the member itself says it cannot serve; a 500 is
+     * more often one request's fault than the member's */
+    b->fail_status[2] = b->fail_status[3] = b->fail_status[4] = 1;
+
+    prev = cur_balancer;
+    cur_balancer = b;
+    {
+        /* the walk leaves cmd naming the last directive it ran */
+        const command_rec *self = cmd->cmd;
+        ap_directive_t *dir = cmd->directive;
+
+        err = ap_walk_config(cmd->directive->first_child, cmd,
+                             cmd->context);
+        cmd->cmd = self;
+        cmd->directive = dir;
+    }
+    cur_balancer = prev;
+    if (err)
+        return err;
+    if (b->members->nelts == 0)
+        return apr_psprintf(cmd->pool, "%s %s: no AsyncProxyMember in it",
+                            cmd->cmd->name, name);
+    if (b->hash_from != APX_HASHKEY_CLIENT
+        && b->cfg.method != APX_BAL_HASH)
+        return apr_psprintf(cmd->pool, "%s %s: hashkey= is set but lbmethod "
+                            "is not hash", cmd->cmd->name, name);
+    APR_ARRAY_PUSH(apx_gconf.balancers, apx_balancer *) = b;
+    return NULL;
+}
+
+/* AsyncProxyMember http://host[:port][/] [weight=N] [route=R] [max=N]
+ * [ttl=D] */
+const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
+{
+    const char *err = NULL, *url, *key, *val;
+    int more;
+    apx_balancer *b = cur_balancer;
+    apx_member *mb;
+    apr_uri_t uri;
+    int i;
+
+    if ((err = only_in_balancer(cmd)))
+        return err;
+    url = ap_getword_conf(cmd->pool, &args);
+    if (!*url)
+        return apr_psprintf(cmd->pool, "%s: missing URL (usage: %s "
+                            "http://host[:port] [weight=N] [route=R] [max=N] "
+                            "[ttl=D])", cmd->cmd->name, cmd->cmd->name);
+    if (apr_uri_parse(cmd->pool, url, &uri) != APR_SUCCESS || !uri.scheme
+        || !uri.hostname || !*uri.hostname)
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': not an "
+                            "absolute URL (http://host[:port])",
+                            cmd->cmd->name, url);
+    if (strcasecmp(uri.scheme, "http"))
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': scheme "
+                            "'%s' is not supported (only http://)",
+                            cmd->cmd->name, url, uri.scheme);
+    if ((uri.path && *uri.path && strcmp(uri.path, "/")) || uri.query
+        || uri.fragment || uri.user)
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': a member is "
+                            "an origin, http://host[:port]; the path goes in "
+                            "AsyncProxyPass ... balancer://%s/PATH",
+                            cmd->cmd->name, url, b->name);
+    if (b->members->nelts >= APX_BAL_MAX)
+        return apr_psprintf(cmd->pool, "%s %s: more than %d members in "
+                            "balancer %s", cmd->cmd->name, url, APX_BAL_MAX,
+                            b->name);
+    if (!uri.port)
+        uri.port = 80;
+
+    mb = apr_array_push(b->members);
+    memset(mb, 0, sizeof(*mb));
+    mb->weight = 1;
+    mb->pool_max = APX_DEFAULT_POOL_MAX;
+    mb->pool_ttl = APX_DEFAULT_POOL_TTL;
+    mb->host_hdr = uri.port_str ? apr_pstrcat(cmd->pool, uri.hostname, ":",
+                                              uri.port_str, NULL)
+                                : uri.hostname;
+    while ((more = next_option(cmd, &args, &key, &val, &err)) > 0) {
+        if (!strcasecmp(key, "weight") || !strcasecmp(key, "loadfactor"))
+            err = apx_parse_uint(cmd, val, 1, APX_BAL_WEIGHT_MAX,
+                                 &mb->weight);
+        else if (!strcasecmp(key, "max"))
+            err = apx_parse_uint(cmd, val, 0, 100000, &mb->pool_max);
+        else if (!strcasecmp(key, "ttl"))
+            err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
+                                     apr_time_from_sec(86400),
+                                     &mb->pool_ttl);
+        else if (!strcasecmp(key, "route")) {
+            if (!valid_name(val) || strlen(val) >= APX_BAL_ROUTE_MAX)
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                    "option route= (letters, digits, '.', "
+                                    "'_', '-'; at most %d)", cmd->cmd->name,
+                                    val, APX_BAL_ROUTE_MAX - 1);
+            mb->route = val;
+            err = NULL;
+        }
+        else
+            return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
+                                "weight, route, max, ttl)", cmd->cmd->name,
+                                key);
+        if (err)
+            return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);
+    }
+    if (more < 0)
+        return err;
+    err = apx_backend_declare(cmd->pool, uri.hostname, uri.port,
+                              mb->pool_max, mb->pool_ttl, &mb->be);
+    if (err)
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
+                            cmd->cmd->name, url, err);
+    mb->url = apr_pstrcat(cmd->pool, "http://", mb->be->hostport, NULL);
+    for (i = 0; i < b->members->nelts - 1; i++) {
+        const apx_member *o = &APR_ARRAY_IDX(b->members, i, apx_member);
+
+        if (!strcasecmp(o->url, mb->url))
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s': already "
+                                "a member of balancer %s", cmd->cmd->name,
+                                url, b->name);
+        if (mb->route && o->route && !strcmp(o->route, mb->route))
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                "option route=: member %s of balancer %s "
+                                "has it already", cmd->cmd->name, mb->route,
+                                o->url, b->name);
+    }
+    return NULL;
+}
+
+/* "10%" or "10": 0..100. */
+static const char *parse_pct(cmd_parms *cmd, const char *key,
+                             const char *val, unsigned *out)
+{
+    apr_size_t n = strlen(val);
+    const char *num = n && val[n - 1] == '%'
+                      ? apr_pstrmemdup(cmd->pool, val, n - 1) : val;
+
+    if (apx_parse_uint(cmd, num, 0, 100, out))
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s' for option "
+                            "%s= (a share, 0%%..100%%)", cmd->cmd->name, val,
+                            key);
+    return NULL;
+}
+
+static const char *parse_fail_status(cmd_parms *cmd, apx_balancer *b,
+                                     const char *val)
+{
+    char *list = apr_pstrdup(cmd->pool, val), *tok, *last;
+    unsigned st;
+
+    memset(b->fail_status, 0, sizeof(b->fail_status));
+    if (!strcasecmp(val, "none"))
+        return NULL;
+    for (tok = apr_strtok(list, ",", &last); tok;
+         tok = apr_strtok(NULL, ",", &last)) {
+        if (apx_parse_uint(cmd, tok, 500, 599, &st))
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                "option failstatus= (statuses 500..599 "
+                                "separated by commas, or none)",
+                                cmd->cmd->name, val);
+        b->fail_status[st - 500] = 1;
+    }
+    return NULL;
+}
+
+static const char *parse_hash_key(cmd_parms *cmd, apx_balancer *b,
+                                  const char *val)
+{
+    const char *name = strchr(val, ':');
+
+    if (!strcasecmp(val, "client")) {
+        b->hash_from = APX_HASHKEY_CLIENT;
+        b->hash_name = NULL;
+        return NULL;
+    }
+    if (name && name[1] && !strncasecmp(val, "cookie:", 7)) {
+        b->hash_from = APX_HASHKEY_COOKIE;
+        b->hash_name = name + 1;
+        return NULL;
+    }
+    if (name && name[1] && !strncasecmp(val, "header:", 7)) {
+        b->hash_from = APX_HASHKEY_HEADER;
+        b->hash_name = name + 1;
+        return NULL;
+    }
+    return apr_psprintf(cmd->pool, "%s: invalid value '%s' for option "
+                        "hashkey= (cookie:NAME, header:NAME or client)",
+                        cmd->cmd->name, val);
+}
+
+/* AsyncProxyBalancerSet key=value ... (inside the section) */
+const char *apx_cmd_balancer_set(cmd_parms *cmd, void *dummy,
+                                 const char *args)
+{
+    apx_balancer *b = cur_balancer;
+    apx_bal_config *cfg;
+    const char *err = NULL, *key, *val;
+    int more;
+
+    if ((err = only_in_balancer(cmd)))
+        return err;
+    cfg = &b->cfg;
+    if (!*args)
+        return apr_psprintf(cmd->pool, "%s: missing key=value",
+                            cmd->cmd->name);
+    while ((more = next_option(cmd, &args, &key, &val, &err)) > 0) {
+        err = NULL;
+        if (!strcasecmp(key, "lbmethod")) {
+            if (!strcasecmp(val, "p2c-ewma") || !strcasecmp(val, "p2c"))
+                cfg->method = APX_BAL_P2C_EWMA;
+            else if (!strcasecmp(val, "wrr")
+                     || !strcasecmp(val, "byrequests"))
+                cfg->method = APX_BAL_WRR;
+            else if (!strcasecmp(val, "hash"))
+                cfg->method = APX_BAL_HASH;
+            else
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                    "option lbmethod= (p2c-ewma, wrr or "
+                                    "hash)", cmd->cmd->name, val);
+        }
+        else if (!strcasecmp(key, "hashkey")) {
+            err = parse_hash_key(cmd, b, val);
+        }
+        else if (!strcasecmp(key, "stickysession")) {
+            const char *bar = strchr(val, '|');
+
+            if (!*val || bar == val || (bar && !bar[1]))
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                    "option stickysession= (NAME, or "
+                                    "COOKIE|PARAMETER)", cmd->cmd->name,
+                                    val);
+            b->sticky_cookie = bar ? apr_pstrmemdup(cmd->pool, val, bar - val)
+                                   : val;
+            b->sticky_param = bar ? bar + 1 : val;
+        }
+        else if (!strcasecmp(key, "failures")) {
+            err = apx_parse_uint(cmd, val, 0, 10000, &cfg->consecutive);
+        }
+        else if (!strcasecmp(key, "ejecttime")) {
+            err = apx_parse_duration(cmd, val, apr_time_from_msec(100),
+                                     apr_time_from_sec(86400),
+                                     &cfg->base_eject);
+            /* the backoff grows to ten ejections' worth, at least the
+             * default cap */
+            if (!err)
+                cfg->max_eject = cfg->base_eject * 10 > cfg->max_eject
+                                 ? cfg->base_eject * 10 : cfg->max_eject;
+        }
+        else if (!strcasecmp(key, "maxeject")) {
+            err = parse_pct(cmd, key, val, &cfg->max_eject_pct);
+        }
+        else if (!strcasecmp(key, "retrybudget")) {
+            err = parse_pct(cmd, key, val, &cfg->budget_pct);
+            /* 0 %: no retries at all, not even the floor of 10/s */
+            if (!err && cfg->budget_pct == 0)
+                cfg->min_retry_rps = 0;
+        }
+        else if (!strcasecmp(key, "slowstart")) {
+            if (!strcmp(val, "0") || !strcasecmp(val, "off"))
+                cfg->slow_start = 0;
+            else
+                err = apx_parse_duration(cmd, val, 0,
+                                         apr_time_from_sec(3600),
+                                         &cfg->slow_start);
+        }
+        else if (!strcasecmp(key, "failstatus")) {
+            err = parse_fail_status(cmd, b, val);
+        }
+        else {
+            return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
+                                "lbmethod, hashkey, stickysession, failures, "
+                                "ejecttime, maxeject, retrybudget, slowstart, "
+                                "failstatus)", cmd->cmd->name, key);
+        }
+        if (err)
+            return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);
+    }
+    return more < 0 ? err : NULL;
+}

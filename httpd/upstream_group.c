@@ -1,0 +1,361 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may not
+ * use this file except in compliance with the License.  You may obtain a copy
+ * of the License at http://www.apache.org/licenses/LICENSE-2.0
+ */
+
+/* upstream_group.c — balancer groups in the child: one apx_bal group
+ * (poller/balance.c) per <AsyncProxyBalancer>, what a request hands it to
+ * choose a member (its hash key, its sticky route), the outcome reports
+ * and what they changed in the error log, and the members on the status
+ * page.
+ *
+ * Threads:
+ *   apx_balancer_find()            configuration (parent, single thread)
+ *   apx_balancers_child_init()     child_init, before any request thread
+ *   apx_group_*(), apx_balancers_status()   any request thread (MPM
+ *                                  threads, module workers, lane threads)
+ * Invariants:
+ *   - Each group has one mutex; it is held for one engine call (a pick, a
+ *     report, a retry) or for copying the members out, never across a
+ *     syscall, a log line or a wait.
+ *   - Every successful pick or retry is matched by exactly one
+ *     apx_group_done() (the request path keeps that promise with a
+ *     coroutine defer, see backend.c).
+ *   - State is per child: N children keep N views of each group (the
+ *     cross-child view in shared memory is issue 13's next step).
+ */
+#include <unistd.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "apr_strings.h"
+#include "apr_thread_mutex.h"
+
+#include "upstream.h"
+
+APLOG_USE_MODULE(asyncproxy);
+extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
+
+/* Per child. */
+typedef struct group_rt {
+    apr_thread_mutex_t *mtx;
+    apx_bal_group *g;
+    apx_bal_rng rng;                /* under mtx, like the group */
+} group_rt;
+
+/* ------------------------------------------------------------------ */
+/* configuration                                                        */
+
+apx_balancer *apx_balancer_find(const char *name)
+{
+    apr_array_header_t *all = apx_gconf.balancers;
+    int i;
+
+    for (i = 0; all && i < all->nelts; i++) {
+        apx_balancer *b = APR_ARRAY_IDX(all, i, apx_balancer *);
+
+        if (!strcasecmp(b->name, name))
+            return b;
+    }
+    return NULL;
+}
+
+void apx_balancers_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    apr_array_header_t *all = apx_gconf.balancers;
+    apr_time_t now = apr_time_now();
+    int i, j;
+
+    for (i = 0; all && i < all->nelts; i++) {
+        apx_balancer *b = APR_ARRAY_IDX(all, i, apx_balancer *);
+        apx_bal_member_spec *specs;
+        group_rt *rt = apr_pcalloc(pchild, sizeof(*rt));
+        apr_status_t rv;
+
+        b->rt = NULL;
+        specs = apr_pcalloc(pchild, b->members->nelts * sizeof(*specs));
+        for (j = 0; j < b->members->nelts; j++) {
+            const apx_member *mb = &APR_ARRAY_IDX(b->members, j, apx_member);
+
+            specs[j].name = mb->url;
+            specs[j].route = mb->route;
+            specs[j].weight = mb->weight;
+        }
+        rv = apr_thread_mutex_create(&rt->mtx, APR_THREAD_MUTEX_DEFAULT,
+                                     pchild);
+        if (rv == APR_SUCCESS)
+            rv = apx_bal_group_create(&rt->g, pchild, &b->cfg, specs,
+                                      (unsigned)b->members->nelts, now);
+        if (rv != APR_SUCCESS) {
+            /* the directives checked what the engine refuses: this is
+             * memory or a lock */
+            ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, APXLOGNO(00024)
+                         "cannot set up balancer %s in this child; its "
+                         "requests will get 503", b->name);
+            continue;
+        }
+        /* distinct children draw distinct sequences */
+        apx_bal_rng_seed(&rt->rng, (apr_uint64_t)now ^ ((apr_uint64_t)getpid()
+                                                       << 32) ^ (apr_uint64_t)i);
+        b->rt = rt;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* what a request gives the pick                                        */
+
+/* The value of cookie `name` in the request's Cookie fields, or NULL. */
+static const char *find_cookie(request_rec *r, const char *name,
+                               apr_size_t *vlen)
+{
+    const apr_array_header_t *arr = apr_table_elts(r->headers_in);
+    const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
+    apr_size_t nlen = strlen(name);
+    int i;
+
+    for (i = 0; i < arr->nelts; i++) {
+        const char *p;
+
+        if (!e[i].key || !e[i].val || strcasecmp(e[i].key, "Cookie"))
+            continue;
+        for (p = e[i].val; *p; ) {
+            const char *end;
+
+            while (*p == ' ' || *p == '\t' || *p == ';')
+                p++;
+            end = p + strcspn(p, ";");
+            if ((apr_size_t)(end - p) > nlen && !strncmp(p, name, nlen)
+                && p[nlen] == '=') {
+                const char *v = p + nlen + 1, *ve = end;
+
+                while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                    ve--;
+                if (ve - v >= 2 && *v == '"' && ve[-1] == '"') {
+                    v++;
+                    ve--;
+                }
+                *vlen = (apr_size_t)(ve - v);
+                return v;
+            }
+            p = end;
+        }
+    }
+    return NULL;
+}
+
+/* `name=value` as a path parameter (";jsessionid=...") or in the query,
+ * as mod_proxy_balancer reads a session from the URL; NULL when absent. */
+static const char *find_url_param(request_rec *r, const char *name,
+                                  apr_size_t *vlen)
+{
+    const char *p = r->unparsed_uri;
+    apr_size_t nlen = strlen(name);
+
+    while (p && (p = strpbrk(p, ";?&"))) {
+        p++;
+        if (!strncmp(p, name, nlen) && p[nlen] == '=') {
+            *vlen = strcspn(p + nlen + 1, ";?&#");
+            return p + nlen + 1;
+        }
+    }
+    return NULL;
+}
+
+static void request_key(const apx_balancer *b, request_rec *r,
+                        apx_bal_req *in)
+{
+    const char *v = NULL;
+    apr_size_t len = 0;
+
+    memset(in, 0, sizeof(*in));
+    if (b->sticky_cookie) {
+        v = find_cookie(r, b->sticky_cookie, &len);
+        if (!v)
+            v = find_url_param(r, b->sticky_param, &len);
+        if (v)
+            in->route = apx_bal_session_route(v, len, '.', &in->route_len);
+    }
+    if (b->cfg.method != APX_BAL_HASH)
+        return;
+    switch (b->hash_from) {
+    case APX_HASHKEY_COOKIE:
+        v = find_cookie(r, b->hash_name, &len);
+        break;
+    case APX_HASHKEY_HEADER:
+        v = apr_table_get(r->headers_in, b->hash_name);
+        len = v ? strlen(v) : 0;
+        break;
+    default:
+        v = r->useragent_ip;
+        len = v ? strlen(v) : 0;
+        break;
+    }
+    in->key = v;
+    in->key_len = len;
+}
+
+/* ------------------------------------------------------------------ */
+/* picks and reports                                                    */
+
+static const apx_member *member_of(const apx_balancer *b, unsigned idx)
+{
+    return &APR_ARRAY_IDX(b->members, (int)idx, apx_member);
+}
+
+/* A pick (failed < 0) or a retry away from member `failed`. */
+static apr_status_t choose(apx_balancer *b, request_rec *r, int failed,
+                           unsigned *idx)
+{
+    group_rt *rt = b->rt;
+    apx_bal_req in;
+    apr_time_t now;
+    apr_status_t rv;
+
+    if (!rt)
+        return APR_ENOTIMPL;
+    request_key(b, r, &in);
+    now = apr_time_now();
+    apr_thread_mutex_lock(rt->mtx);
+    rv = failed < 0 ? apx_bal_pick(rt->g, &in, now, &rt->rng, idx)
+                    : apx_bal_retry(rt->g, &in, (unsigned)failed, now,
+                                    &rt->rng, idx);
+    apr_thread_mutex_unlock(rt->mtx);
+    return rv;
+}
+
+apr_status_t apx_group_pick(apx_balancer *b, request_rec *r, unsigned *idx)
+{
+    return choose(b, r, -1, idx);
+}
+
+apr_status_t apx_group_retry(apx_balancer *b, request_rec *r,
+                             unsigned failed, unsigned *idx)
+{
+    return choose(b, r, (int)failed, idx);
+}
+
+void apx_group_done(apx_balancer *b, server_rec *s, unsigned idx,
+                    int outcome, apr_interval_time_t latency)
+{
+    group_rt *rt = b->rt;
+    const apx_bal_member *m;
+    unsigned consecutive = 0, mult = 0;
+    apr_interval_time_t away = 0;
+    apr_time_t now = apr_time_now();
+    int ev;
+
+    if (!rt)
+        return;
+    apr_thread_mutex_lock(rt->mtx);
+    ev = apx_bal_done(rt->g, idx, outcome, latency, now);
+    if (ev != APX_BAL_EV_NONE) {
+        m = apx_bal_member_at(rt->g, idx);
+        consecutive = m->consecutive;
+        mult = m->eject_mult;
+        away = m->until - now;
+    }
+    apr_thread_mutex_unlock(rt->mtx);
+
+    switch (ev) {
+    case APX_BAL_EV_EJECTED:
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, APXLOGNO(00025)
+                      "balancer %s: member %s ejected for %" APR_TIME_T_FMT
+                      " ms (backoff x%u) after it failed",
+                      b->name, member_of(b, idx)->url,
+                      apr_time_as_msec(away), mult);
+        break;
+    case APX_BAL_EV_EJECT_DENIED:
+        /* said once per run of failures, not on each one */
+        if (consecutive == b->cfg.consecutive || consecutive <= 1)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, APXLOGNO(00026)
+                          "balancer %s: member %s keeps failing but stays: "
+                          "ejecting it would pass maxeject=%u%% or leave "
+                          "no member", b->name, member_of(b, idx)->url,
+                          b->cfg.max_eject_pct);
+        break;
+    case APX_BAL_EV_UP:
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, APXLOGNO(00027)
+                      "balancer %s: member %s is back up", b->name,
+                      member_of(b, idx)->url);
+        break;
+    default:
+        break;
+    }
+}
+
+int apx_group_fail_status(const apx_balancer *b, int status)
+{
+    return status >= 500 && status <= 599 && b->fail_status[status - 500];
+}
+
+/* ------------------------------------------------------------------ */
+/* status                                                               */
+
+typedef struct member_view {
+    apx_bal_member m;
+    double latency;
+} member_view;
+
+void apx_balancers_status(request_rec *r, int short_report)
+{
+    apr_array_header_t *all = apx_gconf.balancers;
+    apr_time_t now = apr_time_now();
+    int i;
+    unsigned j, n;
+
+    for (i = 0; all && i < all->nelts; i++) {
+        apx_balancer *b = APR_ARRAY_IDX(all, i, apx_balancer *);
+        group_rt *rt = b->rt;
+        member_view *v;
+
+        if (!rt)
+            continue;
+        n = (unsigned)b->members->nelts;
+        v = apr_palloc(r->pool, n * sizeof(*v));
+        apr_thread_mutex_lock(rt->mtx);
+        apx_bal_refresh(rt->g, now);
+        for (j = 0; j < n; j++) {
+            v[j].m = *apx_bal_member_at(rt->g, j);
+            v[j].latency = apx_bal_latency(rt->g, j, now);
+        }
+        apr_thread_mutex_unlock(rt->mtx);
+
+        if (!short_report)
+            ap_rprintf(r, "<h3>balancer://%s</h3>\n<table>\n<tr><th>member"
+                       "</th><th>route</th><th>weight</th><th>state</th>"
+                       "<th>in flight</th><th>latency (ms)</th>"
+                       "<th>requests</th><th>failures</th><th>ejections"
+                       "</th><th>retries</th></tr>\n",
+                       ap_escape_html(r->pool, b->name));
+        for (j = 0; j < n; j++) {
+            const apx_member *mb = member_of(b, j);
+            const apx_bal_member *m = &v[j].m;
+            const char *state = apx_bal_state_name(m->state);
+
+            if (short_report) {
+                ap_rprintf(r, "AsyncProxyMember: balancer=%s index=%u "
+                           "url=%s route=%s weight=%u state=%s inflight=%u "
+                           "latency_us=%.0f requests=%" APR_UINT64_T_FMT
+                           " failures=%" APR_UINT64_T_FMT " ejections=%"
+                           APR_UINT64_T_FMT " retries=%" APR_UINT64_T_FMT
+                           "\n", b->name, j, mb->url,
+                           mb->route ? mb->route : "-", mb->weight, state,
+                           m->inflight, v[j].latency, m->requests,
+                           m->failures, m->ejections, m->retries);
+                continue;
+            }
+            ap_rprintf(r, "<tr><td>%s</td><td>%s</td><td>%u</td><td>%s</td>"
+                       "<td>%u</td><td>%.1f</td><td>%" APR_UINT64_T_FMT
+                       "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                       APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                       "</td></tr>\n", ap_escape_html(r->pool, mb->url),
+                       mb->route ? ap_escape_html(r->pool, mb->route) : "",
+                       mb->weight, state, m->inflight, v[j].latency / 1000.0,
+                       m->requests, m->failures, m->ejections, m->retries);
+        }
+        if (!short_report)
+            ap_rputs("</table>\n", r);
+    }
+}
