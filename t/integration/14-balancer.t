@@ -26,7 +26,6 @@ use lib "$FindBin::Bin/../lib";
 use APX::Httpd;
 use APX::Backend;
 use APX::Client qw(:all);
-use APX::Load qw(multiplex get_req);
 use Time::HiRes qw(sleep time);
 
 my $t_start = time;
