@@ -713,7 +713,7 @@ static void test_elastic(apr_pool_t *pool)
         wait_calls(&blk[i], 1, 5000);
 
     apx_engine_destroy(e, NULL);
-    is_int(count_tasks(), base, "destroy joined every engine thread");
+    is_int(wait_tasks(base, 2000), base, "destroy joined every engine thread");
     close(sv[0]);
     close(sv[1]);
 }
@@ -787,7 +787,7 @@ static void test_stopping(apr_pool_t *pool)
     ok(idle1.abandoned == 0 && idle2.abandoned == 0 && idle3.abandoned == 0,
        "dispatched ones are not abandoned");
     ok(calls_of(&busy1) == 0 && calls_of(&busy2) == 0, "nor dispatched");
-    is_int(count_tasks(), base, "every thread joined");
+    is_int(wait_tasks(base, 2000), base, "every thread joined");
     close(a[0]); close(a[1]);
     close(b[0]); close(b[1]);
     close(c[0]); close(c[1]);
@@ -901,7 +901,7 @@ static void test_awake_cap(apr_pool_t *pool)
     open_gate();
     is_int(wait_calls(&blk, 1, 5000), 1, "blocked dispatch finished");
     apx_engine_destroy(e, on_abandoned);
-    is_int(count_tasks(), base, "every thread joined");
+    is_int(wait_tasks(base, 2000), base, "every thread joined");
 
     /* min 1: no idle worker to wake, the watchdog starts one */
     e = start_capped(pool, 1, 3, 1);
@@ -917,7 +917,7 @@ static void test_awake_cap(apr_pool_t *pool)
     open_gate();
     wait_calls(&blk, 1, 5000);
     apx_engine_destroy(e, on_abandoned);
-    is_int(count_tasks(), base, "every thread joined");
+    is_int(wait_tasks(base, 2000), base, "every thread joined");
     free(rs);
 }
 
@@ -955,7 +955,7 @@ static void test_before_start(apr_pool_t *pool)
     is_int(r1.why, APX_EV_RUN, "as RUN");
     apx_engine_destroy(e, on_abandoned);
     is_int(r1.abandoned, 0, "and is not abandoned");
-    is_int(count_tasks(), base, "every thread joined");
+    is_int(wait_tasks(base, 2000), base, "every thread joined");
 }
 
 /* apx_engine_shed_idle(): the longest parked idle records go first, across

@@ -730,7 +730,7 @@ static void test_wake_stop_destroy(apr_pool_t *pool)
         if (stop_i[k].abandoned || stop_a[k].abandoned)
             ab_ok = 0;
     ok(ab_ok, "records dispatched before are not abandoned");
-    is_int(count_tasks(), stop_base_tasks, "every thread joined");
+    is_int(wait_tasks(stop_base_tasks, 2000), stop_base_tasks, "every thread joined");
 }
 
 int main(void)
