@@ -68,6 +68,9 @@ typedef struct tunnel {
     unsigned backend_eof:1;
     unsigned backend_shut:1;        /* we sent the backend our FIN */
     unsigned client_shut:1;
+    unsigned backend_fin:1;         /* a side we wanted nothing from */
+    unsigned client_fin:1;          /* reported its FIN: not watched for
+                                     * its end again */
     apr_uint64_t bytes_in, bytes_out;
     apr_uint64_t turn_start;        /* bytes_in + bytes_out at the last
                                      * wait */
@@ -418,6 +421,7 @@ int apx_ex_tunnel(apx_exchange *px)
     deadline = apr_time_now() + px->tunnel_timeout;
     while (rc == STEP_OK) {
         unsigned want_b, want_c, got, got1, gb, gc;
+        int watch_b, watch_c;
         int moved = pump(&t);
 
         if (moved < 0) {
@@ -442,11 +446,17 @@ int apx_ex_tunnel(apx_exchange *px)
                  | (!t.client_eof && !t.clen ? APX_EV_IN : 0);
         if (!want_b && !want_c)
             break;
-        /* A side we want nothing from is not watched: the poller would
-         * report its half-close again and again. */
-        if (want_b) {
-            got = apx_wait2(rq, px->fd, want_b, want_c ? t.cfd : -1, want_c,
-                            deadline, &got1);
+        /* A side we want nothing from (its reads wait for the other
+         * side to take bytes) is still watched for its end: a peer that
+         * resets while the other one stalls ends the tunnel at once, not
+         * at the idle timeout. Its FIN is reported once, then that side
+         * waits unwatched until we want bytes from it (a half-close is
+         * not an end: what it sent still goes on). */
+        watch_b = want_b || (!t.backend_eof && !t.backend_fin);
+        watch_c = want_c || (!t.client_eof && !t.client_fin);
+        if (watch_b) {
+            got = apx_wait2(rq, px->fd, want_b, watch_c ? t.cfd : -1,
+                            want_c, deadline, &got1);
             gb = got;
             gc = got1;
         }
@@ -456,6 +466,10 @@ int apx_ex_tunnel(apx_exchange *px)
                                    | APX_EV_ERR);
             gc = got;
         }
+        if (!want_b && (gb & APX_EV_HUP))
+            t.backend_fin = 1;
+        if (!want_c && (gc & APX_EV_HUP))
+            t.client_fin = 1;
         if (got & APX_EV_SHUTDOWN) {
             rq->note = "shutdown";
             break;

@@ -338,6 +338,35 @@ echo_checks($h, 'e2', 'upgrade=*', ) if 1;
     is($r && $r->[2], $sent, 'sink: the backend got every byte the client sent');
     close $s;
 }
+# Hostile: a client that resets while the backend takes nothing (its
+# bytes wait in the tunnel, so the client's side is not read). The tunnel
+# still watches the client for its end: the reset closes the tunnel at
+# once, not at the idle timeout (default, minutes), and the backend side is
+# closed too.
+{
+    my $w = ws_open($h, '/ws/sink/k2');
+    is($w->{status}, 101, 'reset: open');
+    my $s = $w->{s};
+    $s->blocking(0);
+    my $frame = ws_frame(OP_BINARY, 'r' x 65536, 1);
+    my ($pending, $last_progress, $end) = ('', time, time + 20);
+    while (time < $end) {
+        $pending = $frame if $pending eq '';
+        my $n = syswrite($s, $pending);
+        if ($n) { substr($pending, 0, $n, ''); $last_progress = time; next }
+        last if time - $last_progress > 1;
+        IO::Select->new($s)->can_write(0.2);
+    }
+    is(figures($h->port)->{TunnelsNow}, 1, 'reset: the stalled tunnel is open');
+    setsockopt($s, Socket::SOL_SOCKET(), Socket::SO_LINGER(), pack('ii', 1, 0));
+    close $s;       # RST: unread data in our receive queue or linger 0
+    ok(wait_for(sub { (figures($h->port)->{TunnelsNow} // -1) == 0 }, 15),
+       'reset: the tunnel closed when the client reset (TunnelsNow 0), long before its idle timeout');
+    open my $go, '>', "$EV.k2.go" or die;
+    close $go;
+    ok(wait_for(sub { grep { $_->[0] eq 'sink-read' && $_->[1] eq 'k2' } backend_log() }, 20),
+       'reset: the backend side was closed (the backend read to EOF)');
+}
 {
     my $f = figures($h->port);
     ok(($f->{TunnelsTotal} // 0) >= 8, "TunnelsTotal $f->{TunnelsTotal}");
