@@ -40,7 +40,9 @@
 #include "http_log.h"
 #include "http_protocol.h"
 #include "http_request.h"
+#include "mpm_common.h"
 #include "util_filter.h"
+#include "apr_optional.h"
 #include "apr_strings.h"
 
 #include "exchange.h"
@@ -68,6 +70,13 @@ typedef struct tunnel {
     unsigned backend_eof:1;
     unsigned backend_shut:1;        /* we sent the backend our FIN */
     unsigned client_shut:1;
+    unsigned direct:1;              /* client bytes read from its socket */
+    unsigned may_direct:1;          /* its input filters allow that */
+    unsigned b_ready:1;             /* a read of that side may find bytes: */
+    unsigned c_ready:1;             /* set by the poller's report, cleared
+                                     * by a read that drained the socket
+                                     * (short or EAGAIN); saves the reads
+                                     * that would only say EAGAIN */
     unsigned backend_fin:1;         /* a side we wanted nothing from */
     unsigned client_fin:1;          /* reported its FIN: not watched for
                                      * its end again */
@@ -198,6 +207,59 @@ static apr_status_t to_client(tunnel *t, const char *data, apr_size_t len)
     return client_flush(t);
 }
 
+/* mod_logio's byte counter (%I), when loaded: direct reads count
+ * themselves. */
+static APR_OPTIONAL_FN_TYPE(ap_logio_add_bytes_in) *logio_add_bytes_in;
+
+/* 1 when every input filter of c passes the client's bytes on unchanged:
+ * ours (the head read-ahead, empty between requests), mod_logio's counter
+ * and the core's socket reader. Anything else (mod_ssl, a filter of
+ * another module) keeps the tunnel's reads in the filter chain. */
+static int filters_allow_direct(conn_rec *c)
+{
+    ap_filter_t *f;
+
+    for (f = c->input_filters; f; f = f->next) {
+        const char *n = f->frec->name;
+
+        if (strcasecmp(n, "core_in") && strcasecmp(n, "log_input_output")
+            && strcasecmp(n, "asyncproxy_head"))
+            return 0;
+    }
+    return 1;
+}
+
+/* From the first EAGAIN of the filter chain on, the client's bytes are
+ * read with recv() into cbuf: no bucket, no allocator block per read. The
+ * connection's allocator has nothing left to hand out per message then, so
+ * it keeps no free blocks: what the request and the 101 used and gave back
+ * goes back to the system now, and so does whatever is freed later. An
+ * idle tunnel then holds its pools' live blocks only. The MPM's limit
+ * (MaxMemFree) is put back when the tunnel ends: the MPM recycles the
+ * connection's pool, allocator included. */
+static void go_direct(tunnel *t)
+{
+    apr_allocator_t *a = apr_pool_allocator_get(t->c->pool);
+    apr_memnode_t *held[8];
+    int i, k = 0;
+
+    t->direct = 1;
+    if (!logio_add_bytes_in)
+        logio_add_bytes_in = APR_RETRIEVE_OPTIONAL_FN(ap_logio_add_bytes_in);
+    if (!a)
+        return;
+    apr_allocator_max_free_set(a, 4096);
+    /* the free blocks it kept: taken out and given back under the new
+     * limit (new ones taken on the way are given back as well) */
+    for (i = 0; i < 8; i++) {
+        if (!(held[k] = apr_allocator_alloc(a, 8192 - APR_MEMNODE_T_SIZE)))
+            break;
+        k++;
+    }
+    while (k > 0)
+        apr_allocator_free(a, held[--k]);
+}
+
 static void drop_cbuf(tunnel *t)
 {
     free(t->cbuf);
@@ -218,12 +280,46 @@ static int from_client(tunnel *t)
     apr_size_t len = TUNNEL_BUF;
     apr_bucket *e;
     apr_status_t rv;
+    ssize_t n;
 
+    if (t->direct) {
+        if (!t->cbuf && !(t->cbuf = malloc(TUNNEL_BUF)))
+            return -1;
+        do
+            n = recv(t->cfd, t->cbuf, TUNNEL_BUF, MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n > 0) {
+            t->clen = (apr_size_t)n;
+            t->coff = 0;
+            if (n < TUNNEL_BUF)
+                t->c_ready = 0;
+            if (logio_add_bytes_in)
+                logio_add_bytes_in(t->c, (apr_off_t)n);
+            return 1;
+        }
+        drop_cbuf(t);
+        if (n == 0) {
+            t->client_eof = 1;
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        t->c_ready = 0;
+        return 0;
+    }
     apr_brigade_cleanup(t->in);
     rv = ap_get_brigade(t->c->input_filters, t->in, AP_MODE_READBYTES,
                         APR_NONBLOCK_READ, TUNNEL_BUF);
-    if (APR_STATUS_IS_EAGAIN(rv))
+    /* nothing to read (the core answers a non-blocking read that finds
+     * nothing with an empty brigade): every filter is empty now, so from
+     * here on straight from the socket when nothing in between changes
+     * the bytes */
+    if (APR_STATUS_IS_EAGAIN(rv)
+        || (rv == APR_SUCCESS && APR_BRIGADE_EMPTY(t->in))) {
+        if (t->may_direct)
+            go_direct(t);
         return 0;
+    }
     if (rv == APR_EOF) {
         t->client_eof = 1;
         return 0;
@@ -258,7 +354,7 @@ static int pump(tunnel *t)
     /* backend -> client, only while the client took what it was given */
     if (t->c->data_in_output_filters && client_flush(t) != APR_SUCCESS)
         return -1;
-    while (!t->backend_eof && !t->c->data_in_output_filters) {
+    while (t->b_ready && !t->backend_eof && !t->c->data_in_output_filters) {
         if (!rb && !(rb = malloc(TUNNEL_BUF)))
             return -1;
         n = recv(px->fd, rb, TUNNEL_BUF, MSG_DONTWAIT);
@@ -269,6 +365,8 @@ static int pump(tunnel *t)
                 return -1;
             }
             moved = 1;
+            if (n < TUNNEL_BUF)
+                t->b_ready = 0;
         }
         else if (n == 0) {
             t->backend_eof = 1;
@@ -277,6 +375,7 @@ static int pump(tunnel *t)
             continue;
         }
         else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            t->b_ready = 0;
             break;
         }
         else {
@@ -301,6 +400,8 @@ static int pump(tunnel *t)
             if (n > 0) {
                 t->coff += (apr_size_t)n;
                 t->bytes_in += (apr_uint64_t)n;
+                /* an answer may follow at once (one read to see) */
+                t->b_ready = 1;
                 apr_atomic_add64(&apx_ch->n.tunnel_bytes_in,
                                  (apr_uint64_t)n);
                 moved = 1;
@@ -314,7 +415,7 @@ static int pump(tunnel *t)
                 break;
             return -1;
         }
-        if (t->client_eof)
+        if (t->client_eof || (t->direct && !t->c_ready))
             break;
         rc = from_client(t);
         if (rc < 0)
@@ -394,6 +495,8 @@ int apx_ex_tunnel(apx_exchange *px)
     /* mod_reqtimeout's body limits are for request bodies, not for an
      * upgraded protocol that may be quiet for minutes */
     ap_remove_input_filter_byhandle(c->input_filters, "reqtimeout");
+    t.may_direct = filters_allow_direct(c);
+    t.b_ready = t.c_ready = 1;
 
     if (send_101(px) != STEP_OK) {
         apx_coro_defer_fire(rq->coro, bufd);
@@ -466,6 +569,10 @@ int apx_ex_tunnel(apx_exchange *px)
                                    | APX_EV_ERR);
             gc = got;
         }
+        if (gb & (APX_EV_IN | APX_EV_HUP | APX_EV_ERR))
+            t.b_ready = 1;
+        if (gc & (APX_EV_IN | APX_EV_HUP | APX_EV_ERR))
+            t.c_ready = 1;
         if (!want_b && (gb & APX_EV_HUP))
             t.backend_fin = 1;
         if (!want_c && (gc & APX_EV_HUP))
@@ -488,6 +595,12 @@ int apx_ex_tunnel(apx_exchange *px)
         }
     }
     *noflush = 0;
+    if (t.direct) {
+        apr_allocator_t *a = apr_pool_allocator_get(c->pool);
+
+        if (a)
+            apr_allocator_max_free_set(a, ap_max_mem_free);
+    }
     apx_coro_defer_fire(rq->coro, bufd);
     apx_ex_finish_backend(px, 0);
     if (rc != STEP_OK)
