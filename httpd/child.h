@@ -47,6 +47,8 @@ typedef struct apx_counters {
     volatile apr_uint32_t idle_now;        /* adopted, parked between requests
                                             * or awaiting a head */
     volatile apr_uint32_t shed_total;      /* of those, closed under pressure */
+    volatile apr_uint32_t idle_trims;      /* idle connections that gave back
+                                            * their allocator's free blocks */
     volatile apr_uint32_t gate_requeues;   /* gate found closed: re-parked */
     volatile apr_uint32_t handed_over;     /* finished on an MPM thread, the
                                             * connection adopted anyway */

@@ -54,6 +54,7 @@
 #include "conn.h"
 #include "head.h"
 #include "lane.h"
+#include "memory.h"
 #include "outcome.h"
 #include "shed.h"
 
@@ -367,14 +368,41 @@ static void linger_event(apx_conn *ac, unsigned why)
     destroy_conn(ac);
 }
 
+/* An idle connection waits IDLE_TRIM_AFTER first, then gives back what its
+ * last request left in the connection's allocator (memory.c) and waits the
+ * rest of KeepAliveTimeout: a client that sends its next request at once
+ * finds the blocks still there, one that stays idle costs its live blocks
+ * only. */
+#define IDLE_TRIM_AFTER apr_time_from_sec(1)
+
 static void park_keepalive(apx_conn *ac)
 {
     conn_rec *c = ac->c;
+    apr_interval_time_t t = c->base_server->keep_alive_timeout;
 
     c->cs->state = CONN_STATE_SUSPENDED;
     apx_shed_idle_inc();
+    ac->idle_trim = 0;
+    if (t > 2 * IDLE_TRIM_AFTER) {
+        ac->idle_trim = 1;
+        ac->deadline = apr_time_now() + t;
+        t = IDLE_TRIM_AFTER;
+    }
+    park(ac, PH_KEEPALIVE, ac->fd, APX_EV_IN, -1, t, APX_PARK_IDLE);
+}
+
+/* The first part of the idle wait ended quietly: trim, wait the rest. */
+static void idle_trim(apx_conn *ac)
+{
+    apr_time_t now = apr_time_now();
+
+    ac->idle_trim = 0;
+    apx_mem_trim(ac->c, 0);
+    apr_atomic_inc32(&apx_ch->n.idle_trims);
+    apx_shed_idle_inc();
     park(ac, PH_KEEPALIVE, ac->fd, APX_EV_IN, -1,
-         c->base_server->keep_alive_timeout, APX_PARK_IDLE);
+         park_timeout(ac->deadline > now ? ac->deadline - now : 1),
+         APX_PARK_IDLE);
 }
 
 /* Answers a head we will not let httpd read (it would block on it) and
@@ -468,6 +496,14 @@ static void keepalive_event(apx_conn *ac, unsigned why)
     int step;
 
     apr_atomic_dec32(&apx_ch->n.idle_now);
+    if (ac->phase == PH_KEEPALIVE && ac->idle_trim
+        && (why & APX_EV_TIMEOUT)
+        && !(why & (APX_EV_IN | APX_EV_HUP | APX_EV_ERR | APX_EV_SHED
+                    | APX_EV_SHUTDOWN))
+        && !apr_atomic_read32(&apx_ch->stopping)) {
+        idle_trim(ac);
+        return;
+    }
     if (ac->phase == PH_KEEPALIVE
         && (!(why & APX_EV_IN) || (why & (APX_EV_SHUTDOWN | APX_EV_TIMEOUT
                                           | APX_EV_SHED))

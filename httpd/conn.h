@@ -32,7 +32,10 @@ struct apx_conn {
     int want_park;              /* handler returned SUSPENDED to park rq */
     int adopted;
     apx_gate gate;              /* the hand-over gate (gate.h) */
-    apr_time_t deadline;        /* PH_LINGER absolute deadline */
+    apr_time_t deadline;        /* PH_LINGER, PH_KEEPALIVE: absolute
+                                 * deadline */
+    int idle_trim;              /* PH_KEEPALIVE: the first, short part of
+                                 * the wait (memory.c trims after it) */
     apx_head *head;             /* the request head read ahead */
     int want_head;              /* process_connection suspended it to
                                  * await its head in the poller */

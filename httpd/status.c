@@ -78,6 +78,7 @@ static int collect(figure *f, const char **mode)
     FIG("HeadsAdopted", apr_atomic_read32(&ch->n.heads_adopted));
     FIG("IdleNow", apr_atomic_read32(&ch->n.idle_now));
     FIG("IdleShed", apr_atomic_read32(&ch->n.shed_total));
+    FIG("IdleTrims", apr_atomic_read32(&ch->n.idle_trims));
     FIG("HandedOver", apr_atomic_read32(&ch->n.handed_over));
     FIG("ParkDelaySkipped", apr_atomic_read32(&ch->n.delay_skipped));
     FIG("AdoptedNow", apr_atomic_read32(&ch->n.adopted_now));

@@ -40,12 +40,12 @@
 #include "http_log.h"
 #include "http_protocol.h"
 #include "http_request.h"
-#include "mpm_common.h"
 #include "util_filter.h"
 #include "apr_optional.h"
 #include "apr_strings.h"
 
 #include "exchange.h"
+#include "memory.h"
 
 APLOG_USE_MODULE(asyncproxy);
 
@@ -234,30 +234,14 @@ static int filters_allow_direct(conn_rec *c)
  * connection's allocator has nothing left to hand out per message then, so
  * it keeps no free blocks: what the request and the 101 used and gave back
  * goes back to the system now, and so does whatever is freed later. An
- * idle tunnel then holds its pools' live blocks only. The MPM's limit
- * (MaxMemFree) is put back when the tunnel ends: the MPM recycles the
- * connection's pool, allocator included. */
+ * idle tunnel then holds its pools' live blocks only (memory.c); the
+ * MPM's limit (MaxMemFree) is put back when the tunnel ends. */
 static void go_direct(tunnel *t)
 {
-    apr_allocator_t *a = apr_pool_allocator_get(t->c->pool);
-    apr_memnode_t *held[8];
-    int i, k = 0;
-
     t->direct = 1;
     if (!logio_add_bytes_in)
         logio_add_bytes_in = APR_RETRIEVE_OPTIONAL_FN(ap_logio_add_bytes_in);
-    if (!a)
-        return;
-    apr_allocator_max_free_set(a, 4096);
-    /* the free blocks it kept: taken out and given back under the new
-     * limit (new ones taken on the way are given back as well) */
-    for (i = 0; i < 8; i++) {
-        if (!(held[k] = apr_allocator_alloc(a, 8192 - APR_MEMNODE_T_SIZE)))
-            break;
-        k++;
-    }
-    while (k > 0)
-        apr_allocator_free(a, held[--k]);
+    apx_mem_trim(t->c, 1);
 }
 
 static void drop_cbuf(tunnel *t)
@@ -595,12 +579,8 @@ int apx_ex_tunnel(apx_exchange *px)
         }
     }
     *noflush = 0;
-    if (t.direct) {
-        apr_allocator_t *a = apr_pool_allocator_get(c->pool);
-
-        if (a)
-            apr_allocator_max_free_set(a, ap_max_mem_free);
-    }
+    if (t.direct)
+        apx_mem_release(c);
     apx_coro_defer_fire(rq->coro, bufd);
     apx_ex_finish_backend(px, 0);
     if (rc != STEP_OK)
