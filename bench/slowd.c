@@ -13,6 +13,13 @@
  *                                       max-age=N    adds "Cache-Control:
  *                                                    max-age=N" (cache
  *                                                    benchmarks)
+ *                                       trickle=B:MS the body in pieces
+ *                                                    of B bytes, the
+ *                                                    first with the head,
+ *                                                    each next MS ms
+ *                                                    later (a slow
+ *                                                    origin: streamed
+ *                                                    cache misses)
  *                                     anything else is ignored (so a
  *                                     client can make distinct cache keys)
  *   GET /stats                        what this slowd answered so far, one
@@ -105,8 +112,12 @@ struct conn {
     uint8_t tail_left;      /* bytes of CHUNK_TAIL still to write after the data */
     uint8_t http10;         /* HTTP/1.0 request: keep-alive must be announced */
     uint8_t has_max_age;    /* ?max-age=N: send Cache-Control */
+    uint8_t started;        /* the head went out: a wait is a trickle pause */
     uint16_t status;
     uint32_t max_age;
+    uint32_t trickle_bytes; /* ?trickle=B:MS, 0: the body at once */
+    uint32_t trickle_ms;
+    uint64_t burst_left;    /* body bytes until the next trickle pause */
     uint32_t heap_idx;      /* position in the timer heap while ST_WAITING */
     uint64_t deadline_ns;
     uint64_t discard;       /* request body bytes still to read and drop */
@@ -330,13 +341,16 @@ static void response_start(conn *c)
     else
         frame_next(c);
     c->state = ST_WRITING;
+    c->started = 1;
+    c->burst_left = c->trickle_bytes;
     st_requests++;
     st_total_requests++;
     if (!c->fixed_body && c->status == 200)
         st_delay_requests++;
 }
 
-/* Returns 0 when the response is fully written, 1 on EAGAIN, -1 on error. */
+/* Returns 0 when the response is fully written, 1 on EAGAIN, 2 at a
+ * trickle pause, -1 on error. */
 static int conn_write(conn *c)
 {
     for (;;) {
@@ -358,6 +372,12 @@ static int conn_write(conn *c)
             else {
                 iov[n].iov_base = pattern + (c->body_pos & (PATTERN_LEN - 1));
                 iov[n].iov_len = c->seg_left < PATTERN_SPAN ? (size_t)c->seg_left : PATTERN_SPAN;
+            }
+            if (c->trickle_bytes) {
+                if (!c->burst_left)
+                    return 2;
+                if (iov[n].iov_len > c->burst_left)
+                    iov[n].iov_len = (size_t)c->burst_left;
             }
             seg_iov = iov[n++].iov_len;
         }
@@ -385,6 +405,8 @@ static int conn_write(conn *c)
         }
         c->seg_left -= done;
         c->body_pos += done;
+        if (c->trickle_bytes)
+            c->burst_left -= done;
     }
 }
 
@@ -407,6 +429,8 @@ static void request_parse(conn *c, char *h, size_t hlen)
     free(c->own_body);
     c->own_body = NULL;
     c->chunked = 0;
+    c->trickle_bytes = c->trickle_ms = 0;
+    c->started = 0;
     c->head_only = 0;
     c->keepalive = 0;
     c->has_max_age = 0;
@@ -555,6 +579,21 @@ static void request_parse(conn *c, char *h, size_t hlen)
                     char *ae = amp ? amp : qe;
                     if (token_eq(a, (size_t)(ae - a), "chunked=1"))
                         c->chunked = 1;
+                    else if (ae - a > 8 && strncasecmp(a, "trickle=", 8) == 0) {
+                        unsigned long tb = 0, tm = 0;
+                        char tail = 0;
+                        char tmp[48];
+                        size_t tl = (size_t)(ae - a - 8);
+                        if (tl < sizeof(tmp)) {
+                            memcpy(tmp, a + 8, tl);
+                            tmp[tl] = 0;
+                            if (sscanf(tmp, "%lu:%lu%c", &tb, &tm, &tail) == 2 && tb > 0
+                                && tb <= UINT32_MAX && tm <= 600000) {
+                                c->trickle_bytes = (uint32_t)tb;
+                                c->trickle_ms = (uint32_t)tm;
+                            }
+                        }
+                    }
                     else if (ae - a > 8 && strncasecmp(a, "max-age=", 8) == 0) {
                         uint64_t v = 0;
                         char *d2 = a + 8;
@@ -698,6 +737,17 @@ static void conn_run(conn *c)
             r = conn_write(c);
             if (r == 1)
                 return;
+            if (r == 2) {
+                /* a trickle pause: the next piece after trickle_ms */
+                c->deadline_ns = now_ns() + (uint64_t)c->trickle_ms * 1000000ull;
+                c->burst_left = c->trickle_bytes;
+                c->state = ST_WAITING;
+                if (heap_push(c) < 0) {
+                    c->state = ST_WRITING;
+                    conn_close(c, 0);
+                }
+                return;
+            }
             if (r < 0) {
                 conn_close(c, 0);
                 return;
@@ -707,6 +757,8 @@ static void conn_run(conn *c)
                 return;
             }
             c->state = ST_READING;
+            c->started = 0;
+            c->trickle_bytes = 0;
             break;
         }
     }
@@ -915,7 +967,10 @@ int main(int argc, char **argv)
         while (heap_len && heap[0]->deadline_ns <= now) {
             conn *c = heap[0];
             heap_remove(c);
-            response_start(c);
+            if (c->started)
+                c->state = ST_WRITING;     /* after a trickle pause */
+            else
+                response_start(c);
             conn_run(c);
         }
         if (listen_paused && accept_resume_ns <= now) {
