@@ -96,7 +96,8 @@ enum {
     ROLE_FETCH,         /* fetch, never store (HEAD miss, fallbacks) */
     ROLE_UNSAFE,        /* an unsafe method: proxied, and a non-error
                          * answer invalidates what is stored for it */
-    ROLE_REFRESH        /* after a STALE response: fetch for the store */
+    ROLE_REFRESH,       /* after a STALE response: fetch for the store */
+    ROLE_STREAM         /* read another request's streamed fill */
 };
 
 typedef struct hc_waiter hc_waiter;
@@ -104,6 +105,51 @@ struct hc_waiter {
     apx_park *p;
     hc_waiter *next, *prev;
     int linked;
+};
+
+/* A streamed fill (cache_stream.c): the body of a storable miss as it
+ * arrives, an append-only list of chunks read by the fetcher's client and
+ * by the requests that were waiting on the same key, each at its own pace.
+ * A chunk holds a reference on the next one, so what a reader still needs
+ * stays alive after the fill let go of the head of the list (when it stops
+ * storing), and what every reader passed goes at once. */
+typedef struct hc_chunk hc_chunk;
+struct hc_chunk {
+    hc_chunk *next;                 /* set once, under the fill's mutex */
+    /* the previous chunk's link (or the fill's `first`), the fill's
+     * `tail`, each reader standing on it, each body bucket from it */
+    volatile apr_uint32_t refs;
+    apr_size_t size;                /* of data */
+    apr_size_t len;                 /* written; grows under the fill's mutex */
+    apr_size_t charge;              /* reserved from the store's budget */
+    char data[1];
+};
+
+typedef struct hc_reader hc_reader;
+struct hc_reader {
+    hc_reader *next, *prev;
+    apr_size_t pos;                 /* body bytes taken (fill's mutex) */
+};
+
+enum { FILL_RUNNING = 0, FILL_DONE, FILL_FAILED };
+
+typedef struct hc_fill hc_fill;
+struct hc_fill {
+    pthread_mutex_t mtx;            /* guards everything below but refs */
+    volatile apr_uint32_t refs;     /* the fetcher's, each reader's, the
+                                     * pending object's */
+    struct hc_obj *head;            /* what every reader is served (no
+                                     * body); referenced */
+    hc_chunk *first;                /* held while storing: the whole body */
+    hc_chunk *tail;                 /* held until the fill ends */
+    apr_size_t total;               /* bytes appended */
+    int storing;
+    int state;                      /* FILL_* */
+    hc_waiter *waiters;             /* readers waiting for more */
+    hc_reader *readers;             /* attached readers but the fetcher */
+    unsigned nreaders;
+    hc_waiter *fetcher;             /* the fetcher waiting for slow readers
+                                     * (only once it stopped storing) */
 };
 
 typedef struct hc_field {
@@ -126,6 +172,10 @@ struct hc_obj {
      * that is stale at once (no-cache) would send to the backend again */
     struct hc_obj *result;
     volatile apr_uint32_t claimed;  /* one request fetches */
+    /* referenced: the fetch's streamed fill while waiters may read it
+     * (set when it starts, cleared under mtx when it stops storing or
+     * ends) */
+    hc_fill *fill;
 
     /* OBJ_VARY: the field names of the variants' Vary */
     const char *vary;
@@ -152,6 +202,13 @@ struct hc_obj {
     apr_size_t plain_len;           /* decompressed, when gz */
     int gz;                         /* body is our gzip copy */
     volatile apr_uint32_t refreshing;
+    /* referenced: the fill chunk body points into (one chunk, no copy) */
+    hc_chunk *body_chunk;
+    /* a streamed fill's head object: body_len is the backend's length,
+     * or unknown (unsized); vary_ae: the stored copy will be gzip, so the
+     * response already varies on Accept-Encoding */
+    int unsized;
+    int vary_ae;
 };
 
 #define OBJ(e) APX_CONTAINER_OF((e), hc_obj, ce)
@@ -203,6 +260,15 @@ struct apx_hcache {
     /* the body being captured */
     char *cap;
     apr_size_t cap_len, cap_size;
+    /* a streamed fill this request fills (filling) or reads, and its
+     * cursor: the chunk it stands on (referenced) and the offset in it */
+    hc_fill *fill;
+    int filling;
+    hc_chunk *rchunk;
+    apr_size_t roff;
+    hc_reader reader;
+    int reader_linked;
+    apr_size_t publish_reserved;    /* apx__hc_publish() converts these */
 };
 
 /* The child's store (cache_store.c), NULL when the cache is off. */
@@ -226,5 +292,17 @@ void apx__hc_set_serving(apx_hcache *hc, hc_obj *o);
 int apx__hc_decide(apx_hcache *hc, const apx_hcache_resp *resp,
                   apr_time_t req_time, apr_time_t resp_time,
                   apx_fresh_times *t);
+hc_obj *apx__hc_build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
+                          const apx_fresh_times *t, char *body,
+                          apr_size_t len, hc_chunk *chunk);
+hc_obj *apx__hc_build_head(apx_hcache *hc, const apx_hcache_resp *resp,
+                           const apx_fresh_times *t, apr_int64_t len);
+/* cache_stream.c */
+void apx__hc_fill_unref(hc_fill *f);
+void apx__hc_chunk_unref(hc_chunk *ch);
+/* Under the pending object's mutex: whether r may read a streamed fill,
+ * and attaching it (reader at byte 0). */
+int apx__hc_stream_can_attach(const apx_hcache *hc);
+int apx__hc_stream_attach(apx_hcache *hc, hc_fill *f);
 
 #endif /* APX_HTTPD_CACHE_INT_H */
