@@ -225,6 +225,7 @@ static int claim_fresh_pending(apx_hcache *hc, const char *key, apr_size_t klen,
     if (!p)
         return ROLE_FETCH;
     p->ce.refs = 1;
+    p->ce.flags = APX_CACHE_E_PINNED;
     p->claimed = 1;
     if (apx_cache_put(apx__hc_store, &p->ce, key, klen, now, 0) != APR_SUCCESS) {
         apx_cache_unref(apx__hc_store, &p->ce);

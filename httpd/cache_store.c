@@ -135,7 +135,11 @@ static apx_cache_entry *create_pending(const void *key, size_t klen,
 {
     hc_obj *o = apx__hc_obj_alloc(OBJ_PENDING);
 
-    return o ? &o->ce : NULL;
+    if (!o)
+        return NULL;
+    /* what a fill publishes under depends on it (apx__hc_still_current) */
+    o->ce.flags = APX_CACHE_E_PINNED;
+    return &o->ce;
 }
 
 static void destroy_obj(apx_cache_entry *e, void *baton)

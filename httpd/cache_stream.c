@@ -554,15 +554,28 @@ int apx_hcache_stream_begin(apx_hcache *hc, const apx_hcache_resp *resp)
     return 1;
 }
 
-/* The next chunk at the tail (the fill's tail reference moves to it), or
- * NULL when out of memory. */
-static hc_chunk *grow(apx_hcache *hc, hc_fill *f)
-{
-    hc_chunk *ch, *old;
+static int alone(hc_fill *f);
 
-    ch = chunk_create(FILL_CHUNK, !f->storing);
-    if (!ch && f->storing) {
-        stop_storing(hc, "fill-budget", 0);
+/* The next chunk at the tail (the fill's tail reference moves to it), or
+ * NULL: out of memory, or the fill stopped storing (over the budget) and
+ * nobody but the fetcher reads it (*solo = 1). */
+static hc_chunk *grow(apx_hcache *hc, hc_fill *f, int *solo)
+{
+    hc_chunk *ch = NULL, *old;
+
+    *solo = 0;
+    if (f->storing) {
+        ch = chunk_create(FILL_CHUNK, 0);
+        if (!ch)
+            stop_storing(hc, "fill-budget", 0);
+    }
+    if (!ch) {
+        /* readers attached still need every byte: counted, over the
+         * budget if need be, FILL_WINDOW ahead of them at most */
+        if (alone(f)) {
+            *solo = 1;
+            return NULL;
+        }
         ch = chunk_create(FILL_CHUNK, 1);
     }
     if (!ch)
@@ -685,16 +698,18 @@ int apx_hcache_stream_append(apx_hcache *hc, apr_bucket_brigade *bb,
                               > apx_gconf.cache_max_object)
                 stop_storing(hc, "too-large", 1);
             if (!n) {
-                /* nobody to keep bytes for: the rest is relayed as is */
-                if (alone(f)) {
+                int solo = !f->storing && alone(f);
+
+                if (!solo && !(t = grow(hc, f, &solo)) && !solo)
+                    goto out;       /* out of memory: the caller fails */
+                if (solo) {
+                    /* nobody to keep bytes for: the rest goes as is */
                     if (used) {
                         apr_bucket_split(b, used);
                         apr_bucket_delete(b);
                     }
                     goto out;
                 }
-                if (!(t = grow(hc, f)))
-                    goto out;
                 n = t->size;
             }
             if (n > len - used)

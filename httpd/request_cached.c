@@ -177,6 +177,7 @@ static int fill_stream(apx_exchange *px, const apx_hcache_resp *v)
     apx_hcache *hc = px->hc;
     apx_req *rq = px->rq;
     int detached = rq->detached, body, done, rc, gone = 0, storing;
+    int relay_rest = 0;
     unsigned n, ev;
 
     apx_ex_unapply_head(px);
@@ -204,8 +205,10 @@ static int fill_stream(apx_exchange *px, const apx_hcache_resp *v)
         if (!storing) {
             if (!gone && body && own_catch_up(px) != STEP_OK)
                 gone = 1;
-            if (apx_hcache_stream_leave_if_alone(hc))
+            if (apx_hcache_stream_leave_if_alone(hc)) {
+                relay_rest = 1;
                 break;
+            }
             ev = apx_hcache_stream_throttle(hc, apr_time_now() + px->timeout);
             if (ev & APX_EV_SHUTDOWN) {
                 apx_ex_wait_interrupted(px, ev);
@@ -260,6 +263,8 @@ static int fill_stream(apx_exchange *px, const apx_hcache_resp *v)
         apx_hcache_stream_end(hc);
         return STEP_FAIL;
     }
+    if (relay_rest)
+        return apx_ex_relay(px, 0);
     rc = body ? stream_out(px) : apx_ex_pass_out(px, 1);
     apx_hcache_stream_end(hc);
     return rc;

@@ -55,7 +55,11 @@ struct apx_cache_entry {
 
 enum {
     APX_CACHE_E_LINKED    = 0x01,   /* in the hash and the LRU list */
-    APX_CACHE_E_TEMPORARY = 0x02    /* never inserted (lock was busy) */
+    APX_CACHE_E_TEMPORARY = 0x02,   /* never inserted (lock was busy) */
+    /* never evicted to make room (expiry, invalidation and removal still
+     * unlink it); set by the create callback or before apx_cache_put():
+     * a small marker that work in flight depends on */
+    APX_CACHE_E_PINNED    = 0x04
 };
 
 /* Lookup flags. */

@@ -149,15 +149,19 @@ static int unlink_locked(apx_cache *c, apx_cache_entry *e)
  * is left; those whose last reference went are chained on *dead. */
 static void evict_locked(apx_cache *c, size_t need, apx_cache_entry **dead)
 {
-    while (c->conf.budget && c->bytes + c->reserved + need > c->conf.budget
-           && c->lru.lru_next != &c->lru) {
-        apx_cache_entry *old = c->lru.lru_next;
+    apx_cache_entry *e = c->lru.lru_next, *next;
 
-        apr_atomic_inc32(&c->evictions);
-        if (unlink_locked(c, old)) {
-            old->hnext = *dead;
-            *dead = old;
+    while (c->conf.budget && c->bytes + c->reserved + need > c->conf.budget
+           && e != &c->lru) {
+        next = e->lru_next;
+        if (!(e->flags & APX_CACHE_E_PINNED)) {
+            apr_atomic_inc32(&c->evictions);
+            if (unlink_locked(c, e)) {
+                e->hnext = *dead;
+                *dead = e;
+            }
         }
+        e = next;
     }
 }
 
@@ -253,7 +257,7 @@ apx_cache_entry *apx_cache_get_ref(apx_cache *c, const void *key,
         return NULL;
     }
     e->refs = 1;
-    e->flags = 0;
+    e->flags &= APX_CACHE_E_PINNED;
     e->hnext = e->lru_prev = e->lru_next = NULL;
     if (!e->expires)
         e->expires = now + c->conf.ttl;

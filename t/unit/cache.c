@@ -332,6 +332,24 @@ static void test_reserve(void)
        "charge (bytes %zu, reserved %zu)", st.bytes, st.reserved);
     apx_cache_unref(c, &it->e);
     apx_cache_unreserve(c, 10);
+
+    /* a pinned entry stays when room is made */
+    it = calloc(1, sizeof(*it));
+    it->e.size = 100;
+    it->e.refs = 1;
+    it->e.flags = APX_CACHE_E_PINNED;
+    apr_atomic_inc32(&created);
+    apx_cache_put(c, &it->e, "pin", 3, NOW(0), 0);
+    apx_cache_unref(c, &it->e);
+    ok(apx_cache_reserve(c, 900, 0) == APR_SUCCESS, "900 reserved next to "
+       "a pinned 100");
+    e = apx_cache_get_ref(c, "pin", 3, NOW(0), APX_CACHE_LOOKUP_ONLY, &err);
+    apx_cache_stats_get(c, &st);
+    ok(e && st.bytes == 100, "... the pinned entry stayed, the other went "
+       "(bytes %zu)", st.bytes);
+    if (e)
+        apx_cache_unref(c, e);
+    apx_cache_unreserve(c, 900);
     apx_cache_stats_get(c, &st);
     ok(st.reserved == 0, "unreserve never goes below zero");
     apx_cache_destroy(c);
