@@ -158,6 +158,13 @@ int apx_hcache_stream_begin(apx_hcache *hc, const apx_hcache_resp *resp);
  * budget): the readers attached still get every byte. */
 int apx_hcache_stream_append(apx_hcache *hc, apr_bucket_brigade *bb,
                              int last, const apx_hcache_resp *resp);
+/* Whether this request's client waits for the stored gzip copy rather
+ * than reading the fill (f NULL: the request's own fill). */
+struct hc_fill;
+int apx_hcache_stream_wants_gzip(const apx_hcache *hc, const struct hc_fill *f);
+/* The fetcher, after the fill ended: the object it built (stored or not)
+ * becomes what this request serves; 0 when there is none. */
+int apx_hcache_stream_serve_built(apx_hcache *hc);
 /* The fetcher's backend failed: every reader's response is cut, nothing
  * is stored. Returns how many other requests were reading it. */
 unsigned apx_hcache_stream_fail(apx_hcache *hc);

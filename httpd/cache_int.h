@@ -269,6 +269,8 @@ struct apx_hcache {
     hc_reader reader;
     int reader_linked;
     apr_size_t publish_reserved;    /* apx__hc_publish() converts these */
+    hc_obj *published;              /* held for r: what a streamed fill
+                                     * built when it ended */
 };
 
 /* The child's store (cache_store.c), NULL when the cache is off. */
@@ -302,7 +304,7 @@ void apx__hc_fill_unref(hc_fill *f);
 void apx__hc_chunk_unref(hc_chunk *ch);
 /* Under the pending object's mutex: whether r may read a streamed fill,
  * and attaching it (reader at byte 0). */
-int apx__hc_stream_can_attach(const apx_hcache *hc);
+int apx__hc_stream_can_attach(const apx_hcache *hc, const hc_fill *f);
 int apx__hc_stream_attach(apx_hcache *hc, hc_fill *f);
 
 #endif /* APX_HTTPD_CACHE_INT_H */

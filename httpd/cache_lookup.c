@@ -328,7 +328,7 @@ static int enlist(void *baton, apx_park *p)
 
     pthread_mutex_lock(&o->mtx);
     /* a streamed fill to read: no wait */
-    ok = !o->done && !(o->fill && apx__hc_stream_can_attach(hc));
+    ok = !o->done && !(o->fill && apx__hc_stream_can_attach(hc, o->fill));
     if (ok) {
         w->p = p;
         w->prev = NULL;
@@ -419,7 +419,7 @@ static int wait_for_fetch(apx_hcache *hc, unsigned *pev)
         if (!o->done && !gone && ev && !(ev & APX_EV_TIMEOUT)) {
             /* woken when the fetch began streaming: read it, or (a HEAD,
              * another variant) wait on for the stored object */
-            if (o->fill && apx__hc_stream_can_attach(hc))
+            if (o->fill && apx__hc_stream_can_attach(hc, o->fill))
                 attached = apx__hc_stream_attach(hc, o->fill);
             else
                 again = 1;

@@ -212,14 +212,22 @@ static apr_bucket *chb_create(hc_chunk *ch, apr_size_t off, apr_size_t len,
 /* ------------------------------------------------------------------ */
 /* readers                                                              */
 
-int apx__hc_stream_can_attach(const apx_hcache *hc)
+int apx__hc_stream_can_attach(const apx_hcache *hc, const hc_fill *f)
 {
     const apx_req *rq = hc->rq;
 
-    /* a HEAD waits for the stored head; a request that cannot park
-     * (worker MPM) cannot wait for the next bytes */
-    return !hc->r->header_only && rq->async && rq->client_fd >= 0
-           && rq->park;
+    /* a HEAD waits for the stored head; a gzip client for the stored gzip
+     * copy (made from the whole body); a request that cannot park (worker
+     * MPM) cannot wait for the next bytes */
+    return !hc->r->header_only && !apx_hcache_stream_wants_gzip(hc, f)
+           && rq->async && rq->client_fd >= 0 && rq->park;
+}
+
+int apx_hcache_stream_wants_gzip(const apx_hcache *hc, const hc_fill *f)
+{
+    if (!f)
+        f = hc->fill;
+    return hc->accept_gz && f && f->head->vary_ae;
 }
 
 /* Leaves the fill: the reader's position no longer holds the fetcher
@@ -643,8 +651,12 @@ static void publish_fill(apx_hcache *hc, const apx_hcache_resp *resp)
         }
         hc->publish_reserved = flat;
     }
-    if (o)
+    if (o) {
         stored = apx__hc_publish(hc, o, resp->field(resp->baton, "Vary", 1));
+        /* a fetcher whose client takes gzip is served from it */
+        apx__hc_hold_for_request(hc->r, o);
+        hc->published = o;
+    }
     if (stored && o->body_chunk)
         first->charge = 0;          /* the object's charge now */
     if (!stored && flat)
@@ -757,6 +769,14 @@ unsigned apx_hcache_stream_fail(apx_hcache *hc)
         hc->reason = "backend-failed";
     apx__hc_release_pending(hc, 0, NULL);
     return n;
+}
+
+int apx_hcache_stream_serve_built(apx_hcache *hc)
+{
+    if (!hc->published)
+        return 0;
+    apx__hc_set_serving(hc, hc->published);
+    return 1;
 }
 
 apr_size_t apx_hcache_stream_lag(apx_hcache *hc)

@@ -178,11 +178,14 @@ static int fill_stream(apx_exchange *px, const apx_hcache_resp *v)
     apx_req *rq = px->rq;
     int detached = rq->detached, body, done, rc, gone = 0, storing;
     int relay_rest = 0;
+    /* a gzip client is served the stored gzip copy, made from the whole
+     * body: it waits for it, as before streaming */
+    int gzwait = apx_hcache_stream_wants_gzip(hc, NULL);
     unsigned n, ev;
 
     apx_ex_unapply_head(px);
     px->head_applied = 1;
-    body = apx_hcache_serve_head(hc, "MISS");
+    body = gzwait ? 0 : apx_hcache_serve_head(hc, "MISS");
     done = apx_ex_relay_init(px);
     /* the fill may outlive this client (others read it): its leaving is
      * seen when writing to it, not in the backend waits */
@@ -203,6 +206,11 @@ static int fill_stream(apx_exchange *px, const apx_hcache_resp *v)
         if (done)
             break;
         if (!storing) {
+            if (gzwait) {
+                /* no gzip copy will be made: the body as it comes */
+                gzwait = 0;
+                body = apx_hcache_serve_head(hc, "MISS");
+            }
             if (!gone && body && own_catch_up(px) != STEP_OK)
                 gone = 1;
             if (apx_hcache_stream_leave_if_alone(hc)) {
@@ -265,6 +273,13 @@ static int fill_stream(apx_exchange *px, const apx_hcache_resp *v)
     }
     if (relay_rest)
         return apx_ex_relay(px, 0);
+    if (gzwait) {
+        if (apx_hcache_stream_serve_built(hc)) {
+            apx_hcache_stream_end(hc);
+            return serve(px, "MISS");
+        }
+        body = apx_hcache_serve_head(hc, "MISS");
+    }
     rc = body ? stream_out(px) : apx_ex_pass_out(px, 1);
     apx_hcache_stream_end(hc);
     return rc;

@@ -33,13 +33,15 @@ use APX::Client qw(:all);
 use File::Temp qw(tempdir);
 use Fcntl qw(O_CREAT O_EXCL O_WRONLY);
 use Time::HiRes qw(sleep time);
+use IO::Uncompress::Gunzip qw(gunzip $GunzipError);
 
 raise_fd_limit(1024);
 
 my $CTL = tempdir('apx-streamctl-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 my $MIB = 1 << 20;
 my $STEP = 64 * 1024;
-my %BODY = (big => noise($MIB, 12345), mid => noise(300 * 1024, 777));
+my %BODY = (big => noise($MIB, 12345), mid => noise(300 * 1024, 777),
+            text => substr(join('', map { "line $_ of a text that compresses well\n" } 1 .. 30000), 0, $MIB));
 my %MD5 = map { $_ => md5_hex($BODY{$_}) } keys %BODY;
 
 sub release { my ($name) = @_; open my $fh, '>', "$CTL/release-$name" or die; close $fh }
@@ -62,10 +64,11 @@ sub backend {
     my ($req, $conn) = @_;
     my ($kind, $name) = $req->{target} =~ m{^/\w+/(\w+)/([\w.-]+)} or return APX::Backend::reply($req, 404, "no\n");
     my $chunked = $name =~ /^c/;
-    my $body = $name =~ /^c?m/ ? $BODY{mid} : $BODY{big};
+    my $body = $name =~ /^c?m/ ? $BODY{mid} : $name =~ /^t/ ? $BODY{text} : $BODY{big};
+    my $type = $name =~ /^t/ ? 'text/plain' : 'application/octet-stream';
     my $sock = $conn->{sock};
     my $head_only = $req->{method} eq 'HEAD';
-    my $head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+    my $head = "HTTP/1.1 200 OK\r\nContent-Type: $type\r\n"
              . "Cache-Control: max-age=60\r\nETag: \"e-$name\"\r\n"
              . ($chunked ? "Transfer-Encoding: chunked\r\n" : 'Content-Length: ' . length($body) . "\r\n")
              . "\r\n";
@@ -165,6 +168,38 @@ $PORT = $ha->port;
     my $r = http_request($PORT, 'GET', $path);
     ok($r && word($r) eq 'HIT' && md5_hex($r->{body}) eq $MD5{big}, 'a later request: HIT, the same bytes');
     is(bcount($path), 1, '... still one backend fetch');
+}
+
+# --- gzip clients wait for the stored gzip copy --------------------------------------
+{
+    my $path = '/a/hold/t1';
+    my $f = connect_to($PORT);
+    send_raw($f, get_bytes($path));                 # the fetcher: identity
+    ok(wait_for(sub { bcount($path) >= 1 }, 5), 'a compressible text: the fetch began');
+    my @id = map { { reqs => [get_bytes($path)] } } 1 .. 5;
+    my @gz = map { { reqs => [get_bytes($path, 'Accept-Encoding' => 'gzip')] } } 1 .. 2;
+    my ($fbuf, $gz_early) = ('', -1);
+    multiplex(port => $PORT, conns => [@id, @gz], timeout => 60, tick_every => 0.05, tick => sub {
+        return if $gz_early >= 0;
+        sysread($f, $fbuf, 65536, length $fbuf) if can_read($f, 0);
+        return unless index($fbuf, "\r\n\r\n") >= 0 && length($fbuf) > index($fbuf, "\r\n\r\n") + 4;
+        return unless (grep { body_bytes($_) > 0 } @id) == @id;
+        $gz_early = grep { length($_->{rbuf} // '') || @{ $_->{resps} } } @gz;
+        release('t1');
+    });
+    is($gz_early, 0, 'the identity fetcher and 5 identity waiters got bytes, 2 gzip waiters nothing yet');
+    my $r = read_response($f, \$fbuf, timeout => 20);
+    ok($r && $r->{body} eq $BODY{text} && !$r->{headers}{'content-encoding'}, '... the fetcher: the original bytes');
+    like($r && $r->{headers}{vary} // '', qr/Accept-Encoding/i, '... with Vary: Accept-Encoding (a gzip copy will be stored)');
+    my $ids = grep { @{ $_->{resps} } && $_->{resps}[0]{body} eq $BODY{text} } @id;
+    is($ids, 5, '... the identity waiters: the original bytes');
+    my $gzs = grep {
+        my $x = $_->{resps}[0];
+        my $plain;
+        $x && ($x->{headers}{'content-encoding'} // '') eq 'gzip' && gunzip(\$x->{body} => \$plain) && $plain eq $BODY{text}
+    } @gz;
+    is($gzs, 2, '... the gzip waiters: the stored gzip copy, which gunzips to the original');
+    is(bcount($path), 1, '... one backend fetch');
 }
 
 # --- stalled readers do not hold back the others -----------------------------------
