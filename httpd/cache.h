@@ -17,7 +17,10 @@
  *             UNSAFE, or a wait for another request's fetch inside lookup;
  *   on head   apx_hcache_on_head(): STORE / PASS / NOT_MODIFIED /
  *             STALE_ON_ERROR; apx_hcache_failed() when there was no head;
- *   body      apx_hcache_capture() per read of a STORE;
+ *   body      apx_hcache_stream_begin(), then apx_hcache_stream_append()
+ *             per read of a STORE (the readers of the fill are served by
+ *             apx_hcache_stream_body()); apx_hcache_capture() per read of
+ *             a background refresh;
  *   after     apx_hcache_store() or apx_hcache_revalidated(), then
  *             apx_hcache_serve_head() / apx_hcache_serve_body() send what
  *             the cache holds for this request.

@@ -22,10 +22,12 @@
  *            to the backend itself when the fetch failed or was not
  *            storable; bounded by AsyncProxyCacheWait;
  *   FILL     the first miss: fetch (conditionals, Range and, when this
- *            cache compresses, Accept-Encoding are not forwarded), read the
- *            whole body into memory (up to AsyncProxyCacheMaxObject),
- *            store it once — gzip-compressed when that is smaller — wake the
- *            waiters, then serve this request from the stored object;
+ *            cache compresses, Accept-Encoding are not forwarded), stream
+ *            the body into a fill (cache_stream.c) that this request's
+ *            client and the waiters read as it arrives, reserved from the
+ *            budget (up to AsyncProxyCacheMaxObject), store it once whole
+ *            — gzip-compressed when that is smaller — and wake the waiters
+ *            that could not read it (HEAD, gzip clients, other variants);
  *   STALE    within stale-while-revalidate: served at once; the first such
  *            request refreshes the object after its own response went out.
  *            Within stale-if-error: served when the refresh fails.
