@@ -333,7 +333,8 @@ static void test_reserve(void)
     apx_cache_unref(c, &it->e);
     apx_cache_unreserve(c, 10);
 
-    /* a pinned entry stays when room is made */
+    /* a pinned entry stays when room is made, even the oldest */
+    apx_cache_invalidate(c, "p", 1);
     it = calloc(1, sizeof(*it));
     it->e.size = 100;
     it->e.refs = 1;
@@ -341,8 +342,10 @@ static void test_reserve(void)
     apr_atomic_inc32(&created);
     apx_cache_put(c, &it->e, "pin", 3, NOW(0), 0);
     apx_cache_unref(c, &it->e);
+    item_size = 300;
+    apx_cache_unref(c, apx_cache_get_ref(c, "q", 1, NOW(0), 0, &err));
     ok(apx_cache_reserve(c, 900, 0) == APR_SUCCESS, "900 reserved next to "
-       "a pinned 100");
+       "a pinned 100 (oldest) and a 300");
     e = apx_cache_get_ref(c, "pin", 3, NOW(0), APX_CACHE_LOOKUP_ONLY, &err);
     apx_cache_stats_get(c, &st);
     ok(e && st.bytes == 100, "... the pinned entry stayed, the other went "
