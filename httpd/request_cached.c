@@ -250,6 +250,11 @@ static int fill_stream(apx_exchange *px, const apx_hcache_resp *v)
         apr_bucket_brigade *rest = apr_brigade_split(px->bb,
                                                      APR_BRIGADE_FIRST(px->bb));
 
+        if (gzwait) {
+            /* it stopped storing on this very read: no gzip copy */
+            gzwait = 0;
+            body = apx_hcache_serve_head(hc, "MISS");
+        }
         if (!gone && body)
             gone = own_catch_up(px) != STEP_OK;
         apx_hcache_stream_leave_if_alone(hc);
