@@ -271,6 +271,8 @@ struct apx_hcache {
     hc_reader reader;
     int reader_linked;
     apr_size_t publish_reserved;    /* apx__hc_publish() converts these */
+    apr_time_t kept_at;             /* the pending object's life was last
+                                     * extended (a fill in progress) */
     hc_obj *published;              /* held for r: what a streamed fill
                                      * built when it ended */
 };

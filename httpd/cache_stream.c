@@ -738,6 +738,18 @@ int apx_hcache_stream_append(apx_hcache *hc, apr_bucket_brigade *bb,
         apr_bucket_delete(b);
     }
 out:
+    if (added && f->storing && hc->pending) {
+        /* bytes flow: the fetch is alive, so its pending object stays
+         * (later requests attach instead of fetching again); at most
+         * once a second, which takes the store's write lock */
+        apr_time_t now = apr_time_now();
+
+        if (now - hc->kept_at >= apr_time_from_sec(1)) {
+            apx_cache_set_expiry(apx__hc_store, &hc->pending->ce,
+                                 now + apx_gconf.cache_wait);
+            hc->kept_at = now;
+        }
+    }
     if (APR_BRIGADE_EMPTY(bb) && last) {
         finish(hc, resp);
         return f->storing;

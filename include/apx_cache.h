@@ -124,6 +124,9 @@ int apx_cache_invalidate(apx_cache *c, const void *key, size_t klen);
 /* Unlinks this very entry if it is still linked (whatever now holds its
  * key is left alone); 1 when it was. The caller's reference stays. */
 int apx_cache_remove(apx_cache *c, apx_cache_entry *e);
+/* Sets the expiry of this very entry while it is linked (a fetch in
+ * progress keeps its pending marker alive); 1 when it was linked. */
+int apx_cache_set_expiry(apx_cache *c, apx_cache_entry *e, apr_time_t expires);
 /* Unlinks every expired entry; returns how many. */
 unsigned apx_cache_prune(apx_cache *c, apr_time_t now);
 int apx_cache_entry_is_fresh(const apx_cache_entry *e, apr_time_t now);

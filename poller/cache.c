@@ -380,6 +380,19 @@ int apx_cache_remove(apx_cache *c, apx_cache_entry *e)
     return was_linked;
 }
 
+int apx_cache_set_expiry(apx_cache *c, apx_cache_entry *e, apr_time_t expires)
+{
+    int linked;
+
+    /* lookups read expires under the read lock */
+    pthread_rwlock_wrlock(&c->lock);
+    linked = (e->flags & APX_CACHE_E_LINKED) != 0;
+    if (linked)
+        e->expires = expires;
+    pthread_rwlock_unlock(&c->lock);
+    return linked;
+}
+
 int apx_cache_invalidate(apx_cache *c, const void *key, size_t klen)
 {
     apr_uint32_t h = hash_key(key, klen);

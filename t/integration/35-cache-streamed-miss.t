@@ -10,6 +10,8 @@
 #     one backend fetch; 101 bodies identical to the origin's; the object
 #     is stored (a later request is a HIT); a conditional waiter gets its
 #     304, a HEAD waiter its head;
+#   - a compressible text: identity clients stream, gzip clients wait for
+#     the stored gzip copy and get it;
 #   - the fetcher's client and one waiter stop reading: 5 other waiters
 #     complete while they are stalled; then both get whole bodies.
 # Server B (AsyncProxyCacheSize 1M, MaxObject 512K):
@@ -22,6 +24,9 @@
 #   - the backend dies mid-body after all 11 readers got bytes: every
 #     response is cut (no chunked terminator), nothing stored, one error
 #     line (APX00182).
+# Server C (AsyncProxyCacheWait 1s): a fill whose bytes keep coming
+#   outlives that second: a request arriving later reads it (no second
+#   fetch).
 use strict;
 use warnings;
 use Test::More;
@@ -331,5 +336,36 @@ ok($hb->stop, 'server B stops');
     is(scalar @ours, 2, 'server B: the two backend deaths logged once each (APX00182)') or diag join "\n", @err;
     is_deeply(\@bad, [], '... and no other error line') or diag join "\n", @bad;
 }
+# ================================================================ server C
+# AsyncProxyCacheWait 1s: a fill whose bytes keep coming outlives it, and
+# a request arriving after that second still reads it
+my $hc = APX::Httpd->new(
+    mpm => 'event', threads => 25, servers => 1, server_limit => 1,
+    global => "AsyncProxyCacheSize 64M\nAsyncProxyCacheMaxObject 2M\nAsyncProxyCacheWait 1s\n",
+    conf => "AsyncProxyPass /c/ http://$B/c/ cache=on timeout=10\n",
+);
+$hc->start;
+$PORT = $hc->port;
+{
+    my $path = '/c/free/late';
+    my $f = connect_to($PORT);
+    send_raw($f, get_bytes($path));
+    my $fbuf = '';
+    # 11 backend writes, 100 ms apart: more than a second after the fetch
+    # (and its pending entry) began
+    my $past = read_until($f, \$fbuf, sub {
+        my $he = index($fbuf, "\r\n\r\n");
+        $he >= 0 && length($fbuf) - $he - 4 >= 11 * $STEP }, 20);
+    ok($past, 'AsyncProxyCacheWait 1s: the fetcher\'s client has 704 KiB of a fill that sends 64 KiB per 100 ms');
+    my $r = http_request($PORT, 'GET', $path);
+    ok($r && md5_hex($r->{body}) eq $MD5{big} && word($r) eq 'HIT',
+       '... a request arriving now reads the same fill (HIT), whole') or diag word($r);
+    is(bcount($path), 1, '... no second fetch: the flowing fill kept its pending entry');
+    my $fr = read_response($f, \$fbuf, timeout => 20);
+    ok($fr && $fr->{complete} && md5_hex($fr->{body}) eq $MD5{big}, '... the fetcher\'s client: whole');
+}
+ok($hc->stop, 'server C stops');
+is_deeply([$hc->error_lines], [], 'server C: no error-log line at level error or above');
+
 $be->stop;
 done_testing();

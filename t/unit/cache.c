@@ -73,6 +73,25 @@ static void test_basic(void)
     is_int(destroyed, created, "destroy frees every entry");
 }
 
+/* A linked entry's expiry moves (a fetch in progress keeps its marker). */
+static void test_set_expiry(void)
+{
+    apx_cache *c = new_cache(0);
+    apx_cache_entry *e, *f;
+    apr_status_t err;
+
+    e = apx_cache_get_ref(c, "x", 1, NOW(0), 0, &err);     /* ttl 10 s */
+    ok(apx_cache_set_expiry(c, e, NOW(30)) == 1, "set_expiry on a linked entry");
+    f = apx_cache_get_ref(c, "x", 1, NOW(20), APX_CACHE_LOOKUP_ONLY, &err);
+    ok(f == e, "... still fresh at 20 s (its ttl was 10 s)");
+    if (f)
+        apx_cache_unref(c, f);
+    apx_cache_remove(c, e);
+    ok(apx_cache_set_expiry(c, e, NOW(60)) == 0, "... 0 once unlinked");
+    apx_cache_unref(c, e);
+    apx_cache_destroy(c);
+}
+
 static void test_expiry(void)
 {
     apx_cache *c = new_cache(0);
@@ -429,5 +448,6 @@ int main(void)
     test_race();
     test_reserve();
     test_reserve_threads();
+    test_set_expiry();
     return done_testing();
 }
