@@ -17,7 +17,10 @@
  *             UNSAFE, or a wait for another request's fetch inside lookup;
  *   on head   apx_hcache_on_head(): STORE / PASS / NOT_MODIFIED /
  *             STALE_ON_ERROR; apx_hcache_failed() when there was no head;
- *   body      apx_hcache_capture() per read of a STORE;
+ *   body      apx_hcache_stream_begin(), then apx_hcache_stream_append()
+ *             per read of a STORE (the readers of the fill are served by
+ *             apx_hcache_stream_body()); apx_hcache_capture() per read of
+ *             a background refresh;
  *   after     apx_hcache_store() or apx_hcache_revalidated(), then
  *             apx_hcache_serve_head() / apx_hcache_serve_body() send what
  *             the cache holds for this request.
@@ -99,7 +102,12 @@ enum {
     /* apx_hcache_capture(), apx_hcache_serve_body() */
     APX_HCACHE_MORE,
     APX_HCACHE_LAST,
-    APX_HCACHE_TOO_BIG
+    APX_HCACHE_TOO_BIG,
+    /* apx_hcache_lookup(): serve another request's streamed fill as it
+     * arrives (apx_hcache_serve_head(), then apx_hcache_stream_body()) */
+    APX_HCACHE_STREAM,
+    /* apx_hcache_stream_body(): nothing new yet */
+    APX_HCACHE_WAIT
 };
 
 /* Looks up r, waiting (parked, bounded by AsyncProxyCacheWait) while
@@ -121,12 +129,10 @@ int apx_hcache_failed(apx_hcache *hc, int status);
 /* The fetch ends without anything for the store (requests waiting on it
  * fetch for themselves). */
 void apx_hcache_abandon(apx_hcache *hc);
-/* A STORE's body, read by read (bb is emptied): APX_HCACHE_MORE,
- * APX_HCACHE_LAST (last = 1 taken), or APX_HCACHE_TOO_BIG (the store is
- * abandoned; apx_hcache_take_captured() gives back what was read). */
+/* A background refresh's body, read by read (bb is emptied):
+ * APX_HCACHE_MORE, APX_HCACHE_LAST (last = 1 taken), or APX_HCACHE_TOO_BIG
+ * (nothing is stored). A request's own fetch streams instead. */
 int apx_hcache_capture(apx_hcache *hc, apr_bucket_brigade *bb, int last);
-/* What a STORE captured, as one bucket that owns it (NULL: nothing). */
-apr_bucket *apx_hcache_take_captured(apx_hcache *hc, apr_bucket_alloc_t *ba);
 /* The captured body and resp become the object this request serves; 1,
  * or 0 when out of memory (then the captured body goes out as it is). */
 int apx_hcache_store(apx_hcache *hc, const apx_hcache_resp *resp);
@@ -143,6 +149,51 @@ void apx_hcache_invalidate(apx_hcache *hc, const apx_hcache_resp *resp);
  * bb (APX_HCACHE_MORE, APX_HCACHE_LAST, or -1: cannot be read, 500). */
 int apx_hcache_serve_head(apx_hcache *hc, const char *label);
 int apx_hcache_serve_body(apx_hcache *hc, apr_bucket_brigade *bb);
+/* Streamed fills (cache_stream.c). After on_head() said STORE: 1 when
+ * the body is streamed into the store (this request then sends its client
+ * the head with apx_hcache_serve_head() and the body with
+ * apx_hcache_stream_body() as it comes), 0 when it is not stored (over the
+ * budget, out of memory): relay it as a PASS. */
+int apx_hcache_stream_begin(apx_hcache *hc, const apx_hcache_resp *resp);
+/* The fetcher: what a backend read put in bb (emptied) joins the fill;
+ * last = 1 ends it (and publishes the object when it still stores).
+ * Returns 1 while the fill stores, 0 once it stopped (too large, over the
+ * budget): the readers attached still get every byte. */
+int apx_hcache_stream_append(apx_hcache *hc, apr_bucket_brigade *bb,
+                             int last, const apx_hcache_resp *resp);
+/* Whether this request's client waits for the stored gzip copy rather
+ * than reading the fill (f NULL: the request's own fill). */
+struct hc_fill;
+int apx_hcache_stream_wants_gzip(const apx_hcache *hc, const struct hc_fill *f);
+/* The fetcher, after the fill ended: the object it built (stored or not)
+ * becomes what this request serves; 0 when there is none. */
+int apx_hcache_stream_serve_built(apx_hcache *hc);
+/* The fetcher's backend failed: every reader's response is cut, nothing
+ * is stored. Returns how many other requests were reading it. */
+unsigned apx_hcache_stream_fail(apx_hcache *hc);
+/* The fetcher, once the fill stopped storing: bytes its own client has
+ * still to take; and 1 when no other request reads the fill any more (the
+ * fetcher may then leave it and relay the rest plainly: the fill is let
+ * go). */
+apr_size_t apx_hcache_stream_lag(apx_hcache *hc);
+int apx_hcache_stream_leave_if_alone(apx_hcache *hc);
+/* The fetcher, once the fill stopped storing: waits (parked) while the
+ * slowest reader is more than a window behind. Returns 0 when it did not
+ * wait, else the wait's APX_EV_* bits. */
+unsigned apx_hcache_stream_throttle(apx_hcache *hc, apr_time_t deadline);
+/* Any reader (the fetcher too): the next slice of the fill from its
+ * cursor into bb: APX_HCACHE_MORE, APX_HCACHE_LAST (the body ends with
+ * what was added), APX_HCACHE_WAIT (nothing new yet), or -1 (the fill
+ * failed: cut the response). */
+int apx_hcache_stream_body(apx_hcache *hc, apr_bucket_brigade *bb);
+/* After WAIT: parks until the fill has more (or ended). APX_EV_* bits, 0
+ * when the request cannot park. */
+unsigned apx_hcache_stream_wait(apx_hcache *hc, apr_time_t deadline);
+/* A reader is done with the fill (its chunks go when nobody needs them);
+ * the fetcher's fill, if it still runs, fails. Idempotent; r->pool's
+ * cleanup does it too. */
+void apx_hcache_stream_end(apx_hcache *hc);
+
 /* After a STALE response went out: 1 when this request refreshes the
  * object (the cache then answers on_head for that fetch); refresh_end()
  * once it is over (or when the response failed). */

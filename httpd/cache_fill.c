@@ -187,18 +187,6 @@ int apx_hcache_capture(apx_hcache *hc, apr_bucket_brigade *bb, int last)
     return last ? APX_HCACHE_LAST : APX_HCACHE_MORE;
 }
 
-apr_bucket *apx_hcache_take_captured(apx_hcache *hc, apr_bucket_alloc_t *ba)
-{
-    apr_bucket *b;
-
-    if (!hc->cap_len)
-        return NULL;
-    b = apr_bucket_heap_create(hc->cap, hc->cap_len, free, ba);
-    hc->cap = NULL;
-    hc->cap_len = hc->cap_size = 0;
-    return b;
-}
-
 typedef struct field_list {
     apr_array_header_t *a;
     apr_size_t bytes;
@@ -235,10 +223,14 @@ static char *put_str(char **pp, const char *s)
     return d;
 }
 
-/* Builds the stored object from the head resp and the body in hc->cap
- * (taken over). */
+/* Builds the stored object from the head resp and a body: body (len
+ * bytes) is taken over — freed, or, when chunk is set, a part of that
+ * fill chunk, which the object then references. head_only: a streamed
+ * fill's head object (len: the backend's length, (apr_size_t)-1 when
+ * unknown). */
 static hc_obj *build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
-                         const apx_fresh_times *t)
+                         const apx_fresh_times *t, int head_only,
+                         char *body, apr_size_t len, hc_chunk *chunk)
 {
     request_rec *r = hc->r;
     field_list fl;
@@ -253,6 +245,7 @@ static hc_obj *build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
     hc_obj *o;
     char *p;
     unsigned i;
+    int compressible;
 
     fl.a = apr_array_make(r->pool, (int)resp->nfields + 2,
                           sizeof(hc_field));
@@ -287,19 +280,30 @@ static hc_obj *build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
     o->last_modified = lm ? apx_fresh_parse_date(lm, strlen(lm),
                                                  apr_time_now()) : 0;
     o->ft = *t;
+    o->ce.refs = 1;
+    compressible = hc->set.gzip && !cenc
+                   && apx_gz_type_is_compressible(ctype);
+    if (head_only) {
+        /* a head to serve while the body streams: identity, as fetched */
+        o->unsized = len == (apr_size_t)-1;
+        o->body_len = o->plain_len = o->unsized ? 0 : len;
+        o->vary_ae = compressible && (o->unsized || len >= GZIP_MIN);
+        o->etag_gz = NULL;
+        o->ce.size = bytes;
+        return o;
+    }
 
-    o->body = hc->cap;
-    o->body_len = o->plain_len = hc->cap_len;
-    hc->cap = NULL;
-    hc->cap_len = hc->cap_size = 0;
-    if (hc->set.gzip && !cenc && o->body_len >= GZIP_MIN
-        && apx_gz_type_is_compressible(ctype)) {
+    o->body = body;
+    o->body_len = o->plain_len = len;
+    if (compressible && o->body_len >= GZIP_MIN) {
         void *z;
         size_t zlen;
 
         if (apx_gz_compress(o->body, o->body_len, GZIP_LEVEL, &z, &zlen)
             == APR_SUCCESS) {
-            free(o->body);
+            if (!chunk)
+                free(o->body);
+            chunk = NULL;
             o->body = z;
             o->body_len = zlen;
             o->gz = 1;
@@ -308,11 +312,28 @@ static hc_obj *build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
                 etg = etag_gz;
         }
     }
+    if (chunk) {
+        __atomic_add_fetch(&chunk->refs, 1, __ATOMIC_RELAXED);
+        o->body_chunk = chunk;
+    }
     o->etag_gz = put_str(&p, etg);
     o->ce.size = bytes + o->body_len;
     o->ce.expires = apx_fresh_keep_until(t);
-    o->ce.refs = 1;
     return o;
+}
+
+hc_obj *apx__hc_build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
+                          const apx_fresh_times *t, char *body,
+                          apr_size_t len, hc_chunk *chunk)
+{
+    return build_obj(hc, resp, t, 0, body, len, chunk);
+}
+
+hc_obj *apx__hc_build_head(apx_hcache *hc, const apx_hcache_resp *resp,
+                           const apx_fresh_times *t, apr_int64_t len)
+{
+    return build_obj(hc, resp, t, 1, NULL,
+                     len < 0 ? (apr_size_t)-1 : (apr_size_t)len, NULL);
 }
 
 /* A usable stale object when the backend failed (stale-if-error). */
@@ -616,8 +637,14 @@ void apx_hcache_abandon(apx_hcache *hc)
 
 int apx_hcache_store(apx_hcache *hc, const apx_hcache_resp *resp)
 {
-    hc_obj *o = build_obj(hc, resp, &hc->ft);
+    hc_obj *o = apx__hc_build_obj(hc, resp, &hc->ft, hc->cap, hc->cap_len,
+                                  NULL);
     int stored;
+
+    if (o) {
+        hc->cap = NULL;
+        hc->cap_len = hc->cap_size = 0;
+    }
 
     if (!o) {
         if (hc->role != ROLE_REFRESH) {

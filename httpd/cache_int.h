@@ -22,10 +22,12 @@
  *            to the backend itself when the fetch failed or was not
  *            storable; bounded by AsyncProxyCacheWait;
  *   FILL     the first miss: fetch (conditionals, Range and, when this
- *            cache compresses, Accept-Encoding are not forwarded), read the
- *            whole body into memory (up to AsyncProxyCacheMaxObject),
- *            store it once — gzip-compressed when that is smaller — wake the
- *            waiters, then serve this request from the stored object;
+ *            cache compresses, Accept-Encoding are not forwarded), stream
+ *            the body into a fill (cache_stream.c) that this request's
+ *            client and the waiters read as it arrives, reserved from the
+ *            budget (up to AsyncProxyCacheMaxObject), store it once whole
+ *            — gzip-compressed when that is smaller — and wake the waiters
+ *            that could not read it (HEAD, gzip clients, other variants);
  *   STALE    within stale-while-revalidate: served at once; the first such
  *            request refreshes the object after its own response went out.
  *            Within stale-if-error: served when the refresh fails.
@@ -96,7 +98,8 @@ enum {
     ROLE_FETCH,         /* fetch, never store (HEAD miss, fallbacks) */
     ROLE_UNSAFE,        /* an unsafe method: proxied, and a non-error
                          * answer invalidates what is stored for it */
-    ROLE_REFRESH        /* after a STALE response: fetch for the store */
+    ROLE_REFRESH,       /* after a STALE response: fetch for the store */
+    ROLE_STREAM         /* read another request's streamed fill */
 };
 
 typedef struct hc_waiter hc_waiter;
@@ -104,6 +107,51 @@ struct hc_waiter {
     apx_park *p;
     hc_waiter *next, *prev;
     int linked;
+};
+
+/* A streamed fill (cache_stream.c): the body of a storable miss as it
+ * arrives, an append-only list of chunks read by the fetcher's client and
+ * by the requests that were waiting on the same key, each at its own pace.
+ * A chunk holds a reference on the next one, so what a reader still needs
+ * stays alive after the fill let go of the head of the list (when it stops
+ * storing), and what every reader passed goes at once. */
+typedef struct hc_chunk hc_chunk;
+struct hc_chunk {
+    hc_chunk *next;                 /* set once, under the fill's mutex */
+    /* the previous chunk's link (or the fill's `first`), the fill's
+     * `tail`, each reader standing on it, each body bucket from it */
+    volatile apr_uint32_t refs;
+    apr_size_t size;                /* of data */
+    apr_size_t len;                 /* written; grows under the fill's mutex */
+    apr_size_t charge;              /* reserved from the store's budget */
+    char data[1];
+};
+
+typedef struct hc_reader hc_reader;
+struct hc_reader {
+    hc_reader *next, *prev;
+    apr_size_t pos;                 /* body bytes taken (fill's mutex) */
+};
+
+enum { FILL_RUNNING = 0, FILL_DONE, FILL_FAILED };
+
+typedef struct hc_fill hc_fill;
+struct hc_fill {
+    pthread_mutex_t mtx;            /* guards everything below but refs */
+    volatile apr_uint32_t refs;     /* the fetcher's, each reader's, the
+                                     * pending object's */
+    struct hc_obj *head;            /* what every reader is served (no
+                                     * body); referenced */
+    hc_chunk *first;                /* held while storing: the whole body */
+    hc_chunk *tail;                 /* held until the fill ends */
+    apr_size_t total;               /* bytes appended */
+    int storing;
+    int state;                      /* FILL_* */
+    hc_waiter *waiters;             /* readers waiting for more */
+    hc_reader *readers;             /* attached readers but the fetcher */
+    unsigned nreaders;
+    hc_waiter *fetcher;             /* the fetcher waiting for slow readers
+                                     * (only once it stopped storing) */
 };
 
 typedef struct hc_field {
@@ -126,6 +174,10 @@ struct hc_obj {
      * that is stale at once (no-cache) would send to the backend again */
     struct hc_obj *result;
     volatile apr_uint32_t claimed;  /* one request fetches */
+    /* referenced: the fetch's streamed fill while waiters may read it
+     * (set when it starts, cleared under mtx when it stops storing or
+     * ends) */
+    hc_fill *fill;
 
     /* OBJ_VARY: the field names of the variants' Vary */
     const char *vary;
@@ -152,6 +204,13 @@ struct hc_obj {
     apr_size_t plain_len;           /* decompressed, when gz */
     int gz;                         /* body is our gzip copy */
     volatile apr_uint32_t refreshing;
+    /* referenced: the fill chunk body points into (one chunk, no copy) */
+    hc_chunk *body_chunk;
+    /* a streamed fill's head object: body_len is the backend's length,
+     * or unknown (unsized); vary_ae: the stored copy will be gzip, so the
+     * response already varies on Accept-Encoding */
+    int unsized;
+    int vary_ae;
 };
 
 #define OBJ(e) APX_CONTAINER_OF((e), hc_obj, ce)
@@ -203,6 +262,19 @@ struct apx_hcache {
     /* the body being captured */
     char *cap;
     apr_size_t cap_len, cap_size;
+    /* a streamed fill this request fills (filling) or reads, and its
+     * cursor: the chunk it stands on (referenced) and the offset in it */
+    hc_fill *fill;
+    int filling;
+    hc_chunk *rchunk;
+    apr_size_t roff;
+    hc_reader reader;
+    int reader_linked;
+    apr_size_t publish_reserved;    /* apx__hc_publish() converts these */
+    apr_time_t kept_at;             /* the pending object's life was last
+                                     * extended (a fill in progress) */
+    hc_obj *published;              /* held for r: what a streamed fill
+                                     * built when it ended */
 };
 
 /* The child's store (cache_store.c), NULL when the cache is off. */
@@ -226,5 +298,17 @@ void apx__hc_set_serving(apx_hcache *hc, hc_obj *o);
 int apx__hc_decide(apx_hcache *hc, const apx_hcache_resp *resp,
                   apr_time_t req_time, apr_time_t resp_time,
                   apx_fresh_times *t);
+hc_obj *apx__hc_build_obj(apx_hcache *hc, const apx_hcache_resp *resp,
+                          const apx_fresh_times *t, char *body,
+                          apr_size_t len, hc_chunk *chunk);
+hc_obj *apx__hc_build_head(apx_hcache *hc, const apx_hcache_resp *resp,
+                           const apx_fresh_times *t, apr_int64_t len);
+/* cache_stream.c */
+void apx__hc_fill_unref(hc_fill *f);
+void apx__hc_chunk_unref(hc_chunk *ch);
+/* Under the pending object's mutex: whether r may read a streamed fill,
+ * and attaching it (reader at byte 0). */
+int apx__hc_stream_can_attach(const apx_hcache *hc, const hc_fill *f);
+int apx__hc_stream_attach(apx_hcache *hc, hc_fill *f);
 
 #endif /* APX_HTTPD_CACHE_INT_H */

@@ -225,6 +225,7 @@ static int claim_fresh_pending(apx_hcache *hc, const char *key, apr_size_t klen,
     if (!p)
         return ROLE_FETCH;
     p->ce.refs = 1;
+    p->ce.flags = APX_CACHE_E_PINNED;
     p->claimed = 1;
     if (apx_cache_put(apx__hc_store, &p->ce, key, klen, now, 0) != APR_SUCCESS) {
         apx_cache_unref(apx__hc_store, &p->ce);
@@ -326,7 +327,8 @@ static int enlist(void *baton, apx_park *p)
     int ok;
 
     pthread_mutex_lock(&o->mtx);
-    ok = !o->done;
+    /* a streamed fill to read: no wait */
+    ok = !o->done && !(o->fill && apx__hc_stream_can_attach(hc, o->fill));
     if (ok) {
         w->p = p;
         w->prev = NULL;
@@ -392,30 +394,49 @@ static apr_status_t release_pending_cleanup(void *data)
     return APR_SUCCESS;
 }
 
-/* Returns 1 when the fetch stored something (look again), 0 when this
- * request goes to the backend itself (the fetch failed or was not
- * storable, the wait bound passed, or it cannot park), -1 when the client
- * left or the child stops (*pev says which). */
+/* Returns 1 when the fetch stored something (look again), 2 when this
+ * request reads the fetch's streamed fill, 0 when it goes to the backend
+ * itself (the fetch failed or was not storable, the wait bound passed, or
+ * it cannot park), -1 when the client left or the child stops (*pev says
+ * which). */
 static int wait_for_fetch(apx_hcache *hc, unsigned *pev)
 {
     apx_coro *coro = hc->rq->coro;
+    apr_time_t deadline = apr_time_now() + apx_gconf.cache_wait;
+    hc_obj *o = hc->pending;
     apx_defer *d;
     unsigned ev;
-    int stored, gone;
+    int stored, gone, attached, again;
 
     apr_atomic_inc32(&apx_ch->n.cache_coalesced);
     d = apx_coro_defer(coro, delist, hc);
-    ev = apx_wait_wake(hc->rq, enlist, hc,
-                       apr_time_now() + apx_gconf.cache_wait);
-    delist(hc);
+    do {
+        ev = apx_wait_wake(hc->rq, enlist, hc, deadline);
+        delist(hc);
+        gone = (ev & (APX_EV_CLIENT_GONE | APX_EV_SHUTDOWN)) != 0;
+        attached = again = 0;
+        pthread_mutex_lock(&o->mtx);
+        if (!o->done && !gone && ev && !(ev & APX_EV_TIMEOUT)) {
+            /* woken when the fetch began streaming: read it, or (a HEAD,
+             * another variant) wait on for the stored object */
+            if (o->fill && apx__hc_stream_can_attach(hc, o->fill))
+                attached = apx__hc_stream_attach(hc, o->fill);
+            else
+                again = 1;
+        }
+        pthread_mutex_unlock(&o->mtx);
+    } while (again);
     if (d)
         apx_coro_defer_disarm(coro, d);
     *pev = ev;
-    gone = (ev & (APX_EV_CLIENT_GONE | APX_EV_SHUTDOWN)) != 0;
+    if (attached) {
+        apx__hc_drop(&hc->pending);
+        return 2;
+    }
     /* set under the mutex delist took */
-    stored = hc->pending->stored;
-    if (stored && hc->pending->result && !gone) {
-        hc->obj = hc->pending->result;
+    stored = o->stored;
+    if (stored && o->result && !gone) {
+        hc->obj = o->result;
         apx_cache_ref(&hc->obj->ce);
     }
     apx__hc_drop(&hc->pending);
@@ -442,6 +463,10 @@ int apx_hcache_lookup(apx_hcache *hc, unsigned *ev)
         rc = wait_for_fetch(hc, ev);
         if (rc < 0)
             return APX_HCACHE_GONE;
+        if (rc == 2) {
+            role = ROLE_STREAM;
+            break;
+        }
         if (hc->obj) {
             /* the fetch we waited for left what it stored for us */
             role = ROLE_HIT;
@@ -456,7 +481,8 @@ int apx_hcache_lookup(apx_hcache *hc, unsigned *ev)
         }
         role = ROLE_FETCH;
     }
-    if (hc->only_if_cached && role != ROLE_HIT && role != ROLE_STALE) {
+    if (hc->only_if_cached && role != ROLE_HIT && role != ROLE_STALE
+        && role != ROLE_STREAM) {
         /* RFC 9111 section 5.2.1.7: a stored response or 504 */
         apx__hc_release_pending(hc, 0, NULL);
         apx__hc_drop(&hc->stale);
@@ -476,6 +502,10 @@ int apx_hcache_lookup(apx_hcache *hc, unsigned *ev)
         apx__hc_set_serving(hc, hc->obj);
         apx__hc_drop(&hc->obj);
         return APX_HCACHE_HIT;
+    case ROLE_STREAM:
+        /* served as the fetch we waited for reads it: a hit for us */
+        apx__hc_set_serving(hc, hc->fill->head);
+        return APX_HCACHE_STREAM;
     case ROLE_STALE:
         if (apr_atomic_cas32(&hc->obj->refreshing, 1, 0) == 0)
             hc->refreshed = hc->obj;

@@ -182,7 +182,7 @@ int apx_hcache_serve_head(apx_hcache *hc, const char *label)
         ap_set_content_type(r, o->ctype);
     if (etag)
         apr_table_setn(r->headers_out, "ETag", etag);
-    if (o->gz) {
+    if (o->gz || o->vary_ae) {
         const char *vary = apr_table_get(r->headers_out, "Vary");
 
         if (!vary || !ap_find_token(r->pool, vary, "Accept-Encoding"))
@@ -212,8 +212,9 @@ int apx_hcache_serve_head(apx_hcache *hc, const char *label)
     }
     if (o->status == HTTP_NO_CONTENT || o->status == HTTP_NOT_MODIFIED)
         return 0;
-    ap_set_content_length(r, (apr_off_t)(o->gz && !gz_out ? o->plain_len
-                                                          : o->body_len));
+    if (!o->unsized)
+        ap_set_content_length(r, (apr_off_t)(o->gz && !gz_out
+                                             ? o->plain_len : o->body_len));
     if (r->header_only)
         return 0;
     hc->serve_inflate = o->gz && !gz_out;

@@ -135,7 +135,11 @@ static apx_cache_entry *create_pending(const void *key, size_t klen,
 {
     hc_obj *o = apx__hc_obj_alloc(OBJ_PENDING);
 
-    return o ? &o->ce : NULL;
+    if (!o)
+        return NULL;
+    /* what a fill publishes under depends on it (apx__hc_still_current) */
+    o->ce.flags = APX_CACHE_E_PINNED;
+    return &o->ce;
 }
 
 static void destroy_obj(apx_cache_entry *e, void *baton)
@@ -146,8 +150,12 @@ static void destroy_obj(apx_cache_entry *e, void *baton)
         pthread_mutex_destroy(&o->mtx);
         if (o->result)
             apx_cache_unref(apx__hc_store, &o->result->ce);
+        if (o->fill)
+            apx__hc_fill_unref(o->fill);
     }
-    if (o->body_owner)
+    if (o->body_chunk)
+        apx__hc_chunk_unref(o->body_chunk);
+    else if (o->body_owner)
         apx_cache_unref(apx__hc_store, &o->body_owner->ce);
     else
         free(o->body);
@@ -188,7 +196,8 @@ void apx_hc_figures(apr_uint64_t *entries, apr_uint64_t *bytes,
         return;
     apx_cache_stats_get(apx__hc_store, &st);
     *entries = st.entries;
-    *bytes = st.bytes;
+    /* held: stored, and reserved by the fills in flight */
+    *bytes = st.bytes + st.reserved;
     *evictions = st.evictions;
 }
 
@@ -324,7 +333,9 @@ int apx__hc_publish(apx_hcache *hc, hc_obj *o, const char *vary)
         key = hc->vkey;
         klen = hc->vklen;
     }
-    if (apx_cache_put(apx__hc_store, &o->ce, key, klen, now, 0) != APR_SUCCESS) {
+    /* a streamed fill's reservation becomes the object's charge */
+    if (apx_cache_put_reserved(apx__hc_store, &o->ce, key, klen, now, 0,
+                               hc->publish_reserved) != APR_SUCCESS) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APXLOGNO(00125)
                       "response for %s not stored (cache busy)", hc->url);
         return 0;

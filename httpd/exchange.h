@@ -168,6 +168,7 @@ const char *apx_ex_resp_list(apx_exchange *px, const char *name);
 /* The Via value sent to the client (the backend's plus ours). */
 const char *apx_ex_via(apx_exchange *px);
 int apx_ex_drain_output(apx_exchange *px);
+int apx_ex_output_pending(apx_exchange *px);
 int apx_ex_pass_out(apx_exchange *px, int last);
 int apx_ex_take_body(apx_exchange *px);
 int apx_ex_is_clean(const apx_exchange *px);

@@ -70,6 +70,27 @@ int apx_ex_drain_output(apx_exchange *px)
     return STEP_OK;
 }
 
+/* Writes what the core output filter holds, without waiting: 1 when some
+ * is still held (the client is slow), 0 when nothing is, STEP_FAIL when
+ * the client is gone. (A streamed cache fill serves its own client this
+ * way between backend reads.) */
+int apx_ex_output_pending(apx_exchange *px)
+{
+    conn_rec *c = px->c;
+    ap_filter_t *f;
+    apr_status_t rv;
+
+    if (px->rq->client_fd < 0 || !c->data_in_output_filters)
+        return 0;
+    f = c->output_filters;
+    while (f->next)
+        f = f->next;
+    rv = f->frec->filter_func.out_func(f, NULL);
+    if (rv != APR_SUCCESS || c->aborted)
+        return apx_ex_client_gone(px);
+    return c->data_in_output_filters ? 1 : 0;
+}
+
 /* Hands px->bb (plus EOS when last) to the output filters, then lets the
  * client take it before more is read from the backend. */
 int apx_ex_pass_out(apx_exchange *px, int last)

@@ -17,6 +17,12 @@
  * - An entry stays alive while referenced, even after eviction, expiry or
  *   invalidation; it stops counting in the budget once unlinked.
  * - Time is always passed in ("now"): tests drive a fake clock.
+ * - Reservations: bytes held outside any entry (a response being fetched
+ *   for the store) count against the budget with the linked entries.
+ *   apx_cache_reserve() evicts least recently used entries to make room
+ *   and fails when the reservations alone leave none; publishing an entry
+ *   with apx_cache_put_reserved() turns a reservation into its charge under
+ *   the same lock, so the bytes are never counted twice nor let go between.
  *
  * Calling threads: any thread, all functions; apx_cache_create() and
  * apx_cache_destroy() by the owner (no reference may be outstanding when
@@ -49,7 +55,11 @@ struct apx_cache_entry {
 
 enum {
     APX_CACHE_E_LINKED    = 0x01,   /* in the hash and the LRU list */
-    APX_CACHE_E_TEMPORARY = 0x02    /* never inserted (lock was busy) */
+    APX_CACHE_E_TEMPORARY = 0x02,   /* never inserted (lock was busy) */
+    /* never evicted to make room (expiry, invalidation and removal still
+     * unlink it); set by the create callback or before apx_cache_put():
+     * a small marker that work in flight depends on */
+    APX_CACHE_E_PINNED    = 0x04
 };
 
 /* Lookup flags. */
@@ -75,9 +85,10 @@ typedef struct apx_cache_conf {
 
 typedef struct apx_cache_stats {
     unsigned entries;
-    size_t bytes;
+    size_t bytes;                   /* charged by linked entries */
+    size_t reserved;                /* held by reservations */
     apr_uint64_t hits, misses, evictions, expirations, temporaries,
-                 lock_busy, races_lost;
+                 lock_busy, races_lost, reserve_fails;
 } apx_cache_stats;
 
 apr_status_t apx_cache_create(apx_cache **pc, const apx_cache_conf *conf);
@@ -92,6 +103,20 @@ apx_cache_entry *apx_cache_get_ref(apx_cache *c, const void *key,
  * caller's reference stays the caller's. APR_EBUSY with TRYLOCK. */
 apr_status_t apx_cache_put(apx_cache *c, apx_cache_entry *e, const void *key,
                            size_t klen, apr_time_t now, int flags);
+/* apx_cache_put() that first gives back `reserved` bytes of the caller's
+ * reservation (the entry's size is charged instead), under one lock. */
+apr_status_t apx_cache_put_reserved(apx_cache *c, apx_cache_entry *e,
+                                    const void *key, size_t klen,
+                                    apr_time_t now, int flags,
+                                    size_t reserved);
+/* Reserves n bytes of the budget, evicting least recently used entries
+ * when the budget would be exceeded: APR_SUCCESS, or APR_ENOSPC (nothing
+ * reserved, nothing evicted) when the reservations alone leave no room.
+ * force = 1 always succeeds and may exceed the budget (bytes already held
+ * that must be counted); it still evicts what it can. */
+apr_status_t apx_cache_reserve(apx_cache *c, size_t n, int force);
+/* Gives back n reserved bytes. */
+void apx_cache_unreserve(apx_cache *c, size_t n);
 void apx_cache_ref(apx_cache_entry *e);
 void apx_cache_unref(apx_cache *c, apx_cache_entry *e);
 /* Unlinks key's entry; 1 when there was one. */
@@ -99,6 +124,9 @@ int apx_cache_invalidate(apx_cache *c, const void *key, size_t klen);
 /* Unlinks this very entry if it is still linked (whatever now holds its
  * key is left alone); 1 when it was. The caller's reference stays. */
 int apx_cache_remove(apx_cache *c, apx_cache_entry *e);
+/* Sets the expiry of this very entry while it is linked (a fetch in
+ * progress keeps its pending marker alive); 1 when it was linked. */
+int apx_cache_set_expiry(apx_cache *c, apx_cache_entry *e, apr_time_t expires);
 /* Unlinks every expired entry; returns how many. */
 unsigned apx_cache_prune(apx_cache *c, apr_time_t now);
 int apx_cache_entry_is_fresh(const apx_cache_entry *e, apr_time_t now);

@@ -27,9 +27,10 @@ struct apx_cache {
     apx_cache_entry lru;            /* sentinel: lru.lru_next is the oldest */
     unsigned entries;
     size_t bytes;
+    size_t reserved;                /* apx_cache_reserve(), under `lock` */
     apx_cache_conf conf;
     volatile apr_uint32_t hits, misses, evictions, expirations, temporaries,
-                          lock_busy, races_lost;
+                          lock_busy, races_lost, reserve_fails;
 };
 
 static apr_uint32_t hash_key(const void *key, size_t klen)
@@ -143,6 +144,27 @@ static int unlink_locked(apx_cache *c, apx_cache_entry *e)
     return unref_entry(e);
 }
 
+/* Write lock held. Evicts the least recently used entries until `need`
+ * more bytes fit in the budget with what is linked and reserved, or none
+ * is left; those whose last reference went are chained on *dead. */
+static void evict_locked(apx_cache *c, size_t need, apx_cache_entry **dead)
+{
+    apx_cache_entry *e = c->lru.lru_next, *next;
+
+    while (c->conf.budget && c->bytes + c->reserved + need > c->conf.budget
+           && e != &c->lru) {
+        next = e->lru_next;
+        if (!(e->flags & APX_CACHE_E_PINNED)) {
+            apr_atomic_inc32(&c->evictions);
+            if (unlink_locked(c, e)) {
+                e->hnext = *dead;
+                *dead = e;
+            }
+        }
+        e = next;
+    }
+}
+
 /* Write lock held. Entries whose last reference went are chained on
  * *dead (through hnext) to be freed after unlocking. */
 static void link_locked(apx_cache *c, apx_cache_entry *e,
@@ -161,16 +183,7 @@ static void link_locked(apx_cache *c, apx_cache_entry *e,
     c->bytes += e->size;
     /* Evict the least recently used until the budget holds again (the new
      * entry itself goes last, when it alone is over the budget). */
-    while (c->conf.budget && c->bytes > c->conf.budget
-           && c->lru.lru_next != &c->lru) {
-        apx_cache_entry *old = c->lru.lru_next;
-
-        apr_atomic_inc32(&c->evictions);
-        if (unlink_locked(c, old)) {
-            old->hnext = *dead;
-            *dead = old;
-        }
-    }
+    evict_locked(c, 0, dead);
 }
 
 static void free_dead(apx_cache *c, apx_cache_entry *dead)
@@ -244,7 +257,7 @@ apx_cache_entry *apx_cache_get_ref(apx_cache *c, const void *key,
         return NULL;
     }
     e->refs = 1;
-    e->flags = 0;
+    e->flags &= APX_CACHE_E_PINNED;
     e->hnext = e->lru_prev = e->lru_next = NULL;
     if (!e->expires)
         e->expires = now + c->conf.ttl;
@@ -289,6 +302,14 @@ apx_cache_entry *apx_cache_get_ref(apx_cache *c, const void *key,
 apr_status_t apx_cache_put(apx_cache *c, apx_cache_entry *e, const void *key,
                            size_t klen, apr_time_t now, int flags)
 {
+    return apx_cache_put_reserved(c, e, key, klen, now, flags, 0);
+}
+
+apr_status_t apx_cache_put_reserved(apx_cache *c, apx_cache_entry *e,
+                                    const void *key, size_t klen,
+                                    apr_time_t now, int flags,
+                                    size_t reserved)
+{
     apr_uint32_t h = hash_key(key, klen);
     apx_cache_entry *old, *dead = NULL;
 
@@ -303,6 +324,7 @@ apr_status_t apx_cache_put(apx_cache *c, apx_cache_entry *e, const void *key,
         apr_atomic_inc32(&c->lock_busy);
         return APR_EBUSY;
     }
+    c->reserved -= reserved < c->reserved ? reserved : c->reserved;
     old = find_locked(c, e->key, e->klen, e->hash);
     if (old && unlink_locked(c, old)) {
         old->hnext = dead;
@@ -312,6 +334,35 @@ apr_status_t apx_cache_put(apx_cache *c, apx_cache_entry *e, const void *key,
     pthread_rwlock_unlock(&c->lock);
     free_dead(c, dead);
     return APR_SUCCESS;
+}
+
+apr_status_t apx_cache_reserve(apx_cache *c, size_t n, int force)
+{
+    apx_cache_entry *dead = NULL;
+    apr_status_t rv = APR_SUCCESS;
+
+    pthread_rwlock_wrlock(&c->lock);
+    /* every linked entry may go, reservations may not: when they alone
+     * leave no room, nothing is evicted for nothing */
+    if (!force && c->conf.budget && c->reserved + n > c->conf.budget) {
+        rv = APR_ENOSPC;
+        apr_atomic_inc32(&c->reserve_fails);
+    }
+    else {
+        evict_locked(c, n, &dead);
+        c->reserved += n;
+    }
+    pthread_rwlock_unlock(&c->lock);
+    free_dead(c, dead);
+    return rv;
+}
+
+void apx_cache_unreserve(apx_cache *c, size_t n)
+{
+    pthread_rwlock_wrlock(&c->lock);
+    /* never below zero, whatever a caller's arithmetic did */
+    c->reserved -= n < c->reserved ? n : c->reserved;
+    pthread_rwlock_unlock(&c->lock);
 }
 
 int apx_cache_remove(apx_cache *c, apx_cache_entry *e)
@@ -327,6 +378,19 @@ int apx_cache_remove(apx_cache *c, apx_cache_entry *e)
     if (last)
         free_entry(c, e);
     return was_linked;
+}
+
+int apx_cache_set_expiry(apx_cache *c, apx_cache_entry *e, apr_time_t expires)
+{
+    int linked;
+
+    /* lookups read expires under the read lock */
+    pthread_rwlock_wrlock(&c->lock);
+    linked = (e->flags & APX_CACHE_E_LINKED) != 0;
+    if (linked)
+        e->expires = expires;
+    pthread_rwlock_unlock(&c->lock);
+    return linked;
 }
 
 int apx_cache_invalidate(apx_cache *c, const void *key, size_t klen)
@@ -370,6 +434,7 @@ void apx_cache_stats_get(apx_cache *c, apx_cache_stats *st)
     pthread_rwlock_rdlock(&c->lock);
     st->entries = c->entries;
     st->bytes = c->bytes;
+    st->reserved = c->reserved;
     pthread_rwlock_unlock(&c->lock);
     st->hits = apr_atomic_read32(&c->hits);
     st->misses = apr_atomic_read32(&c->misses);
@@ -378,6 +443,7 @@ void apx_cache_stats_get(apx_cache *c, apx_cache_stats *st)
     st->temporaries = apr_atomic_read32(&c->temporaries);
     st->lock_busy = apr_atomic_read32(&c->lock_busy);
     st->races_lost = apr_atomic_read32(&c->races_lost);
+    st->reserve_fails = apr_atomic_read32(&c->reserve_fails);
 }
 
 void apx_cache_destroy(apx_cache *c)

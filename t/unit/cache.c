@@ -73,6 +73,25 @@ static void test_basic(void)
     is_int(destroyed, created, "destroy frees every entry");
 }
 
+/* A linked entry's expiry moves (a fetch in progress keeps its marker). */
+static void test_set_expiry(void)
+{
+    apx_cache *c = new_cache(0);
+    apx_cache_entry *e, *f;
+    apr_status_t err;
+
+    e = apx_cache_get_ref(c, "x", 1, NOW(0), 0, &err);     /* ttl 10 s */
+    ok(apx_cache_set_expiry(c, e, NOW(30)) == 1, "set_expiry on a linked entry");
+    f = apx_cache_get_ref(c, "x", 1, NOW(20), APX_CACHE_LOOKUP_ONLY, &err);
+    ok(f == e, "... still fresh at 20 s (its ttl was 10 s)");
+    if (f)
+        apx_cache_unref(c, f);
+    apx_cache_remove(c, e);
+    ok(apx_cache_set_expiry(c, e, NOW(60)) == 0, "... 0 once unlinked");
+    apx_cache_unref(c, e);
+    apx_cache_destroy(c);
+}
+
 static void test_expiry(void)
 {
     apx_cache *c = new_cache(0);
@@ -277,6 +296,147 @@ static void test_race(void)
     is_int(destroyed, created, "racing creators: every created entry destroyed once");
 }
 
+/* Reservations count with linked entries: a reservation evicts the least
+ * recently used, fails (evicting nothing) when reservations alone leave no
+ * room, force always succeeds, and publishing converts a reservation into
+ * the entry's charge. */
+static void test_reserve(void)
+{
+    apx_cache *c;
+    apx_cache_entry *a, *b, *e;
+    apx_cache_stats st;
+    apr_status_t err;
+    item *it;
+
+    item_size = 300;
+    c = new_cache(1000);
+    a = apx_cache_get_ref(c, "a", 1, NOW(0), 0, &err);
+    b = apx_cache_get_ref(c, "b", 1, NOW(0), 0, &err);
+    apx_cache_unref(c, a);
+    apx_cache_unref(c, b);
+    ok(apx_cache_reserve(c, 400, 0) == APR_SUCCESS, "400 bytes reserved next "
+       "to 600 linked");
+    apx_cache_stats_get(c, &st);
+    ok(st.bytes == 600 && st.reserved == 400 && st.evictions == 0,
+       "... nothing evicted (bytes %zu, reserved %zu)", st.bytes, st.reserved);
+    ok(apx_cache_reserve(c, 200, 0) == APR_SUCCESS, "200 more: fits after "
+       "evicting the oldest");
+    apx_cache_stats_get(c, &st);
+    ok(st.bytes == 300 && st.reserved == 600 && st.evictions == 1,
+       "... one eviction (bytes %zu, reserved %zu)", st.bytes, st.reserved);
+    e = apx_cache_get_ref(c, "a", 1, NOW(0), APX_CACHE_LOOKUP_ONLY, &err);
+    ok(!e, "... the least recently used one (a) went");
+    ok(apx_cache_reserve(c, 500, 0) == APR_ENOSPC, "500 more: reservations "
+       "alone would exceed the budget: APR_ENOSPC");
+    apx_cache_stats_get(c, &st);
+    ok(st.bytes == 300 && st.reserved == 600 && st.reserve_fails == 1,
+       "... nothing evicted, nothing reserved (bytes %zu, reserved %zu)",
+       st.bytes, st.reserved);
+    ok(apx_cache_reserve(c, 500, 1) == APR_SUCCESS, "forced: succeeds");
+    apx_cache_stats_get(c, &st);
+    ok(st.bytes == 0 && st.reserved == 1100, "... evicting what it can, "
+       "over the budget (bytes %zu, reserved %zu)", st.bytes, st.reserved);
+    apx_cache_unreserve(c, 500);
+    apx_cache_unreserve(c, 200);
+
+    /* publish: 400 reserved become a 450-byte entry's charge */
+    it = calloc(1, sizeof(*it));
+    it->e.size = 450;
+    it->e.refs = 1;
+    apr_atomic_inc32(&created);
+    ok(apx_cache_put_reserved(c, &it->e, "p", 1, NOW(0), 0, 400)
+       == APR_SUCCESS, "put_reserved links the entry");
+    apx_cache_stats_get(c, &st);
+    ok(st.bytes == 450 && st.reserved == 0, "... the reservation became its "
+       "charge (bytes %zu, reserved %zu)", st.bytes, st.reserved);
+    apx_cache_unref(c, &it->e);
+    apx_cache_unreserve(c, 10);
+
+    /* a pinned entry stays when room is made, even the oldest */
+    apx_cache_invalidate(c, "p", 1);
+    it = calloc(1, sizeof(*it));
+    it->e.size = 100;
+    it->e.refs = 1;
+    it->e.flags = APX_CACHE_E_PINNED;
+    apr_atomic_inc32(&created);
+    apx_cache_put(c, &it->e, "pin", 3, NOW(0), 0);
+    apx_cache_unref(c, &it->e);
+    item_size = 300;
+    apx_cache_unref(c, apx_cache_get_ref(c, "q", 1, NOW(0), 0, &err));
+    ok(apx_cache_reserve(c, 900, 0) == APR_SUCCESS, "900 reserved next to "
+       "a pinned 100 (oldest) and a 300");
+    e = apx_cache_get_ref(c, "pin", 3, NOW(0), APX_CACHE_LOOKUP_ONLY, &err);
+    apx_cache_stats_get(c, &st);
+    ok(e && st.bytes == 100, "... the pinned entry stayed, the other went "
+       "(bytes %zu)", st.bytes);
+    if (e)
+        apx_cache_unref(c, e);
+    apx_cache_unreserve(c, 900);
+    apx_cache_stats_get(c, &st);
+    ok(st.reserved == 0, "unreserve never goes below zero");
+    apx_cache_destroy(c);
+}
+
+/* Threads reserve, publish and give back at once: the budget holds for
+ * linked + reserved whenever a non-forced reservation succeeded, and
+ * everything is given back in the end (TSan-clean). */
+#define RESERVERS 6
+static apx_cache *res_cache;
+static volatile apr_uint32_t res_over;
+
+static void *reserver(void *arg)
+{
+    unsigned id = (unsigned)(uintptr_t)arg, seed = id;
+    apx_cache_stats st;
+    char key[32];
+    int i;
+
+    for (i = 0; i < 3000; i++) {
+        size_t n = 100 + rand_r(&seed) % 900;
+
+        if (apx_cache_reserve(res_cache, n, 0) != APR_SUCCESS)
+            continue;
+        apx_cache_stats_get(res_cache, &st);
+        if (st.reserved > 20 * 1000)
+            apr_atomic_inc32(&res_over);
+        if (i % 3 == 0) {
+            item *it = calloc(1, sizeof(*it));
+
+            apr_atomic_inc32(&created);
+            it->e.size = n;
+            it->e.refs = 1;
+            snprintf(key, sizeof(key), "%u-%d", id, i % 50);
+            apx_cache_put_reserved(res_cache, &it->e, key, strlen(key),
+                                   NOW(0), 0, n);
+            apx_cache_unref(res_cache, &it->e);
+        }
+        else {
+            apx_cache_unreserve(res_cache, n);
+        }
+    }
+    return NULL;
+}
+
+static void test_reserve_threads(void)
+{
+    pthread_t t[RESERVERS];
+    apx_cache_stats st;
+    int i;
+
+    res_cache = new_cache(20 * 1000);
+    for (i = 0; i < RESERVERS; i++)
+        pthread_create(&t[i], NULL, reserver, (void *)(uintptr_t)(i + 1));
+    for (i = 0; i < RESERVERS; i++)
+        pthread_join(t[i], NULL);
+    apx_cache_stats_get(res_cache, &st);
+    ok(res_over == 0, "%d threads reserving: reservations never passed the "
+       "budget", RESERVERS);
+    ok(st.reserved == 0 && st.bytes <= 20 * 1000, "... all given back "
+       "(reserved %zu), linked %zu within the budget", st.reserved, st.bytes);
+    apx_cache_destroy(res_cache);
+    is_int(destroyed, created, "... every entry destroyed once");
+}
+
 int main(void)
 {
     test_basic();
@@ -286,5 +446,8 @@ int main(void)
     test_remove();
     test_trylock();
     test_race();
+    test_reserve();
+    test_reserve_threads();
+    test_set_expiry();
     return done_testing();
 }
