@@ -19,7 +19,9 @@
 #     the slot holder is still running) and never reach the backend;
 #   - a client that goes away while queued leaves the queue at once (the
 #     queued figure drops, queue_gone counts it) and the backend never
-#     sees its request.
+#     sees its request;
+#   - under the worker MPM (no parking: a queued request waits on its
+#     thread) the cap, the queue and queue= hold the same way.
 use strict;
 use warnings;
 use Test::More;
@@ -135,6 +137,23 @@ sub send_get {
     my $s = connect_to($h->port);
     send_raw($s, get_req($path));
     return { sock => $s, buf => '', path => $path };
+}
+sub send_get_on {
+    my ($port, $path) = @_;
+    my $s = connect_to($port);
+    send_raw($s, get_req($path));
+    return { sock => $s, buf => '', path => $path };
+}
+sub member_on {
+    my ($port, $bal) = @_;
+    my $r = http_request($port, 'GET', '/apx-status', timeout => 10);
+    return undef unless $r && $r->{status} == 200;
+    for my $l (split /\n/, $r->{body}) {
+        next unless $l =~ /^AsyncProxyMember: (.*)$/;
+        my %kv = map { split /=/, $_, 2 } split ' ', $1;
+        return \%kv if $kv{balancer} eq $bal;
+    }
+    return undef;
 }
 sub answer {
     my ($c, $timeout) = @_;
@@ -263,6 +282,30 @@ ok($h->stop, 'server stops');
 # one instant of the burst of 2,000 new connections (accepting and reading
 # heads), as in 20-async-scale.t
 is_deeply([$h->error_lines(qr/AH00484/)], [], 'no error-log line at level error or above');
+
+# ---- the worker MPM: a queued request waits on its thread ----------------
+{
+    my $w = APX::Httpd->new(
+        mpm => 'worker', threads => 8, servers => 1, server_limit => 1,
+        conf => "AsyncProxyPass /w/ balancer://wk/w/\n<AsyncProxyBalancer wk>\n"
+              . "    AsyncProxyMember http://127.0.0.1:@{[ $be{gone}->port ]} max=1\n"
+              . "    AsyncProxyBalancerSet queue=2 queuetimeout=10s\n</AsyncProxyBalancer>\n");
+    $w->start;
+    open my $fh, '>', $be{gone}{count_file} or die;
+    print $fh '0 0';
+    close $fh;
+    my @c = map { send_get_on($w->port, "/w/300/W-$_") } 1 .. 3;
+    ok(wait_for(sub { my $m = member_on($w->port, 'wk'); $m && $m->{queued} == 2 }, 5),
+       'worker MPM: with the slot held, two wait');
+    my $x = http_request($w->port, 'GET', '/w/0/WX-1', timeout => 10);
+    is($x && $x->{status}, 503, '... a third finds the queue full: 503');
+    my @st = map { my $r = answer($_, 20); $r ? $r->{status} : 0 } @c;
+    is("@st", '200 200 200', '... the three are answered 200 in turn');
+    is(max_seen($be{gone}), 1, '... one at a time at the backend');
+    close $_->{sock} for @c;
+    ok($w->stop, 'worker server stops');
+    is_deeply([$w->error_lines], [], '... no error-log line at level error or above');
+}
 $_->stop for values %be;
 
 cmp_ok(time - $t_start, '<', 150, 'the file stays under 150 s');
