@@ -395,27 +395,28 @@ void apx_balancers_status(request_rec *r, int short_report)
             const char *state = apx_bal_state_name(m->state);
 
             if (short_report) {
+                /* the fields of the first slice first, in their order:
+                 * readers of this line may match it whole */
                 ap_rprintf(r, "AsyncProxyMember: balancer=%s index=%u "
                            "url=%s route=%s weight=%u state=%s inflight=%u "
-                           "max=%u inflight_all=%u held_here=%u queued=%u "
+                           "latency_us=%.0f requests=%" APR_UINT64_T_FMT
+                           " failures=%" APR_UINT64_T_FMT " ejections=%"
+                           APR_UINT64_T_FMT " retries=%" APR_UINT64_T_FMT
+                           " max=%u inflight_all=%u held_here=%u queued=%u "
                            "queued_here=%u queue_timeouts=%" APR_UINT64_T_FMT
                            " queue_full=%" APR_UINT64_T_FMT " queue_gone=%"
                            APR_UINT64_T_FMT " queue_dispatched=%"
                            APR_UINT64_T_FMT " queue_max_wait_ms=%"
                            APR_UINT64_T_FMT " slots_reclaimed=%"
-                           APR_UINT64_T_FMT " child=%d "
-                           "latency_us=%.0f requests=%" APR_UINT64_T_FMT
-                           " failures=%" APR_UINT64_T_FMT " ejections=%"
-                           APR_UINT64_T_FMT " retries=%" APR_UINT64_T_FMT
-                           "\n", b->name, j, mb->url,
-                           mb->route ? mb->route : "-", mb->weight, state,
-                           m->inflight, mb->cap, w->sh.inflight,
-                           w->held_here, w->sh.queued, w->queued_here,
-                           w->sh.queue_timeouts, w->sh.queue_full,
-                           w->sh.queue_gone, w->sh.dispatched,
-                           w->sh.max_wait_us / 1000, w->sh.reclaimed,
-                           (int)getpid(), v[j].latency, m->requests,
-                           m->failures, m->ejections, m->retries);
+                           APR_UINT64_T_FMT " child=%d\n", b->name, j,
+                           mb->url, mb->route ? mb->route : "-", mb->weight,
+                           state, m->inflight, v[j].latency, m->requests,
+                           m->failures, m->ejections, m->retries, mb->cap,
+                           w->sh.inflight, w->held_here, w->sh.queued,
+                           w->queued_here, w->sh.queue_timeouts,
+                           w->sh.queue_full, w->sh.queue_gone,
+                           w->sh.dispatched, w->sh.max_wait_us / 1000,
+                           w->sh.reclaimed, (int)getpid());
                 continue;
             }
             ap_rprintf(r, "<tr><td>%s</td><td>%s</td><td>%u</td><td>%s</td>"
