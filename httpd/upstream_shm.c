@@ -223,6 +223,8 @@ void apx_mshm_child_init(apr_pool_t *pchild, server_rec *s)
     me = -1;
     if (!head)
         return;
+    /* this child may replace one that died holding slots */
+    apx_mshm_sweep(s);
     for (round = 0; round < 2 && me < 0; round++) {
         if (round == 1)
             apx_mshm_sweep(s);

@@ -107,6 +107,11 @@ AsyncProxyPass /g/ balancer://gone/g/
     AsyncProxyMember http://127.0.0.1:@{[ $be{full}->port ]} max=1
     AsyncProxyBalancerSet queue=2 queuetimeout=60s
 </AsyncProxyBalancer>
+<AsyncProxyBalancer crash>
+    AsyncProxyMember http://127.0.0.1:@{[ $be{tmo}->port ]} max=2
+    AsyncProxyBalancerSet queuetimeout=60s
+</AsyncProxyBalancer>
+AsyncProxyPass /c/ balancer://crash/c/
 <AsyncProxyBalancer gone>
     AsyncProxyMember http://127.0.0.1:@{[ $be{gone}->port ]} max=1
     AsyncProxyBalancerSet queuetimeout=60s
@@ -274,14 +279,57 @@ sub answer {
     close $_->{sock} for $block, $stay;
 }
 
+# ---- a child killed while it holds slots -----------------------------------
+my $killed;
+{
+    my @block = map { send_get("/c/8000/CB-$_") } 1 .. 2;
+    ok(wait_for(sub { (fig('crash', 'inflight_all') // 0) == 2 }, 10), 'max=2: both slots held');
+    # Each child's view (the status page answers from either): requests
+    # are sent to wait until one child X has a waiter while the other, Y,
+    # holds a slot; Y is killed, X's waiter must get the slot Y held.
+    my (@q, $x, $y);
+    for my $i (1 .. 12) {
+        push @q, send_get("/c/0/CQ-$i");
+        wait_for(sub { (fig('crash', 'queued') // 0) == $i }, 5);
+        my %view;
+        for (1 .. 60) {
+            my $m = member('crash') or next;
+            $view{ $m->{child} } = $m;
+            last if keys %view == 2;
+        }
+        ($x) = grep { $view{$_}{queued_here} > 0 } keys %view;
+        ($y) = grep { defined $x && $_ != $x && $view{$_}{held_here} > 0 } keys %view;
+        last if $x && $y;
+    }
+    ok($x && $y, "child $y holds a slot, child $x has a request waiting") or diag 'no such split';
+    $killed = $y // 0;
+    kill 'KILL', $y if $y;
+    my @r = map { answer($_, 15) } @q;
+    my @readable_then = map { can_read($_->{sock}, 0) ? 1 : 0 } @block;
+    my $served = grep { $_ && $_->{status} == 200 } @r;
+    cmp_ok($served, '>=', 1, "the killed child's slots are given back: waiting requests are served ($served of "
+           . scalar(@q) . '; the others were in the killed child)');
+    is(scalar(grep { $_ && $_->{status} != 200 } @r), 0, '... none got an error status');
+    my $m = member('crash');
+    cmp_ok($m->{slots_reclaimed}, '>=', 1, "slots_reclaimed counts them ($m->{slots_reclaimed})");
+    my @bs = map { my $x = answer($_, 15); $x ? $x->{status} : 0 } @block;
+    my @early = grep { $bs[$_] == 200 && $readable_then[$_] } 0 .. 1;
+    cmp_ok(scalar(grep { $_ == 200 } @bs), '<', 2, '... (a slot holder of the killed child got no answer)');
+    is(scalar(@early), 0, "... and they were served while the other child's slot holder still ran (holders: @bs)");
+    ok(wait_for(sub { (fig('crash', 'inflight_all') // -1) == 0 }, 5), 'afterwards no slot is held');
+    close $_->{sock} for @block, @q;
+}
+
 my $log = $h->slurp_log;
+like($log, qr/APX00037: .*child $killed is gone; its [12] in-flight slot/, 'the reclaim is logged (APX00037)');
 like($log, qr/APX00038: .*member http:\/\/127\.0\.0\.1:\d+ is at max=1/, 'queue full is logged (APX00038)');
 like($log, qr/APX00039: .*queuetimeout/, 'queue timeout is logged (APX00039)');
 ok($h->stop, 'server stops');
 # AH00484 is the parent's one-time note that every MPM thread was busy at
 # one instant of the burst of 2,000 new connections (accepting and reading
 # heads), as in 20-async-scale.t
-is_deeply([$h->error_lines(qr/AH00484/)], [], 'no error-log line at level error or above');
+# (and the child this test killed)
+is_deeply([$h->error_lines(qr/AH00484/, qr/pid $killed exit signal Killed/)], [], 'no error-log line at level error or above');
 
 # ---- the worker MPM: a queued request waits on its thread ----------------
 {
