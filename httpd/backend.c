@@ -33,6 +33,7 @@
 #include "apr_strings.h"
 
 #include "exchange.h"
+#include "upstream_queue.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -93,7 +94,6 @@ static void use_member(apx_exchange *px, unsigned idx)
 
 int apx_ex_member_pick(apx_exchange *px)
 {
-    apr_status_t rv;
     unsigned idx;
 
     if (!px->member_defer) {
@@ -107,8 +107,21 @@ int apx_ex_member_pick(apx_exchange *px)
         }
     }
     px->tries = 0;
-    rv = apx_group_pick(px->bal, px->r, &idx);
-    if (rv != APR_SUCCESS) {
+    switch (apx_group_acquire(px->bal, px->rq, px->r, &idx)) {
+    case APX_ACQ_OK:
+        break;
+    case APX_ACQ_FULL:
+        return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+                                     "queue-full");
+    case APX_ACQ_TIMEOUT:
+        return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+                                     "queue-timeout");
+    case APX_ACQ_GONE:
+        return apx_ex_client_gone(px);
+    case APX_ACQ_SHUTDOWN:
+        apx_ex_wait_interrupted(px, APX_EV_SHUTDOWN);
+        return STEP_FAIL;
+    default:
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, px->r, APXLOGNO(00131)
                       "balancer %s has no member in service for %s%s",
                       px->bal->name, px->bal->url, px->target);

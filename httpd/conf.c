@@ -27,6 +27,7 @@
 #include "cache.h"
 #include "head.h"
 #include "upstream.h"
+#include "upstream_shm.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -272,6 +273,8 @@ int apx_conf_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
         return OK;
+    if (apx_mshm_post_config(pconf, s) != OK)
+        return HTTP_INTERNAL_SERVER_ERROR;
     apx_head_post_config(pconf, s);
     {
         server_rec *vs;

@@ -43,6 +43,10 @@
 #define APX_DEFAULT_POOL_MAX        256
 #define APX_DEFAULT_POOL_TTL        apr_time_from_sec(5)
 #define APX_DEFAULT_RETRY_AFTER     1
+/* A request waiting for a slot of a capped balancer member (max=): HAProxy
+ * waits `timeout queue` (else `timeout connect`); 10 s is the issue's
+ * example and well under the usual client timeouts. */
+#define APX_DEFAULT_QUEUE_TIMEOUT   apr_time_from_sec(10)
 /* Response cache (cache.c) */
 #define APX_DEFAULT_CACHE_SIZE      (64 * 1024 * 1024)
 #define APX_DEFAULT_CACHE_MAX_OBJ   (1024 * 1024)

@@ -278,7 +278,8 @@ const char *apx_cmd_pass(cmd_parms *cmd, void *dconf, const char *args)
                                      || !strncasecmp(opt, "ttl=", 4)))
                 return apr_psprintf(cmd->pool, "%s: option '%s' is not "
                                     "for a balancer: each AsyncProxyMember "
-                                    "has its own max= and ttl=",
+                                    "has its own idle= (the idle pool) and "
+                                    "ttl=",
                                     cmd->cmd->name, opt);
             if ((err = parse_map_option(cmd, m, opt)))
                 return err;

@@ -66,8 +66,13 @@ typedef struct apx_member {
     const char *host_hdr;           /* Host sent to it ("host[:port]") */
     const char *route;              /* route=, NULL: none */
     unsigned weight;                /* weight= (loadfactor=), 1..100 */
-    unsigned pool_max;              /* max=: idle connections per child */
+    unsigned pool_max;              /* idle=: idle connections per child */
     apr_interval_time_t pool_ttl;   /* ttl= */
+    unsigned cap;                   /* max=: requests in flight to it, all
+                                     * children together; 0: no cap */
+    unsigned gidx;                  /* its number in the shared memory
+                                     * (upstream_shm.h), set at
+                                     * post_config */
     apx_backend *be;
 } apx_member;
 
@@ -86,6 +91,12 @@ struct apx_balancer {
     const char *sticky_param;       /* no sticky routes */
     unsigned char fail_status[100]; /* failstatus=: 500 + i counts as a
                                      * failure */
+    /* the parked queue of a capped member (upstream_queue.c) */
+    unsigned queue_max;             /* queue=: waiting per member, all
+                                     * children together */
+    int queue_limited;              /* 0: queue= not set, no limit but
+                                     * AsyncProxyMaxParked */
+    apr_interval_time_t queue_timeout;  /* queuetimeout= */
     void *rt;                       /* per child: upstream_group.c */
 };
 
@@ -95,22 +106,31 @@ apx_balancer *apx_balancer_find(const char *name);
 /* child_init: one group per balancer, each with its lock. */
 void apx_balancers_child_init(apr_pool_t *pchild, server_rec *s);
 
-/* One pick of a member for request r (request thread, inside the
- * coroutine or not; takes the group's lock for the engine call only).
- * Returns APR_SUCCESS with *idx the member (counted in flight: every
- * success is matched by one apx_group_done()), APR_EAGAIN when no member
- * is eligible, APR_ENOTIMPL when the child has no group (its creation
- * failed at child_init). */
+/* One pick of a member for request r by the group's method (request
+ * thread, inside the coroutine or not; takes the group's lock for the
+ * engine call only). Returns APR_SUCCESS with *idx the member (counted in
+ * the child's group: every success is matched by one apx_group_unpick(),
+ * or, once the member's slot is taken, one apx_group_done()), APR_EAGAIN
+ * when no member is eligible, APR_ENOTIMPL when the child has no group
+ * (its creation failed at child_init). It takes no slot of a capped
+ * member: the request path calls apx_group_acquire()
+ * (upstream_queue.h), which does. */
 apr_status_t apx_group_pick(apx_balancer *b, request_rec *r, unsigned *idx);
+/* Undoes a pick whose member was never used (no slot taken: the queue
+ * refused it, or it left the queue): no verdict on the member. */
+void apx_group_unpick(apx_balancer *b, unsigned idx);
 /* The request on member idx ended: outcome APX_BAL_*, latency from the
- * start of the attempt to the response head (or the failure). Logs what
- * the report changed (an ejection, a member back up). */
+ * start of the attempt to the response head (or the failure). Gives the
+ * member's slot back (a capped member: to this child's oldest waiter
+ * when it is the oldest of all children's, else to the shared count).
+ * Logs what the report changed (an ejection, a member back up). */
 void apx_group_done(apx_balancer *b, server_rec *s, unsigned idx,
                     int outcome, apr_interval_time_t latency);
 /* The request failed on member `failed` (reported already) and may be
  * replayed: another member within the group's retry budget (APR_SUCCESS,
- * *idx counted in flight), APR_EBUSY (budget spent) or APR_EAGAIN (none
- * eligible). */
+ * *idx counted in flight, its slot taken), APR_EBUSY (budget spent) or
+ * APR_EAGAIN (none eligible, or the one chosen is at its max= or has a
+ * queue: a retry does not wait and does not pass waiters). */
 apr_status_t apx_group_retry(apx_balancer *b, request_rec *r,
                              unsigned failed, unsigned *idx);
 /* 1 when the balancer counts a response status as a member failure. */

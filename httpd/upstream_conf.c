@@ -109,6 +109,7 @@ const char *apx_cmd_balancer(cmd_parms *cmd, void *dummy, const char *arg)
     b->defined_at = where(cmd);
     b->members = apr_array_make(cmd->pool, 4, sizeof(apx_member));
     apx_bal_config_init(&b->cfg);
+    b->queue_timeout = APX_DEFAULT_QUEUE_TIMEOUT;
     /* 502, 503, 504: the member itself says it cannot serve; a 500 is
      * more often one request's fault than the member's */
     b->fail_status[2] = b->fail_status[3] = b->fail_status[4] = 1;
@@ -140,7 +141,10 @@ const char *apx_cmd_balancer(cmd_parms *cmd, void *dummy, const char *arg)
 }
 
 /* AsyncProxyMember http://host[:port][/] [weight=N] [route=R] [max=N]
- * [ttl=D] */
+ * [idle=N] [ttl=D]. max= caps the requests in flight to the member across
+ * all children (upstream_shm.c); idle= is the per-child pool of idle
+ * keep-alive connections (max= on AsyncProxyPass; max= here meant that
+ * before the cap existed). */
 const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
 {
     const char *err = NULL, *url, *key, *val;
@@ -156,7 +160,8 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
     if (!*url)
         return apr_psprintf(cmd->pool, "%s: missing URL (usage: %s "
                             "http://host[:port] [weight=N] [route=R] [max=N] "
-                            "[ttl=D])", cmd->cmd->name, cmd->cmd->name);
+                            "[idle=N] [ttl=D])", cmd->cmd->name,
+                            cmd->cmd->name);
     if (apr_uri_parse(cmd->pool, url, &uri) != APR_SUCCESS || !uri.scheme
         || !uri.hostname || !*uri.hostname)
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': not an "
@@ -192,6 +197,8 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
             err = apx_parse_uint(cmd, val, 1, APX_BAL_WEIGHT_MAX,
                                  &mb->weight);
         else if (!strcasecmp(key, "max"))
+            err = apx_parse_uint(cmd, val, 0, 1000000, &mb->cap);
+        else if (!strcasecmp(key, "idle"))
             err = apx_parse_uint(cmd, val, 0, 100000, &mb->pool_max);
         else if (!strcasecmp(key, "ttl"))
             err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
@@ -208,8 +215,8 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
         }
         else
             return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
-                                "weight, route, max, ttl)", cmd->cmd->name,
-                                key);
+                                "weight, route, max, idle, ttl)",
+                                cmd->cmd->name, key);
         if (err)
             return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);
     }
@@ -376,11 +383,25 @@ const char *apx_cmd_balancer_set(cmd_parms *cmd, void *dummy,
         else if (!strcasecmp(key, "failstatus")) {
             err = parse_fail_status(cmd, b, val);
         }
+        else if (!strcasecmp(key, "queue")) {
+            /* per member, all children together; 0: no waiting at all */
+            if (!strcasecmp(val, "none") || !strcasecmp(val, "unlimited"))
+                b->queue_limited = 0;
+            else if (!(err = apx_parse_uint(cmd, val, 0, 10000000,
+                                            &b->queue_max)))
+                b->queue_limited = 1;
+        }
+        else if (!strcasecmp(key, "queuetimeout")) {
+            err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
+                                     apr_time_from_sec(3600),
+                                     &b->queue_timeout);
+        }
         else {
             return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
                                 "lbmethod, hashkey, stickysession, failures, "
                                 "ejecttime, maxeject, retrybudget, slowstart, "
-                                "failstatus)", cmd->cmd->name, key);
+                                "failstatus, queue, queuetimeout)",
+                                cmd->cmd->name, key);
         }
         if (err)
             return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);

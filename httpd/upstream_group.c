@@ -21,8 +21,11 @@
  *   - Every successful pick or retry is matched by exactly one
  *     apx_group_done() (the request path keeps that promise with a
  *     coroutine defer, see backend.c).
- *   - State is per child: N children keep N views of each group (the
- *     cross-child view in shared memory is issue 13's next step).
+ *   - The method's state (latency averages, ejections, its in-flight
+ *     counts) is per child: N children keep N views of each group. The
+ *     caps of max= are shared by all children (upstream_shm.c): a capped
+ *     member's slot is taken by apx_group_acquire() (upstream_queue.c) or
+ *     a retry here, and given back by apx_group_done().
  */
 #include <unistd.h>
 
@@ -34,6 +37,8 @@
 #include "apr_thread_mutex.h"
 
 #include "upstream.h"
+#include "upstream_queue.h"
+#include "upstream_shm.h"
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
@@ -68,6 +73,8 @@ void apx_balancers_child_init(apr_pool_t *pchild, server_rec *s)
     apr_time_t now = apr_time_now();
     int i, j;
 
+    apx_mshm_child_init(pchild, s);
+    apx_queue_child_init(pchild, s);
     for (i = 0; all && i < all->nelts; i++) {
         apx_balancer *b = APR_ARRAY_IDX(all, i, apx_balancer *);
         apx_bal_member_spec *specs;
@@ -230,10 +237,28 @@ apr_status_t apx_group_pick(apx_balancer *b, request_rec *r, unsigned *idx)
     return choose(b, r, -1, idx);
 }
 
+void apx_group_unpick(apx_balancer *b, unsigned idx)
+{
+    group_rt *rt = b->rt;
+
+    if (!rt)
+        return;
+    apr_thread_mutex_lock(rt->mtx);
+    apx_bal_done(rt->g, idx, APX_BAL_ABORTED, 0, apr_time_now());
+    apr_thread_mutex_unlock(rt->mtx);
+}
+
 apr_status_t apx_group_retry(apx_balancer *b, request_rec *r,
                              unsigned failed, unsigned *idx)
 {
-    return choose(b, r, (int)failed, idx);
+    apr_status_t rv = choose(b, r, (int)failed, idx);
+
+    if (rv == APR_SUCCESS && member_of(b, *idx)->cap
+        && !apx_queue_try_take(member_of(b, *idx)->gidx)) {
+        apx_group_unpick(b, *idx);
+        return APR_EAGAIN;
+    }
+    return rv;
 }
 
 void apx_group_done(apx_balancer *b, server_rec *s, unsigned idx,
@@ -246,6 +271,8 @@ void apx_group_done(apx_balancer *b, server_rec *s, unsigned idx,
     apr_time_t now = apr_time_now();
     int ev;
 
+    if (member_of(b, idx)->cap)
+        apx_queue_release(member_of(b, idx)->gidx);
     if (!rt)
         return;
     apr_thread_mutex_lock(rt->mtx);
@@ -296,7 +323,32 @@ int apx_group_fail_status(const apx_balancer *b, int status)
 typedef struct member_view {
     apx_bal_member m;
     double latency;
+    apx_mshm_member sh;             /* all children (zeros: no cap) */
+    apr_uint32_t queued_here;
+    apr_uint32_t held_here;
 } member_view;
+
+static void shared_view(const apx_member *mb, member_view *v)
+{
+    const apx_mshm_member *sm = mb->cap ? apx_mshm_at(mb->gidx) : NULL;
+
+    memset(&v->sh, 0, sizeof(v->sh));
+    v->queued_here = v->held_here = 0;
+    if (!sm)
+        return;
+    v->sh.cap = sm->cap;
+    v->sh.inflight = __atomic_load_n(&sm->inflight, __ATOMIC_RELAXED);
+    v->sh.queued = __atomic_load_n(&sm->queued, __ATOMIC_RELAXED);
+    v->sh.queue_timeouts = __atomic_load_n(&sm->queue_timeouts,
+                                           __ATOMIC_RELAXED);
+    v->sh.queue_full = __atomic_load_n(&sm->queue_full, __ATOMIC_RELAXED);
+    v->sh.queue_gone = __atomic_load_n(&sm->queue_gone, __ATOMIC_RELAXED);
+    v->sh.dispatched = __atomic_load_n(&sm->dispatched, __ATOMIC_RELAXED);
+    v->sh.max_wait_us = __atomic_load_n(&sm->max_wait_us, __ATOMIC_RELAXED);
+    v->sh.reclaimed = __atomic_load_n(&sm->reclaimed, __ATOMIC_RELAXED);
+    v->queued_here = apx_queue_here(mb->gidx);
+    v->held_here = apx_mshm_held_here(mb->gidx);
+}
 
 void apx_balancers_status(request_rec *r, int short_report)
 {
@@ -321,38 +373,67 @@ void apx_balancers_status(request_rec *r, int short_report)
             v[j].latency = apx_bal_latency(rt->g, j, now);
         }
         apr_thread_mutex_unlock(rt->mtx);
+        for (j = 0; j < n; j++)
+            shared_view(member_of(b, j), &v[j]);
 
         if (!short_report)
             ap_rprintf(r, "<h3>balancer://%s</h3>\n<table>\n<tr><th>member"
                        "</th><th>route</th><th>weight</th><th>state</th>"
-                       "<th>in flight</th><th>latency (ms)</th>"
+                       "<th>in flight (this child)</th><th>max</th>"
+                       "<th>in flight (all)</th><th>queued (all)</th>"
+                       "<th>queued (this child)</th><th>queue timeouts"
+                       "</th><th>queue full</th><th>left the queue</th>"
+                       "<th>longest wait (ms)</th>"
+                       "<th>latency (ms)</th>"
                        "<th>requests</th><th>failures</th><th>ejections"
                        "</th><th>retries</th></tr>\n",
                        ap_escape_html(r->pool, b->name));
         for (j = 0; j < n; j++) {
             const apx_member *mb = member_of(b, j);
             const apx_bal_member *m = &v[j].m;
+            const member_view *w = &v[j];
             const char *state = apx_bal_state_name(m->state);
 
             if (short_report) {
+                /* the fields of the first slice first, in their order:
+                 * readers of this line may match it whole */
                 ap_rprintf(r, "AsyncProxyMember: balancer=%s index=%u "
                            "url=%s route=%s weight=%u state=%s inflight=%u "
                            "latency_us=%.0f requests=%" APR_UINT64_T_FMT
                            " failures=%" APR_UINT64_T_FMT " ejections=%"
                            APR_UINT64_T_FMT " retries=%" APR_UINT64_T_FMT
-                           "\n", b->name, j, mb->url,
-                           mb->route ? mb->route : "-", mb->weight, state,
-                           m->inflight, v[j].latency, m->requests,
-                           m->failures, m->ejections, m->retries);
+                           " max=%u inflight_all=%u held_here=%u queued=%u "
+                           "queued_here=%u queue_timeouts=%" APR_UINT64_T_FMT
+                           " queue_full=%" APR_UINT64_T_FMT " queue_gone=%"
+                           APR_UINT64_T_FMT " queue_dispatched=%"
+                           APR_UINT64_T_FMT " queue_max_wait_ms=%"
+                           APR_UINT64_T_FMT " slots_reclaimed=%"
+                           APR_UINT64_T_FMT " child=%d\n", b->name, j,
+                           mb->url, mb->route ? mb->route : "-", mb->weight,
+                           state, m->inflight, v[j].latency, m->requests,
+                           m->failures, m->ejections, m->retries, mb->cap,
+                           w->sh.inflight, w->held_here, w->sh.queued,
+                           w->queued_here, w->sh.queue_timeouts,
+                           w->sh.queue_full, w->sh.queue_gone,
+                           w->sh.dispatched, w->sh.max_wait_us / 1000,
+                           w->sh.reclaimed, (int)getpid());
                 continue;
             }
             ap_rprintf(r, "<tr><td>%s</td><td>%s</td><td>%u</td><td>%s</td>"
-                       "<td>%u</td><td>%.1f</td><td>%" APR_UINT64_T_FMT
+                       "<td>%u</td><td>%u</td><td>%u</td><td>%u</td>"
+                       "<td>%u</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                       APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                       "</td><td>%" APR_UINT64_T_FMT "</td>"
+                       "<td>%.1f</td><td>%" APR_UINT64_T_FMT
                        "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
                        APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
                        "</td></tr>\n", ap_escape_html(r->pool, mb->url),
                        mb->route ? ap_escape_html(r->pool, mb->route) : "",
-                       mb->weight, state, m->inflight, v[j].latency / 1000.0,
+                       mb->weight, state, m->inflight, mb->cap,
+                       w->sh.inflight, w->sh.queued, w->queued_here,
+                       w->sh.queue_timeouts, w->sh.queue_full,
+                       w->sh.queue_gone, w->sh.max_wait_us / 1000,
+                       v[j].latency / 1000.0,
                        m->requests, m->failures, m->ejections, m->retries);
         }
         if (!short_report)

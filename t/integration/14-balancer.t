@@ -282,7 +282,7 @@ my $HP = $h->port;
 # ---- status page ---------------------------------------------------------------------
 {
     my $auto = http_request($HP, 'GET', '/server-status?auto');
-    like($auto && $auto->{body}, qr/^AsyncProxyMember: balancer=kill index=3 url=http:\/\/127\.0\.0\.1:$mp[3] route=m3 weight=1 state=\w+ inflight=\d+ latency_us=\d+ requests=\d+ failures=\d+ ejections=\d+ retries=\d+$/m,
+    like($auto && $auto->{body}, qr/^AsyncProxyMember: balancer=kill index=3 url=http:\/\/127\.0\.0\.1:$mp[3] route=m3 weight=1 state=\w+ inflight=\d+ latency_us=\d+ requests=\d+ failures=\d+ ejections=\d+ retries=\d+ max=0 inflight_all=0 held_here=0 queued=0 queued_here=0 queue_timeouts=0 queue_full=0 queue_gone=0 queue_dispatched=0 queue_max_wait_ms=0 slots_reclaimed=0 child=\d+$/m,
          'mod_status ?auto: one line per member with state, in flight, latency, requests, failures, ejections, retries');
     my $html = http_request($HP, 'GET', '/server-status');
     like($html && $html->{body}, qr{<h3>balancer://kill</h3>.*http://127\.0\.0\.1:$mp[3]}s,
@@ -330,6 +330,10 @@ for my $case (
     ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B\nAsyncProxyBalancerSet maxeject=150%\n</AsyncProxyBalancer>", qr/AsyncProxyBalancerSet: invalid value '150%' for option maxeject=/],
     ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B\nAsyncProxyBalancerSet ejecttime=soon\n</AsyncProxyBalancer>", qr/AsyncProxyBalancerSet: invalid value 'soon'.*ejecttime=/],
     ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B\nAsyncProxyBalancerSet retries=3\n</AsyncProxyBalancer>", qr/AsyncProxyBalancerSet: unknown option 'retries'/],
+    ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B max=lots\n</AsyncProxyBalancer>", qr/AsyncProxyMember: invalid value 'lots'.*max=/],
+    ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B idle=-1\n</AsyncProxyBalancer>", qr/AsyncProxyMember: invalid value '-1'.*idle=/],
+    ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B max=5\nAsyncProxyBalancerSet queue=many\n</AsyncProxyBalancer>", qr/AsyncProxyBalancerSet: invalid value 'many'.*queue=/],
+    ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B max=5\nAsyncProxyBalancerSet queuetimeout=soon\n</AsyncProxyBalancer>", qr/AsyncProxyBalancerSet: invalid value 'soon'.*queuetimeout=/],
     ["<AsyncProxyBalancer a>\n</AsyncProxyBalancer>", qr/<AsyncProxyBalancer a: no AsyncProxyMember/],
     ["AsyncProxyMember http://$B", qr/AsyncProxyMember: only inside <AsyncProxyBalancer/],
     ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B\n</AsyncProxyBalancer>\nAsyncProxyPass /x/ balancer://a/ max=5", qr/AsyncProxyPass: option 'max=5' is not for a balancer/],
@@ -346,10 +350,11 @@ for my $case (
     my $good = <<"EOF";
 AsyncProxyPass /a/ balancer://later/v1/ timeout=5 upgrade=websocket
 <AsyncProxyBalancer balancer://later>
-    AsyncProxyMember http://$B weight=2 route=one max=10 ttl=2s
+    AsyncProxyMember http://$B weight=2 route=one idle=10 ttl=2s max=100
     AsyncProxyMember http://127.0.0.1:$mp[1]/ loadfactor=100 route=two
     AsyncProxyBalancerSet lbmethod=hash hashkey=cookie:sid stickysession=JSESSIONID|jsessionid
     AsyncProxyBalancerSet failures=3 ejecttime=10s maxeject=25% retrybudget=10% slowstart=off failstatus=500,503
+    AsyncProxyBalancerSet queue=500 queuetimeout=2s
 </AsyncProxyBalancer>
 EOF
     my $c = APX::Httpd->new(mpm => 'event', conf => $good);
