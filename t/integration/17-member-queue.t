@@ -182,6 +182,10 @@ sub answer {
         my %err;
         $err{ $_->{error} // 'status ' . ($_->{resps}[0] ? $_->{resps}[0]{status} : '?') }++ for grep { $_->{error} || !$_->{resps}[0] || $_->{resps}[0]{status} != 200 } @c;
         diag explain \%err;
+        # what the server said about them (CI shows only this output)
+        open my $el, '<', $h->error_log or die;
+        my @l = grep { /\[(?:error|warn|crit|alert|emerg)\]|APX000(?:3[5-9])/ } <$el>;
+        diag scalar(@l) . " error_log lines; the last ones:\n" . join '', @l[ ($#l > 30 ? $#l - 30 : 0) .. $#l ];
     };
     is(scalar(grep { $_->{resps}[0] && $_->{resps}[0]{status} == 200 } @c), $N, '... all 200');
     my $max = max_seen($be{main});
