@@ -423,11 +423,18 @@ void apx_tls_close(SSL *ssl, int notify)
 {
     if (!ssl)
         return;
+    ERR_clear_error();
     if (notify) {
         /* one non-blocking attempt; a full socket buffer skips it */
-        ERR_clear_error();
         SSL_shutdown(ssl);
     }
+    /* SSL_free() of a connection that sent no close_notify marks its
+     * session not resumable — the very session our slot holds (a TLS 1.3
+     * ticket becomes the connection's session). A connection closed for
+     * a timeout, a peer's close or a response that ends with the
+     * connection says nothing against its session; a fatal TLS error has
+     * already marked it (OpenSSL does on a fatal alert). */
+    SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     ERR_clear_error();
     SSL_free(ssl);
 }

@@ -64,7 +64,10 @@ my $tb = APX::BackendTLS->new(cert => $c->{cert}, key => $c->{key}, handler => \
 my $sb = APX::BackendTLS->new(cert => $c->{self_cert}, key => $c->{self_key}, handler => \&handler);
 # takes the TCP connection, never says a word
 my $hang = APX::Backend->new(on_accept => sub { [[sleep => 20]] });
-my ($tp, $sp, $hp) = ($tb->port, $sb->port, $hang->port);
+# closes (close_notify + FIN) a connection idle for 1 s
+my $ib = APX::BackendTLS->new(cert => $c->{cert}, key => $c->{key}, handler => \&handler,
+                              idle_timeout => 1);
+my ($tp, $sp, $hp, $ip) = ($tb->port, $sb->port, $hang->port, $ib->port);
 
 my $h = APX::Httpd->new(conf => <<"EOF");
     AsyncProxyPass /tls/ https://127.0.0.1:$tp/v1/ tlsca=$c->{ca}
@@ -78,6 +81,7 @@ my $h = APX::Httpd->new(conf => <<"EOF");
     AsyncProxyPass /selfca/ https://127.0.0.1:$sp/v1/ tlsca=$c->{self_cert}
     AsyncProxyPass /selfoff/ https://127.0.0.1:$sp/v1/ tlsverify=off
     AsyncProxyPass /hang/ https://127.0.0.1:$hp/ connecttimeout=2
+    AsyncProxyPass /idle/ https://127.0.0.1:$ip/v1/ tlsca=$c->{ca} ttl=30s
 EOF
 $h->start;
 my $port = $h->port;
@@ -176,6 +180,23 @@ sub new_handshakes {
     ok(@new == 2 && $new[1]{reused}, 'the new connection after the pool expiry resumed the session');
 }
 
+# --- a pooled connection the backend closed while idle -------------------------------
+{
+    my $r1 = get('/idle/1');
+    # the backend sends close_notify and FIN after 1 s: the pooled
+    # connection is readable; processing its records says it is closed
+    wait_for(sub { grep { ($_->{closed_by} // '') eq 'timeout' } $ib->connections }, 5);
+    my $f0 = figures($port);
+    my $r2 = get('/idle/2');
+    my $f1 = figures($port);
+    ok($r1 && $r1->{status} == 200 && $r2 && $r2->{status} == 200, 'both answered');
+    is(($f1->{BackendRetries} // 0) - ($f0->{BackendRetries} // 0), 0,
+       'the closed TLS connection was not taken from the pool (no retry needed)');
+    my @hs = $ib->handshakes;
+    is(scalar @hs, 2, 'a new TLS connection for the second request');
+    ok(@hs == 2 && $hs[1]{reused}, '... which resumed the session');
+}
+
 # --- refused certificates ----------------------------------------------------------
 sub log_has { my ($re) = @_; my @l = grep { $_ =~ $re } split /\n/, $h->slurp_log; return scalar @l }
 {
@@ -245,6 +266,37 @@ my @bad = $h->error_lines(qr/APX0013[57]: /, qr/AH01084|AH00898|AH01097/);
 is_deeply(\@bad, [], 'no unexpected error-log lines') or diag join "\n", @bad;
 
 $h->stop;
-$_->stop for $tb, $sb, $hang;
+
+# --- the worker MPM: the same steps, polled in place on the request's thread -------------
+{
+    my $w = APX::Httpd->new(mpm => 'worker', conf => <<"EOF");
+    AsyncProxyPass /tls/ https://127.0.0.1:$tp/v1/ tlsca=$c->{ca}
+    AsyncProxyPass /nopool/ https://127.0.0.1:$tp/v1/ tlsca=$c->{ca} max=0
+    AsyncProxyPass /wrongname/ https://127.0.0.1:$tp/v1/ tlsca=$c->{ca} tlsname=wrong.example
+EOF
+    $w->start;
+    my $wp = $w->port;
+    my $r = http_request($wp, 'POST', '/tls/wpost', body => $BIG);
+    is($r && $r->{body}, "method=POST target=/v1/wpost len=" . length($BIG) . ' md5='
+       . md5_hex($BIG) . "\n", 'worker MPM: 1 MiB POST byte-exact over TLS');
+    $r = http_request($wp, 'GET', '/tls/big');
+    ok($r && $r->{status} == 200 && $r->{body} eq $BIG, 'worker MPM: 1 MiB response byte-exact');
+    my $before = count($tb->handshakes);
+    my $ok = 0;
+    for my $i (1 .. 3) {
+        $r = http_request($wp, 'GET', "/nopool/w$i");
+        $ok++ if $r && $r->{status} == 200;
+    }
+    my @new = new_handshakes($tb, $before);
+    is($ok, 3, 'worker MPM: max=0 requests answered');
+    cmp_ok(scalar(grep { $_->{reused} } @new), '>=', 2, 'worker MPM: sessions resumed');
+    $r = http_request($wp, 'GET', '/wrongname/x');
+    is($r && $r->{status}, 502, 'worker MPM: wrong name refused with 502');
+    my @wbad = $w->error_lines(qr/APX00135: /);
+    is_deeply(\@wbad, [], 'worker MPM: no unexpected error-log lines') or diag join "\n", @wbad;
+    $w->stop;
+}
+
+$_->stop for $tb, $sb, $hang, $ib;
 diag sprintf('15-backend-tls.t: %.1f s', time - $t_start);
 done_testing;
