@@ -272,9 +272,10 @@ static int conn_is_alive(int fd, struct ssl_st *ssl)
     char b;
     ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
 
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return !ssl || !apx_tls_pending(ssl);
-    return ssl && n > 0 && apx_tls_idle_usable(ssl);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+        && (!ssl || !apx_tls_pending(ssl)))
+        return 1;
+    return ssl && n != 0 && apx_tls_idle_usable(ssl);
 }
 
 int apx_backend_take(apx_backend *be, apr_time_t now, struct ssl_st **ssl)

@@ -182,6 +182,10 @@ const char *apx_tls_origin_create(apr_pool_t *pconf, const apx_tls_conf *tc,
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                           | SSL_MODE_RELEASE_BUFFERS);
+    /* one read() takes what the socket holds, not a record header and
+     * then its body (two syscalls a record); bytes read ahead are
+     * invisible to epoll: apx_tls_pending() counts them */
+    SSL_CTX_set_read_ahead(ctx, 1);
     /* our own slot, not OpenSSL's cache: one session per origin per child */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT
                                         | SSL_SESS_CACHE_NO_INTERNAL_STORE);
@@ -329,15 +333,16 @@ ssize_t apx_tls_read(SSL *ssl, char *buf, size_t len, unsigned *want)
     int rc;
 
     /* One SSL_read delivers one record (16 KiB at most): read on while
-     * records are already here, so one call fills more of the buffer. A
-     * failure after some bytes is met again by the next call. */
+     * bytes are already in hand (read ahead), so one call fills more of
+     * the buffer without a read() that would only say EAGAIN. A failure
+     * after some bytes is met again by the next call. */
     for (;;) {
         ERR_clear_error();
         rc = SSL_read_ex(ssl, buf + got, len - got, &n);
         if (rc != 1)
             break;
         got += n;
-        if (got == len)
+        if (got == len || !SSL_has_pending(ssl))
             return (ssize_t)got;
     }
     if (got) {
@@ -370,7 +375,8 @@ ssize_t apx_tls_write(SSL *ssl, const char *buf, size_t len, unsigned *want)
 
 int apx_tls_pending(SSL *ssl)
 {
-    return SSL_pending(ssl) > 0;
+    /* decrypted bytes, or raw ones read ahead and not yet processed */
+    return SSL_has_pending(ssl);
 }
 
 int apx_tls_failure(SSL *ssl, apr_pool_t *p, const char **why)

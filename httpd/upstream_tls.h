@@ -66,7 +66,8 @@ ssize_t apx_tls_read(struct ssl_st *ssl, char *buf, size_t len,
                      unsigned *want);
 ssize_t apx_tls_write(struct ssl_st *ssl, const char *buf, size_t len,
                       unsigned *want);
-/* Decrypted bytes waiting in ssl (readable without a wait). */
+/* Bytes waiting in ssl, decrypted or read ahead (readable without a
+ * wait: epoll does not see them). */
 int apx_tls_pending(struct ssl_st *ssl);
 /* After a failed handshake: 1 when the certificate was refused, with
  * OpenSSL's reason in *why; else 0 and the error text in *why (p). Reads
