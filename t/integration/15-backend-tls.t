@@ -17,7 +17,7 @@
 #     nothing pooled (every request makes a new handshake); the
 #     self-signed one works with tlsca= pointing at it, or tlsverify=off;
 #   - a backend that accepts TCP and never answers the ClientHello: the
-#     request is parked (ParkedNow) while others flow, and gets 504 at the
+#     request is parked (ParkedRequests) while others flow, and gets 504 at the
 #     connect timeout with its log line;
 #   - configtest refuses tls*= on http://, an unreadable tlsca=, upgrade=
 #     to an https:// backend.
@@ -233,8 +233,11 @@ sub log_has { my ($re) = @_; my @l = grep { $_ =~ $re } split /\n/, $h->slurp_lo
     my $s = connect_to($port);
     send_raw($s, request_bytes($port, 'GET', '/hang/x'));
     my $t0 = time;
-    my $parked = wait_for(sub { (figure($port, 'ParkedNow') // 0) >= 1 }, 5);
-    ok($parked, 'the request waiting for the handshake is parked (ParkedNow >= 1)');
+    # ParkedRequests: proxied requests in flight that parked (ParkedNow
+    # would also count connections parked in a lingering close)
+    my $parked = wait_for(sub { my $f = figures($port);
+                                ($f->{ParkedRequests} // 0) >= 1 && ($f->{ParkedNow} // 0) >= 1 }, 5);
+    ok($parked, 'the request waiting for the handshake is parked (ParkedRequests >= 1)');
     my $ok = 0;
     for my $i (1 .. 5) {
         my $r = get("/tls/meanwhile$i");

@@ -22,6 +22,10 @@ use APX::BackendTLS;
 use APX::Client qw(:all);
 use File::Temp qw(tempdir);
 use Time::HiRes qw(sleep time);
+use IO::Socket::UNIX;
+use IO::Select;
+use Socket qw(PF_UNIX SOCK_STREAM pack_sockaddr_un);
+use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
 
 my $t_start = time;
 my $d = tempdir('apx-unix-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{APX_KEEP});
@@ -43,6 +47,8 @@ my $tp = $tb->port;
 my $h = APX::Httpd->new(conf => <<"EOF");
     AsyncProxyPass /u/ unix:$sock|http://app.local/v1/
     AsyncProxyPass /gone/ unix:$d/nobody.sock|http://app.local/
+    AsyncProxyPass /full/ unix:$d/full.sock|http://full.local/ connecttimeout=10
+    AsyncProxyPass /fullshort/ unix:$d/full.sock|http://full.local/ connecttimeout=1
     AsyncProxyPass /mix/ balancer://mix/api/
     <AsyncProxyBalancer mix>
         AsyncProxyMember https://127.0.0.1:$tp tlsca=$c->{ca}
@@ -85,6 +91,74 @@ my $BODY = pattern_body(300 * 1024);
        'log line names unix:PATH');
 }
 
+# --- a full backlog: connect() says EAGAIN; parked and tried again -------------------
+{
+    my $path = "$d/full.sock";
+    my $ls = IO::Socket::UNIX->new(Type => SOCK_STREAM, Local => $path, Listen => 1)
+        or die "listen $path: $!";
+    chmod 0666, $path;
+    # fill the backlog with connections nobody accepts, until EAGAIN
+    my @fill;
+    my $fill = sub {
+        for (1 .. 20) {
+            socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die;
+            fcntl($s, F_SETFL, fcntl($s, F_GETFL, 0) | O_NONBLOCK);
+            if (connect($s, pack_sockaddr_un($path))) { push @fill, $s; next }
+            last if $!{EAGAIN};
+            die "fill connect: $!";
+        }
+    };
+    $fill->();
+    cmp_ok(scalar @fill, '>=', 1, 'backlog filled (' . scalar(@fill) . ' queued connections)');
+
+    my $c1 = connect_to($port);
+    send_raw($c1, request_bytes($port, 'GET', '/full/x'));
+    ok(wait_for(sub { my $f = figures($port);
+                      ($f->{ParkedRequests} // 0) >= 1 && ($f->{ParkedNow} // 0) >= 1 }, 5),
+       'the request whose connect() says EAGAIN is parked');
+    my $r = http_request($port, 'GET', '/u/meanwhile');
+    is($r && $r->{status}, 200, 'other requests flow meanwhile');
+    # free the backlog: the parked connect gets in on a later try
+    my $sel = IO::Select->new($ls);
+    my $n = @fill;
+    for (1 .. $n) { my $a = $ls->accept; close $a if $a }
+    close $_ for @fill;
+    @fill = ();
+    my $got;
+    for (1 .. 100) {
+        last unless $sel->can_read(0.1);
+        my $a = $ls->accept or next;
+        my $buf = '';
+        my $as = IO::Select->new($a);
+        while ($as->can_read(2)) {
+            last unless sysread($a, $buf, 4096, length $buf);
+            last if $buf =~ /\r\n\r\n/;
+        }
+        if ($buf =~ m{^GET /x HTTP/1\.1\r\n}) {
+            $got = $buf;
+            send_raw($a, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nfrom-full");
+            close $a;
+            last;
+        }
+        close $a;
+    }
+    like($got // '', qr/\r\nHost: full\.local\r\n/i, 'the retried connect reached the socket');
+    my $buf = '';
+    $r = read_response($c1, \$buf, timeout => 10);
+    is($r && $r->{status}, 200, 'and the request was answered');
+    is($r && $r->{body}, 'from-full', '... with the backend\'s body');
+    close $c1;
+
+    # full until the connect timeout: 504
+    $fill->();
+    $r = http_request($port, 'GET', '/fullshort/y');
+    is($r && $r->{status}, 504, 'a backlog full until the connect timeout: 504');
+    ok(wait_for(sub { $h->slurp_log =~ m{APX00101: connect to backend unix:\Q$path\E timed out after 1000 ms} }),
+       'log line: connect timed out');
+    close $_ for @fill;
+    close $ls;
+}
+
 # --- a balancer with an https:// and a unix: member ------------------------------------
 {
     my ($ub, $tbb) = (scalar(() = $u->requests), scalar(() = $tb->requests));
@@ -119,7 +193,8 @@ my $BODY = pattern_body(300 * 1024);
     }
 }
 
-my @bad = $h->error_lines(qr/APX00100: connect to backend unix:\Q$d\E\/nobody\.sock/);
+my @bad = $h->error_lines(qr/APX00100: connect to backend unix:\Q$d\E\/nobody\.sock/,
+                          qr/APX00101: connect to backend unix:\Q$d\E\/full\.sock timed out/);
 is_deeply(\@bad, [], 'no unexpected error-log lines') or diag join "\n", @bad;
 
 $h->stop;
