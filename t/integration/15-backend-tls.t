@@ -300,6 +300,30 @@ EOF
     $w->stop;
 }
 
+# --- mod_ssl in the same process: TLS from the client and to the backend ---------------
+{
+    my $s = APX::Httpd->new(tls => 1, conf => <<"EOF");
+    AsyncProxyPass /tls/ https://127.0.0.1:$tp/v1/ tlsca=$c->{ca}
+    AsyncProxyPass /nopool/ https://127.0.0.1:$tp/v1/ tlsca=$c->{ca} max=0
+EOF
+    $s->start;
+    my $r = http_request($s->port, 'POST', '/tls/both', body => $BIG, tls => 1);
+    is($r && $r->{body}, "method=POST target=/v1/both len=" . length($BIG) . ' md5='
+       . md5_hex($BIG) . "\n", 'mod_ssl front + TLS backend: 1 MiB POST byte-exact');
+    my $before = count($tb->handshakes);
+    my $ok = 0;
+    for my $i (1 .. 3) {
+        $r = http_request($s->port, 'GET', "/nopool/s$i", tls => 1);
+        $ok++ if $r && $r->{status} == 200;
+    }
+    is($ok, 3, 'mod_ssl front: requests answered');
+    cmp_ok(scalar(grep { $_->{reused} } new_handshakes($tb, $before)), '>=', 2,
+           'mod_ssl front: backend sessions resumed');
+    my @sbad = $s->error_lines;
+    is_deeply(\@sbad, [], 'mod_ssl front: no error-log lines') or diag join "\n", @sbad;
+    $s->stop;
+}
+
 $_->stop for $tb, $sb, $hang, $ib;
 diag sprintf('15-backend-tls.t: %.1f s', time - $t_start);
 done_testing;
