@@ -68,7 +68,7 @@ $(LIB): $(ENG_OBJ)
 # local instead.
 $(MODULE): $(GLUE_SRC) $(LIB) $(wildcard include/*.h) $(GLUE_HDR) httpd/exports.map
 	$(CC) $(WARN) $(OPT) -fPIC -shared -Iinclude -I$(HTTPD_INC) $(APR_CFLAGS) $(APU_CFLAGS) \
-	    -pthread $(GLUE_SRC) $(LIB) -lz -Wl,--version-script=httpd/exports.map -o $@ $(SAN_LD)
+	    -pthread $(GLUE_SRC) $(LIB) -lssl -lcrypto -lz -Wl,--version-script=httpd/exports.map -o $@ $(SAN_LD)
 	@nm -D --defined-only $@ | awk '$$2 ~ /[TDB]/ && $$3 !~ /^_/ {print $$3}' | \
 	    grep -vx asyncproxy_module && { echo "unexpected exported symbols in $@" >&2; exit 1; } || true
 

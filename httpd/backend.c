@@ -4,15 +4,20 @@
  */
 
 /* backend.c — the backend connection of one exchange: a pooled one or a
- * new non-blocking connect (each of the origin's addresses in turn), the
- * request bytes written with sendmsg() and the response read into the
- * exchange's receive buffer, every would-block point through apx_wait().
- * The idle pool itself is upstream.c's.
+ * new non-blocking connect (each of the origin's addresses in turn, or its
+ * Unix socket), for https:// the TLS handshake, the request bytes written
+ * (sendmsg(), or SSL_write) and the response read into the exchange's
+ * receive buffer (recv(), or SSL_read), every would-block point through
+ * apx_wait(). The idle pool itself is upstream.c's, the OpenSSL calls are
+ * upstream_tls.c's: this file decides what to wait for.
  *
  * Threads: inside the request's coroutine, on the thread that owns the
  * request.
- * Invariants: px->fd is covered by a coroutine defer from the moment the
- * socket exists; the receive buffers are taken on the first readable byte.
+ * Invariants: px->fd (and px->tls with it) is covered by a coroutine defer
+ * from the moment the socket exists; the receive buffers are taken on the
+ * first readable byte. A TLS step that cannot go on waits for what
+ * OpenSSL asked (a read may want the socket writable and a write may want
+ * it readable), never for what the caller meant to do.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -20,6 +25,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "httpd.h"
@@ -43,8 +49,9 @@ void apx_ex_close_backend_deferred(void *arg)
     apx_exchange *px = arg;
 
     if (px->fd >= 0) {
-        close(px->fd);
+        apx_backend_close(px->fd, px->tls, 0);
         px->fd = -1;
+        px->tls = NULL;
     }
 }
 
@@ -229,11 +236,14 @@ void apx_ex_finish_backend(apx_exchange *px, int reusable)
         member_report(px, px->member_outcome);
     if (px->fd < 0)
         return;
+    /* a TLS connection cut mid-way gets no close_notify: after a failed
+     * step OpenSSL must not be asked to write one */
     if (reusable)
-        apx_backend_release(px->be, px->fd, apr_time_now());
+        apx_backend_release(px->be, px->fd, px->tls, apr_time_now());
     else
-        close(px->fd);
+        apx_backend_close(px->fd, px->tls, 0);
     px->fd = -1;
+    px->tls = NULL;
 }
 
 /* Errors for which the origin's next address is worth a try. */
@@ -243,24 +253,46 @@ static int address_specific(int err)
            || err == EADDRNOTAVAIL || err == EAFNOSUPPORT;
 }
 
+/* A Unix socket whose backlog is full answers EAGAIN and gives nothing
+ * to wait on: the connect is tried again after this long, until the
+ * connect timeout. */
+#define UNIX_RETRY apr_time_from_msec(5)
+
 /* One non-blocking connect. Returns 0, an errno value, or -1 when the wait
  * was interrupted (outcome set). px->fd is set as soon as the socket
  * exists, so the defer covers it across the wait. */
-static int connect_addr(apx_exchange *px, const apr_sockaddr_t *sa,
+static int connect_addr(apx_exchange *px, int family,
+                        const struct sockaddr *sa, socklen_t salen,
                         apr_time_t deadline)
 {
     int fd, err, one = 1;
     socklen_t len = sizeof(err);
     unsigned ev;
+    apr_time_t until;
 
-    fd = socket(sa->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return errno;
     px->fd = fd;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, (const struct sockaddr *)&sa->sa, sa->salen) == 0)
-        return 0;
-    err = errno;
+    if (family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    for (;;) {
+        if (connect(fd, sa, salen) == 0)
+            return 0;
+        err = errno;
+        if (err != EAGAIN || family != AF_UNIX)
+            break;
+        until = apr_time_now() + UNIX_RETRY;
+        ev = apx_wait(px->rq, -1, 0, until < deadline ? until : deadline);
+        if (apx_ex_wait_interrupted(px, ev)) {
+            apx_ex_finish_backend(px, 0);
+            return -1;
+        }
+        if (apr_time_now() >= deadline) {
+            apx_ex_finish_backend(px, 0);
+            return ETIMEDOUT;
+        }
+    }
     if (err != EINPROGRESS) {
         apx_ex_finish_backend(px, 0);
         return err;
@@ -282,6 +314,77 @@ static int connect_addr(apx_exchange *px, const apr_sockaddr_t *sa,
     return err;
 }
 
+static int connect_unix(apx_exchange *px, apr_time_t deadline)
+{
+    struct sockaddr_un su;
+
+    memset(&su, 0, sizeof(su));
+    su.sun_family = AF_UNIX;
+    /* the length was checked when the configuration was read */
+    apr_cpystrn(su.sun_path, px->be->uds_path, sizeof(su.sun_path));
+    return connect_addr(px, AF_UNIX, (const struct sockaddr *)&su,
+                        sizeof(su), deadline);
+}
+
+/* The TLS handshake on the connected px->fd, within the connect's
+ * deadline: a backend that takes the connection and never answers the
+ * ClientHello costs a parked record until the connect timeout, as a
+ * connect that hangs does. Verification failures are refused with OpenSSL's
+ * reason; the connection never reaches the pool. */
+static int handshake_backend(apx_exchange *px, apr_time_t deadline)
+{
+    request_rec *r = px->r;
+    const char *why;
+    unsigned want, ev;
+
+    px->tls = apx_tls_new(px->be->tls_origin, px->fd);
+    if (!px->tls) {
+        apx_ex_finish_backend(px, 0);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_ENOMEM, r, APXLOGNO(00134)
+                      "no memory for a TLS connection to backend %s",
+                      px->be->hostport);
+        return apx_ex_backend_failed(px, HTTP_SERVICE_UNAVAILABLE,
+                                     "no-memory");
+    }
+    while (apx_tls_handshake(px->tls, &want) < 0) {
+        if (!want) {
+            int refused = apx_tls_failure(px->tls, r->pool, &why);
+
+            apx_ex_finish_backend(px, 0);
+            if (refused)
+                ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APXLOGNO(00135)
+                              "TLS to backend %s refused: certificate "
+                              "verification failed: %s", px->be->hostport,
+                              why);
+            else
+                ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APXLOGNO(00136)
+                              "TLS handshake with backend %s failed: %s",
+                              px->be->hostport, why);
+            return apx_ex_backend_failed(px, HTTP_BAD_GATEWAY,
+                                         "connect-failed");
+        }
+        ev = apx_wait(px->rq, px->fd, want, deadline);
+        if (apx_ex_wait_interrupted(px, ev)) {
+            apx_ex_finish_backend(px, 0);
+            return STEP_FAIL;
+        }
+        if (ev & APX_EV_TIMEOUT) {
+            apx_ex_finish_backend(px, 0);
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APXLOGNO(00137)
+                          "TLS handshake with backend %s timed out after %"
+                          APR_TIME_T_FMT " ms", px->be->hostport,
+                          apr_time_as_msec(px->connect_timeout));
+            return apx_ex_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
+                                         "connect-timeout");
+        }
+        /* a hangup or an error: the next step says which */
+    }
+    apr_atomic_inc32(&apx_ch->n.tls_handshakes);
+    if (apx_tls_resumed(px->tls))
+        apr_atomic_inc32(&apx_ch->n.tls_resumed);
+    return STEP_OK;
+}
+
 static int connect_backend(apx_exchange *px)
 {
     const apr_sockaddr_t *sa;
@@ -290,15 +393,23 @@ static int connect_backend(apx_exchange *px)
     int err = EADDRNOTAVAIL;
 
     px->reused = 0;
-    for (sa = px->be->addr; sa; sa = sa->next) {
-        err = connect_addr(px, sa, deadline);
-        if (err == 0)
-            return STEP_OK;
+    if (px->be->uds_path) {
+        err = connect_unix(px, deadline);
         if (err < 0)
             return STEP_FAIL;
+    }
+    for (sa = px->be->addr; sa; sa = sa->next) {
+        err = connect_addr(px, sa->family, (const struct sockaddr *)&sa->sa,
+                           sa->salen, deadline);
+        if (err <= 0)
+            break;
         if (!address_specific(err))
             break;
     }
+    if (err == 0)
+        return px->be->tls ? handshake_backend(px, deadline) : STEP_OK;
+    if (err < 0)
+        return STEP_FAIL;
     if (err == ETIMEDOUT) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APXLOGNO(00101)
                       "connect to backend %s timed out after %" APR_TIME_T_FMT
@@ -325,7 +436,7 @@ static int connect_backend(apx_exchange *px)
 int apx_ex_open_backend(apx_exchange *px, int fresh_only)
 {
     if (!fresh_only) {
-        px->fd = apx_backend_take(px->be, apr_time_now());
+        px->fd = apx_backend_take(px->be, apr_time_now(), &px->tls);
         if (px->fd >= 0) {
             px->reused = 1;
             apr_atomic_inc32(&apx_ch->n.backend_reused);
@@ -335,21 +446,47 @@ int apx_ex_open_backend(apx_exchange *px, int fresh_only)
     return connect_backend(px);
 }
 
+/* One write of iov[0..n) (n > 0): the byte count, or -1 with errno; on
+ * EAGAIN *want says what to wait for. TLS writes one slice per record
+ * call (SSL_write takes one buffer). */
+static ssize_t send_some(apx_exchange *px, const struct iovec *iov, int n,
+                         unsigned *want)
+{
+    struct msghdr mh;
+
+    *want = APX_EV_OUT;
+    if (px->tls) {
+        ssize_t w = apx_tls_write(px->tls, iov->iov_base, iov->iov_len,
+                                  want);
+
+        if (w < 0 && *want)
+            errno = EAGAIN;
+        return w;
+    }
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = (struct iovec *)iov;
+    mh.msg_iovlen = (size_t)n;
+    return sendmsg(px->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 /* Writes iov[0..n) to the backend (the array is consumed). Returns STEP_OK,
  * STEP_FAIL (timeout or interrupted wait; outcome set), or an errno value
  * > 0 when the backend stopped taking data (the caller decides). */
 int apx_ex_send_iov(apx_exchange *px, struct iovec *iov, int n)
 {
-    struct msghdr mh;
     ssize_t w;
-    unsigned ev;
+    unsigned ev, want;
     int err, hup = 0;
 
-    while (n > 0) {
-        memset(&mh, 0, sizeof(mh));
-        mh.msg_iov = iov;
-        mh.msg_iovlen = (size_t)n;
-        w = sendmsg(px->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    for (;;) {
+        /* empty slices: SSL_write takes no zero-length write */
+        while (n > 0 && iov->iov_len == 0) {
+            iov++;
+            n--;
+        }
+        if (n <= 0)
+            break;
+        w = send_some(px, iov, n, &want);
         if (w >= 0) {
             while (n > 0 && (size_t)w >= iov->iov_len) {
                 w -= (ssize_t)iov->iov_len;
@@ -372,8 +509,7 @@ int apx_ex_send_iov(apx_exchange *px, struct iovec *iov, int n)
          * for ever: the backend is gone. */
         if (hup)
             return EPIPE;
-        ev = apx_wait(px->rq, px->fd, APX_EV_OUT,
-                      apr_time_now() + px->timeout);
+        ev = apx_wait(px->rq, px->fd, want, apr_time_now() + px->timeout);
         if (apx_ex_wait_interrupted(px, ev))
             return STEP_FAIL;
         if (ev & APX_EV_TIMEOUT) {
@@ -384,7 +520,7 @@ int apx_ex_send_iov(apx_exchange *px, struct iovec *iov, int n)
             return apx_ex_backend_failed(px, HTTP_GATEWAY_TIME_OUT,
                                   "backend-timeout");
         }
-        hup = !(ev & APX_EV_OUT) && (ev & (APX_EV_HUP | APX_EV_ERR));
+        hup = !(ev & want) && (ev & (APX_EV_HUP | APX_EV_ERR));
     }
     return STEP_OK;
 }
@@ -417,13 +553,41 @@ static int get_buffers(apx_exchange *px)
     return STEP_OK;
 }
 
+/* One read into rbuf: the byte count, 0 at the end, or -1 with errno; on
+ * EAGAIN *want says what to wait for. */
+static ssize_t recv_some(apx_exchange *px, unsigned *want)
+{
+    *want = APX_EV_IN;
+    if (px->tls) {
+        ssize_t n = apx_tls_read(px->tls, px->rbuf, RBUF_SIZE, want);
+
+        if (n < 0 && *want)
+            errno = EAGAIN;
+        return n;
+    }
+    return recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
+}
+
+/* Whether the backend has something for us now, without reading it: bytes
+ * on the socket, or (TLS) decrypted ones in hand. */
+static int backend_readable(apx_exchange *px)
+{
+    char probe;
+    ssize_t n;
+
+    if (px->tls && apx_tls_pending(px->tls))
+        return 1;
+    n = recv(px->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
 /* Reads more of the response into rbuf (emptied first). On RECV_ERROR the
  * errno is in px->recv_errno. deadline 0: one backend timeout from now.
  * phase names what timed out in the log line. */
 int apx_ex_recv(apx_exchange *px, apr_time_t deadline, const char *phase)
 {
     ssize_t n;
-    unsigned ev;
+    unsigned ev, want = APX_EV_IN;
     int err, turn;
 
     px->roff = px->rlen = 0;
@@ -432,20 +596,13 @@ int apx_ex_recv(apx_exchange *px, apr_time_t deadline, const char *phase)
      * wait, wait anyway (through the poller's queue, at once if the
      * backend is still readable). */
     turn = px->stream && px->turn_bytes >= STREAM_TURN;
-    if (!px->rbuf) {
-        /* Nothing read yet: one byte of peek says whether the buffers are
-         * needed now (a fast backend may have answered already) or only
-         * after the wait. */
-        char probe;
-
-        n = recv(px->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-        if ((n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-            && get_buffers(px) != STEP_OK)
-            return STEP_FAIL;
-    }
+    /* Nothing read yet: whether the buffers are needed now (a fast backend
+     * may have answered already) or only after the wait. */
+    if (!px->rbuf && backend_readable(px) && get_buffers(px) != STEP_OK)
+        return STEP_FAIL;
     for (;;) {
         if (px->rbuf && !turn) {
-            n = recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
+            n = recv_some(px, &want);
             if (n > 0) {
                 px->got_bytes = 1;
                 px->rlen = (apr_size_t)n;
@@ -462,10 +619,17 @@ int apx_ex_recv(apx_exchange *px, apr_time_t deadline, const char *phase)
                 return RECV_ERROR;
             }
         }
+        else if (turn && px->tls && apx_tls_pending(px->tls)) {
+            /* the turn's bytes are decrypted already and the socket may
+             * stay quiet: yield through the poller on writability, which
+             * an idle backend connection has at once */
+            want = APX_EV_OUT;
+        }
         px->turn_bytes = 0;
         turn = 0;
-        ev = apx_wait(px->rq, px->fd, APX_EV_IN,
+        ev = apx_wait(px->rq, px->fd, want,
                       deadline ? deadline : apr_time_now() + px->timeout);
+        want = APX_EV_IN;
         if (apx_ex_wait_interrupted(px, ev))
             return STEP_FAIL;
         if (ev & APX_EV_TIMEOUT) {

@@ -38,6 +38,8 @@ typedef struct apx_counters {
     volatile apr_uint32_t client_gone;     /* client left while waiting */
     volatile apr_uint32_t backend_reused;  /* pooled connection taken */
     volatile apr_uint32_t backend_retries; /* idempotent retry on a fresh one */
+    volatile apr_uint32_t tls_handshakes;  /* TLS handshakes with backends */
+    volatile apr_uint32_t tls_resumed;     /* of those, sessions resumed */
     volatile apr_uint32_t keepalive_closed;/* idle adopted closed (timeout/stop) */
     volatile apr_uint32_t head_waits;      /* partial request head re-parked */
     volatile apr_uint32_t head_timeouts;   /* 408: head not whole in time */

@@ -244,6 +244,24 @@ int apx_conf_check_config(apr_pool_t *pconf, apr_pool_t *plog,
                          m->balancer_name, m->balancer_name);
             rc = HTTP_INTERNAL_SERVER_ERROR;
         }
+        else if (m->upgrade) {
+            int j;
+
+            /* FIXME: tunnel.c moves bytes with recv()/send() on the
+             * backend socket; over TLS it needs backend.c's steps */
+            for (j = 0; j < m->balancer->members->nelts; j++)
+                if (APR_ARRAY_IDX(m->balancer->members, j,
+                                  apx_member).be->tls) {
+                    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_ERR, 0, s,
+                                 APXLOGNO(00029) "AsyncProxyPass %s %s "
+                                 "(%s): upgrade= is not supported to an "
+                                 "https:// member yet (balancer %s)",
+                                 m->path, m->url, m->defined_at,
+                                 m->balancer_name);
+                    rc = HTTP_INTERNAL_SERVER_ERROR;
+                    break;
+                }
+        }
     }
     return rc;
 }

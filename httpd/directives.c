@@ -97,15 +97,27 @@ const char *apx_cmd_lane(cmd_parms *cmd, void *dummy, const char *arg)
     return apx_parse_uint(cmd, arg, 0, 1000000, &apx_gconf.lane_queue);
 }
 
+/* "http://host[:port][/path]", "https://...", "unix:PATH|http://host/path"
+ * or "balancer://NAME/path": the origin into *spec (declared by the caller
+ * once the options are read), the base path and Host into m. */
 static const char *parse_backend_url(cmd_parms *cmd, const char *url,
-                                     apx_mapping *m, apr_uri_t *puri)
+                                     apx_mapping *m, apx_origin_spec *spec)
 {
+    const char *http_url = url, *err;
     apr_uri_t uri;
 
-    if (apr_uri_parse(cmd->pool, url, &uri) != APR_SUCCESS || !uri.scheme
-        || !uri.hostname)
+    if (!strncasecmp(url, "unix:", 5)) {
+        err = apx_origin_parse_unix(cmd->pool, url, spec, &http_url);
+        if (err)
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
+                                cmd->cmd->name, url, err);
+    }
+    if (apr_uri_parse(cmd->pool, http_url, &uri) != APR_SUCCESS
+        || !uri.scheme || !uri.hostname)
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': not an "
-                            "absolute URL (http://host[:port]/path or "
+                            "absolute URL (http://host[:port]/path, "
+                            "https://host[:port]/path, "
+                            "unix:/PATH|http://host/path or "
                             "balancer://NAME/path)", cmd->cmd->name, url);
     if (!strcasecmp(uri.scheme, "balancer")) {
         if (uri.port_str || uri.user || uri.password)
@@ -116,7 +128,6 @@ static const char *parse_backend_url(cmd_parms *cmd, const char *url,
             return apr_psprintf(cmd->pool, "%s: invalid value '%s': a "
                                 "backend URL has no query or fragment",
                                 cmd->cmd->name, url);
-        *puri = uri;
         m->url = url;
         m->base = uri.path && *uri.path ? uri.path : "/";
         m->balancer_name = uri.hostname;
@@ -124,17 +135,20 @@ static const char *parse_backend_url(cmd_parms *cmd, const char *url,
                                 NULL);
         return NULL;
     }
-    if (strcasecmp(uri.scheme, "http"))
+    if (!strcasecmp(uri.scheme, "https"))
+        spec->tls = 1;
+    else if (strcasecmp(uri.scheme, "http"))
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': scheme "
-                            "'%s' is not supported (only http://)",
-                            cmd->cmd->name, url, uri.scheme);
+                            "'%s' is not supported (http://, https://, "
+                            "unix:)", cmd->cmd->name, url, uri.scheme);
     if (uri.query || uri.fragment)
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': a backend "
                             "URL has no query or fragment", cmd->cmd->name,
                             url);
     if (!uri.port)
-        uri.port = 80;
-    *puri = uri;
+        uri.port = spec->tls ? 443 : 80;
+    spec->hostname = uri.hostname;
+    spec->port = uri.port;
     m->url = url;
     m->base = uri.path && *uri.path ? uri.path : "/";
     m->host_hdr = uri.port_str ? apr_pstrcat(cmd->pool, uri.hostname, ":",
@@ -171,7 +185,7 @@ static const struct duration_option {
 };
 
 static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
-                                    const char *opt)
+                                    apx_tls_conf *tc, const char *opt)
 {
     const char *eq = strchr(opt, '=');
     const struct duration_option *d;
@@ -183,6 +197,8 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
                             "key=value", cmd->cmd->name, opt);
     key = apr_pstrmemdup(cmd->pool, opt, eq - opt);
     val = eq + 1;
+    if (apx_tls_option(cmd, tc, key, val, &err))
+        return err;
     for (d = duration_options; d->key; d++) {
         if (!strcasecmp(key, d->key)) {
             apr_interval_time_t *out = (apr_interval_time_t *)
@@ -225,7 +241,8 @@ static const char *parse_map_option(cmd_parms *cmd, apx_mapping *m,
         return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
                             "timeout, connecttimeout, streamtimeout, "
                             "tunneltimeout, upgrade, parkdelay, max, ttl, "
-                            "cache)", cmd->cmd->name, key);
+                            "cache, tlsca, tlsname, tlsverify)",
+                            cmd->cmd->name, key);
     }
     return NULL;
 }
@@ -236,13 +253,14 @@ const char *apx_cmd_pass(cmd_parms *cmd, void *dconf, const char *args)
 {
     apx_mapping *m = apr_pcalloc(cmd->pool, sizeof(*m));
     const char *path, *url, *opt, *err;
-    apr_uri_t uri;
+    apx_origin_spec spec;
 
     m->park_delay = -1;
     m->cache = -1;
     m->pool_max = APX_DEFAULT_POOL_MAX;
     m->pool_ttl = APX_DEFAULT_POOL_TTL;
-    memset(&uri, 0, sizeof(uri));
+    memset(&spec, 0, sizeof(spec));
+    spec.tls_conf.verify = -1;
     if (cmd->path) {
         path = cmd->path;
         url = ap_getword_conf(cmd->pool, &args);
@@ -271,19 +289,29 @@ const char *apx_cmd_pass(cmd_parms *cmd, void *dconf, const char *args)
                                 "options after '!'", cmd->cmd->name, args);
     }
     else {
-        if ((err = parse_backend_url(cmd, url, m, &uri)))
+        if ((err = parse_backend_url(cmd, url, m, &spec)))
             return err;
         while (*(opt = ap_getword_conf(cmd->pool, &args))) {
             if (m->balancer_name && (!strncasecmp(opt, "max=", 4)
-                                     || !strncasecmp(opt, "ttl=", 4)))
+                                     || !strncasecmp(opt, "ttl=", 4)
+                                     || !strncasecmp(opt, "tls", 3)))
                 return apr_psprintf(cmd->pool, "%s: option '%s' is not "
                                     "for a balancer: each AsyncProxyMember "
-                                    "has its own idle= (the idle pool) and "
-                                    "ttl=",
+                                    "has its own idle= (the idle pool), "
+                                    "ttl= and tls*=",
                                     cmd->cmd->name, opt);
-            if ((err = parse_map_option(cmd, m, opt)))
+            if (!spec.tls && !strncasecmp(opt, "tls", 3))
+                return apr_psprintf(cmd->pool, "%s: option '%s' is for an "
+                                    "https:// backend", cmd->cmd->name, opt);
+            if ((err = parse_map_option(cmd, m, &spec.tls_conf, opt)))
                 return err;
         }
+        /* FIXME: a tunnel moves bytes with recv()/send() on the backend
+         * socket (tunnel.c); over TLS it needs the steps of backend.c */
+        if (spec.tls && m->upgrade)
+            return apr_psprintf(cmd->pool, "%s %s: upgrade= is not "
+                                "supported to an https:// backend yet",
+                                cmd->cmd->name, url);
         m->defined_at = where(cmd);
         if (m->balancer_name) {
             /* the section may come later in the file: check_config finds
@@ -293,14 +321,12 @@ const char *apx_cmd_pass(cmd_parms *cmd, void *dconf, const char *args)
         else {
             /* after the options: max= and ttl= choose the origin's
              * record */
-            err = apx_backend_declare(cmd->pool, uri.hostname, uri.port,
-                                      m->pool_max, m->pool_ttl,
-                                      &m->backend);
+            err = apx_backend_declare(cmd->pool, &spec, m->pool_max,
+                                      m->pool_ttl, &m->backend);
             if (err)
                 return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
                                     cmd->cmd->name, url, err);
-            m->origin = apr_pstrcat(cmd->pool, "http://",
-                                    m->backend->hostport, NULL);
+            m->origin = apx_backend_origin(cmd->pool, m->backend);
         }
     }
     if (cmd->path) {
@@ -335,9 +361,9 @@ const char *apx_cmd_pass_reverse(cmd_parms *cmd, void *dconf,
     if (*path != '/')
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': the path "
                             "must start with '/'", cmd->cmd->name, path);
-    if (strncasecmp(url, "http://", 7))
+    if (strncasecmp(url, "http://", 7) && strncasecmp(url, "https://", 8))
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': not an "
-                            "http:// URL", cmd->cmd->name, url);
+                            "http:// or https:// URL", cmd->cmd->name, url);
     if (cmd->path) {
         rv = apr_array_push(((apx_dir_conf *)dconf)->reverses);
     }

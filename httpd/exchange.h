@@ -68,6 +68,8 @@ typedef struct apx_exchange {
     apx_backend *be;
     apx_defer *defer;
     int fd;                         /* backend socket, -1 when none */
+    struct ssl_st *tls;             /* its TLS object (https://), or NULL;
+                                     * owned with fd */
     int reused;                     /* fd came from the pool */
     int idempotent;
     apr_interval_time_t timeout;    /* backend response head, each I/O */

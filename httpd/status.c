@@ -71,6 +71,8 @@ static int collect(figure *f, const char **mode)
     FIG("ClientGone", apr_atomic_read32(&ch->n.client_gone));
     FIG("BackendReused", apr_atomic_read32(&ch->n.backend_reused));
     FIG("BackendRetries", apr_atomic_read32(&ch->n.backend_retries));
+    FIG("BackendTLSHandshakes", apr_atomic_read32(&ch->n.tls_handshakes));
+    FIG("BackendTLSResumed", apr_atomic_read32(&ch->n.tls_resumed));
     FIG("KeepaliveClosed", apr_atomic_read32(&ch->n.keepalive_closed));
     FIG("HeadWaits", apr_atomic_read32(&ch->n.head_waits));
     FIG("HeadTimeouts", apr_atomic_read32(&ch->n.head_timeouts));

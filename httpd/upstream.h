@@ -14,45 +14,81 @@
 
 #include "conf.h"
 #include "apx_balance.h"
+#include "upstream_tls.h"
 
-/* One backend origin (scheme http, host, port) with one pair of pool
- * settings (max, ttl) and, per child, its pool of idle keep-alive
- * connections (upstream.c). Mappings to the same origin with
- * the same settings share one record and one pool; mappings whose max= or
- * ttl= differ get a record each, so every mapping gets the pool it asked
- * for (README: AsyncProxyPass options). Created at configuration time; the
- * pool part is set up at child_init. */
+/* One backend origin (http or https, host, port; or a Unix socket) with
+ * one pair of pool settings (max, ttl), its TLS settings, and, per child,
+ * its pool of idle keep-alive connections (upstream.c). Mappings to the
+ * same origin with the same settings share one record and one pool;
+ * mappings whose max=, ttl= or tls*= differ get a record each, so every
+ * mapping gets the pool it asked for (README: AsyncProxyPass options).
+ * Created at configuration time; the pool part is set up at child_init. */
 struct apx_backend {
-    const char *hostname;
+    const char *hostname;           /* the URL's host (after '|' for a
+                                     * Unix socket: for Host only) */
     apr_port_t port;
-    const char *hostport;           /* "host:port" as in the URL */
-    apr_sockaddr_t *addr;           /* resolved at configuration time */
+    const char *hostport;           /* "host:port" as in the URL, or
+                                     * "unix:PATH": for messages */
+    apr_sockaddr_t *addr;           /* resolved at configuration time;
+                                     * NULL for a Unix socket */
+    const char *uds_path;           /* unix:PATH, else NULL */
+    int tls;                        /* https:// */
+    apx_tls_conf tls_conf;          /* its tlsca=, tlsname=, tlsverify= */
+    apx_tls_origin *tls_origin;     /* its SSL_CTX and session slot */
     unsigned pool_max;              /* idle connections kept per child */
     apr_interval_time_t pool_ttl;   /* idle connection lifetime */
     unsigned id;                    /* index in apx_gconf.backends */
     void *pool;                     /* per child: upstream.c */
 };
 
+/* What a backend URL names (directives.c, upstream_conf.c parse it). */
+typedef struct apx_origin_spec {
+    const char *hostname;           /* host of the URL (of the part after
+                                     * '|' for a Unix socket) */
+    apr_port_t port;
+    int tls;                        /* https:// */
+    apx_tls_conf tls_conf;          /* tls*= options (https:// only) */
+    const char *uds_path;           /* "unix:PATH|http://host/": PATH */
+} apx_origin_spec;
+
 /* upstream.c: origins and their per-child keep-alive pools.
  * apx_backend_declare() runs at configuration time: finds the record of
- * (hostname, port, pool_max, pool_ttl) in apx_gconf.backends or creates
- * it; returns an error message or NULL. */
-const char *apx_backend_declare(apr_pool_t *pconf, const char *hostname,
-                                apr_port_t port, unsigned pool_max,
+ * (spec, pool_max, pool_ttl) in apx_gconf.backends or creates it (host
+ * resolved, TLS context made); returns an error message or NULL. */
+const char *apx_backend_declare(apr_pool_t *pconf,
+                                const apx_origin_spec *spec,
+                                unsigned pool_max,
                                 apr_interval_time_t pool_ttl,
                                 apx_backend **pb);
-/* child_init: creates every origin's pool. */
+/* Configuration time: parses "unix:PATH|http://host[:port]/path" into
+ * spec and *rest (the http:// URL after '|'); returns an error message or
+ * NULL. */
+const char *apx_origin_parse_unix(apr_pool_t *p, const char *url,
+                                  apx_origin_spec *spec, const char **rest);
+/* "http://host:port", "https://host:port" or "unix:PATH|http://host":
+ * the origin's name in URLs of messages and r->filename (pconf). */
+const char *apx_backend_origin(apr_pool_t *p, const apx_backend *be);
+/* child_init: creates every origin's pool and TLS session slot. */
 void apx_backends_child_init(apr_pool_t *pchild);
 /* A live idle keep-alive connection to be (its fd, checked with a
  * non-blocking MSG_PEEK: closed or with unexpected bytes -> closed and
- * skipped), or -1 when the pool has none: the caller connects. Entries
- * older than be->pool_ttl are closed on the way. Any request thread. */
-int apx_backend_take(apx_backend *be, apr_time_t now);
-/* Gives back an fd whose exchange ended cleanly (framing complete, nothing
- * extra received, keep-alive allowed, request sent whole); when the pool
- * holds pool_max the oldest is closed; closes fd instead when the child is
- * stopping or the origin has no pool. Any request thread. */
-void apx_backend_release(apx_backend *be, int fd, apr_time_t now);
+ * skipped; a TLS one with bytes there has its records processed first:
+ * apx_tls_idle_usable()), or -1 when the pool has none: the caller
+ * connects. *ssl is the connection's TLS object (NULL for plain ones).
+ * Entries older than be->pool_ttl are closed on the way. Any request
+ * thread. */
+int apx_backend_take(apx_backend *be, apr_time_t now, struct ssl_st **ssl);
+/* Gives back an fd (and its TLS object, or NULL) whose exchange ended
+ * cleanly (framing complete, nothing extra received, keep-alive allowed,
+ * request sent whole); when the pool holds pool_max the oldest is closed;
+ * closes fd instead when the child is stopping or the origin has no pool.
+ * Any request thread. */
+void apx_backend_release(apx_backend *be, int fd, struct ssl_st *ssl,
+                         apr_time_t now);
+/* Closes a backend connection that is not pooled: the TLS object freed
+ * (notify: after a close_notify, for a connection that worked), then the
+ * fd. */
+void apx_backend_close(int fd, struct ssl_st *ssl, int notify);
 
 /* ------------------------------------------------------------------ */
 /* balancer groups (upstream_group.c)                                   */

@@ -141,17 +141,19 @@ const char *apx_cmd_balancer(cmd_parms *cmd, void *dummy, const char *arg)
 }
 
 /* AsyncProxyMember http://host[:port][/] [weight=N] [route=R] [max=N]
- * [idle=N] [ttl=D]. max= caps the requests in flight to the member across
- * all children (upstream_shm.c); idle= is the per-child pool of idle
- * keep-alive connections (max= on AsyncProxyPass; max= here meant that
- * before the cap existed). */
+ * [idle=N] [ttl=D]; also https://host[:port] [tlsca=F] [tlsname=N]
+ * [tlsverify=on|off] and unix:/PATH|http://host. max= caps the requests in
+ * flight to the member across all children (upstream_shm.c); idle= is the
+ * per-child pool of idle keep-alive connections (max= on AsyncProxyPass;
+ * max= here meant that before the cap existed). */
 const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
 {
-    const char *err = NULL, *url, *key, *val;
+    const char *err = NULL, *url, *key, *val, *http_url;
     int more;
     apx_balancer *b = cur_balancer;
     apx_member *mb;
     apr_uri_t uri;
+    apx_origin_spec spec;
     int i;
 
     if ((err = only_in_balancer(cmd)))
@@ -162,15 +164,25 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
                             "http://host[:port] [weight=N] [route=R] [max=N] "
                             "[idle=N] [ttl=D])", cmd->cmd->name,
                             cmd->cmd->name);
-    if (apr_uri_parse(cmd->pool, url, &uri) != APR_SUCCESS || !uri.scheme
-        || !uri.hostname || !*uri.hostname)
+    memset(&spec, 0, sizeof(spec));
+    spec.tls_conf.verify = -1;
+    http_url = url;
+    if (!strncasecmp(url, "unix:", 5)
+        && (err = apx_origin_parse_unix(cmd->pool, url, &spec, &http_url)))
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
+                            cmd->cmd->name, url, err);
+    if (apr_uri_parse(cmd->pool, http_url, &uri) != APR_SUCCESS
+        || !uri.scheme || !uri.hostname || !*uri.hostname)
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': not an "
-                            "absolute URL (http://host[:port])",
+                            "absolute URL (http://host[:port], "
+                            "https://host[:port] or unix:/PATH|http://host)",
                             cmd->cmd->name, url);
-    if (strcasecmp(uri.scheme, "http"))
+    if (!strcasecmp(uri.scheme, "https"))
+        spec.tls = 1;
+    else if (strcasecmp(uri.scheme, "http"))
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': scheme "
-                            "'%s' is not supported (only http://)",
-                            cmd->cmd->name, url, uri.scheme);
+                            "'%s' is not supported (http://, https://, "
+                            "unix:)", cmd->cmd->name, url, uri.scheme);
     if ((uri.path && *uri.path && strcmp(uri.path, "/")) || uri.query
         || uri.fragment || uri.user)
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': a member is "
@@ -182,7 +194,9 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
                             "balancer %s", cmd->cmd->name, url, APX_BAL_MAX,
                             b->name);
     if (!uri.port)
-        uri.port = 80;
+        uri.port = spec.tls ? 443 : 80;
+    spec.hostname = uri.hostname;
+    spec.port = uri.port;
 
     mb = apr_array_push(b->members);
     memset(mb, 0, sizeof(*mb));
@@ -213,21 +227,28 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
             mb->route = val;
             err = NULL;
         }
+        else if (apx_tls_option(cmd, &spec.tls_conf, key, val, &err)) {
+            if (!spec.tls)
+                return apr_psprintf(cmd->pool, "%s: option '%s=' is for an "
+                                    "https:// member", cmd->cmd->name, key);
+            if (err)
+                return err;
+        }
         else
             return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
-                                "weight, route, max, idle, ttl)",
-                                cmd->cmd->name, key);
+                                "weight, route, max, idle, ttl, tlsca, "
+                                "tlsname, tlsverify)", cmd->cmd->name, key);
         if (err)
             return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);
     }
     if (more < 0)
         return err;
-    err = apx_backend_declare(cmd->pool, uri.hostname, uri.port,
-                              mb->pool_max, mb->pool_ttl, &mb->be);
+    err = apx_backend_declare(cmd->pool, &spec, mb->pool_max, mb->pool_ttl,
+                              &mb->be);
     if (err)
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s",
                             cmd->cmd->name, url, err);
-    mb->url = apr_pstrcat(cmd->pool, "http://", mb->be->hostport, NULL);
+    mb->url = apx_backend_origin(cmd->pool, mb->be);
     for (i = 0; i < b->members->nelts - 1; i++) {
         const apx_member *o = &APR_ARRAY_IDX(b->members, i, apx_member);
 

@@ -3,7 +3,7 @@
 # benchmarks need — only when one is missing, so a ready machine makes no
 # network call. Root is required for the install (as on CI).
 set -e
-PKGS="apache2 apache2-dev libapr1-dev libaprutil1-dev zlib1g-dev gcc make
+PKGS="apache2 apache2-dev libapr1-dev libaprutil1-dev zlib1g-dev libssl-dev gcc make
       libapache2-mod-perl2 libwww-perl libio-socket-ssl-perl curl openssl
       clang libclang-rt-14-dev wrk nginx"
 missing=""

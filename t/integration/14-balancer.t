@@ -318,7 +318,7 @@ like($log, qr/APX00027: balancer kill: member http:\/\/127\.0\.0\.1:$mp[3] is ba
 my $B = "127.0.0.1:$mp[0]";
 for my $case (
     ["AsyncProxyPass /x/ balancer://nope/", qr/AsyncProxyPass \/x\/ balancer:\/\/nope\/.*unknown balancer 'nope'/],
-    ["<AsyncProxyBalancer a>\nAsyncProxyMember https://$B\n</AsyncProxyBalancer>", qr/AsyncProxyMember: invalid value 'https:\/\/$B': scheme 'https'/],
+    ["<AsyncProxyBalancer a>\nAsyncProxyMember ftp://$B\n</AsyncProxyBalancer>", qr/AsyncProxyMember: invalid value 'ftp:\/\/$B': scheme 'ftp'/],
     ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B/app\n</AsyncProxyBalancer>", qr/AsyncProxyMember: invalid value 'http:\/\/$B\/app'/],
     ["<AsyncProxyBalancer a>\nAsyncProxyMember not-a-url\n</AsyncProxyBalancer>", qr/AsyncProxyMember: invalid value 'not-a-url'/],
     ["<AsyncProxyBalancer a>\nAsyncProxyMember http://$B weight=0\n</AsyncProxyBalancer>", qr/AsyncProxyMember: invalid value '0'.*weight=/],
