@@ -308,17 +308,6 @@ static void resume_request(apx_conn *ac)
 /* ------------------------------------------------------------------ */
 /* the adoption loop                                                    */
 
-static apr_status_t flush_nonblocking(conn_rec *c)
-{
-    ap_filter_t *f = c->output_filters;
-
-    while (f->next)
-        f = f->next;
-    /* The core output filter takes NULL as "write what is pending without
-     * blocking", as the event MPM calls it in write completion. */
-    return f->frec->filter_func.out_func(f, NULL);
-}
-
 static void destroy_conn(apx_conn *ac)
 {
     conn_rec *c = ac->c;
@@ -571,7 +560,7 @@ static void drive(apx_conn *ac, int step)
             }
             /* fall through */
         case AT_WC:
-            if (flush_nonblocking(c) != APR_SUCCESS) {
+            if (apx_core_flush(c) != APR_SUCCESS) {
                 c->aborted = 1;
                 close_conn(ac);
                 return;

@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <poll.h>
 
+#include "util_filter.h"
+
 #include "child.h"
 #include "drive.h"
 
@@ -194,6 +196,17 @@ unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline)
             return got;
     }
     return apx_wait(rq, fd, APX_EV_OUT, deadline);
+}
+
+apr_status_t apx_core_flush(conn_rec *c)
+{
+    ap_filter_t *f = c->output_filters;
+
+    while (f->next)
+        f = f->next;
+    if (f->frec->filter_func.out_func(f, NULL) != APR_SUCCESS || c->aborted)
+        return APR_ECONNABORTED;
+    return APR_SUCCESS;
 }
 
 unsigned apx_wait_wake(apx_req *rq, int (*enlist)(void *baton, apx_park *p),

@@ -105,5 +105,10 @@ unsigned apx_wait_connect(apx_req *rq, int fd, apr_time_t deadline);
 unsigned apx_wait_wake(apx_req *rq, int (*enlist)(void *baton, apx_park *p),
                        void *baton, apr_time_t deadline);
 
+/* drive.c: writes what the core output filter of c holds, never blocking
+ * (NULL brigade: "write what is pending", as the event MPM's write
+ * completion calls it); the step before a wait for the client to take
+ * more. APR_ECONNABORTED when the client is gone. The thread that owns c. */
+apr_status_t apx_core_flush(conn_rec *c);
 
 #endif /* APX_HTTPD_DRIVE_H */

@@ -34,21 +34,13 @@ extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 int apx_ex_drain_output(apx_exchange *px)
 {
     conn_rec *c = px->c;
-    ap_filter_t *f;
-    apr_status_t rv;
     unsigned ev;
 
     /* An HTTP/2 stream has no socket to wait on; h2 paces it. */
     if (px->rq->client_fd < 0)
         return STEP_OK;
     while (c->data_in_output_filters) {
-        f = c->output_filters;
-        while (f->next)
-            f = f->next;
-        /* NULL: "write what is pending, never block", as the event MPM's
-         * write completion calls it */
-        rv = f->frec->filter_func.out_func(f, NULL);
-        if (rv != APR_SUCCESS || c->aborted)
+        if (apx_core_flush(c) != APR_SUCCESS)
             return apx_ex_client_gone(px);
         if (!c->data_in_output_filters)
             break;
@@ -77,16 +69,10 @@ int apx_ex_drain_output(apx_exchange *px)
 int apx_ex_output_pending(apx_exchange *px)
 {
     conn_rec *c = px->c;
-    ap_filter_t *f;
-    apr_status_t rv;
 
     if (px->rq->client_fd < 0 || !c->data_in_output_filters)
         return 0;
-    f = c->output_filters;
-    while (f->next)
-        f = f->next;
-    rv = f->frec->filter_func.out_func(f, NULL);
-    if (rv != APR_SUCCESS || c->aborted)
+    if (apx_core_flush(c) != APR_SUCCESS)
         return apx_ex_client_gone(px);
     return c->data_in_output_filters ? 1 : 0;
 }

@@ -176,19 +176,6 @@ static void tunnel_end(void *arg)
         apr_atomic_dec32(&ch->n.tunnels_now);
 }
 
-/* What the core output filter holds, written without blocking. */
-static apr_status_t client_flush(tunnel *t)
-{
-    ap_filter_t *f = t->c->output_filters;
-
-    while (f->next)
-        f = f->next;
-    if (f->frec->filter_func.out_func(f, NULL) != APR_SUCCESS
-        || t->c->aborted)
-        return APR_ECONNABORTED;
-    return APR_SUCCESS;
-}
-
 static apr_status_t to_client(tunnel *t, const char *data, apr_size_t len)
 {
     apr_bucket_brigade *bb = t->px->bb;
@@ -204,7 +191,7 @@ static apr_status_t to_client(tunnel *t, const char *data, apr_size_t len)
     t->bytes_out += len;
     apr_atomic_add64(&apx_ch->n.tunnel_bytes_out, len);
     /* what the core set aside goes out now if the socket takes it */
-    return client_flush(t);
+    return apx_core_flush(t->c);
 }
 
 /* mod_logio's byte counter (%I), when loaded: direct reads count
@@ -336,7 +323,7 @@ static int pump(tunnel *t)
     ssize_t n;
 
     /* backend -> client, only while the client took what it was given */
-    if (t->c->data_in_output_filters && client_flush(t) != APR_SUCCESS)
+    if (t->c->data_in_output_filters && apx_core_flush(t->c) != APR_SUCCESS)
         return -1;
     while (t->b_ready && !t->backend_eof && !t->c->data_in_output_filters) {
         if (!rb && !(rb = malloc(TUNNEL_BUF)))

@@ -123,26 +123,11 @@ is(scalar(my @k = $h->children), 2, 'two children run');
 
 # The member's line of the status page (whichever child answers; the
 # figures that matter are the shared ones).
-sub member {
-    my ($bal) = @_;
-    my $r = http_request($h->port, 'GET', '/apx-status', timeout => 10);
-    return undef unless $r && $r->{status} == 200;
-    for my $l (split /\n/, $r->{body}) {
-        next unless $l =~ /^AsyncProxyMember: (.*)$/;
-        my %kv = map { split /=/, $_, 2 } split ' ', $1;
-        return \%kv if $kv{balancer} eq $bal;
-    }
-    return undef;
-}
+sub member { return member_on($h->port, $_[0]) }
 sub fig { my ($bal, $k) = @_; my $m = member($bal); return $m ? $m->{$k} : undef }
 
 # Sends GET $path on a new connection; returns the socket (with its buffer).
-sub send_get {
-    my ($path) = @_;
-    my $s = connect_to($h->port);
-    send_raw($s, get_req($path));
-    return { sock => $s, buf => '', path => $path };
-}
+sub send_get { return send_get_on($h->port, $_[0]) }
 sub send_get_on {
     my ($port, $path) = @_;
     my $s = connect_to($port);
