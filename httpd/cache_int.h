@@ -109,6 +109,13 @@ struct hc_waiter {
     int linked;
 };
 
+/* A list of parked waiters (a pending object's, a fill's readers), under
+ * the mutex that guards the list (cache_lookup.c): push w armed with p,
+ * take w out if it is still in, wake every waiter and empty the list. */
+void apx__hc_waiter_push(hc_waiter **list, hc_waiter *w, apx_park *p);
+void apx__hc_waiter_unlink(hc_waiter **list, hc_waiter *w);
+void apx__hc_waiter_wake_all(hc_waiter **list);
+
 /* A streamed fill (cache_stream.c): the body of a storable miss as it
  * arrives, an append-only list of chunks read by the fetcher's client and
  * by the requests that were waiting on the same key, each at its own pace.
@@ -306,6 +313,12 @@ hc_obj *apx__hc_build_head(apx_hcache *hc, const apx_hcache_resp *resp,
 /* cache_stream.c */
 void apx__hc_fill_unref(hc_fill *f);
 void apx__hc_chunk_unref(hc_chunk *ch);
+/* cache_serve.c: a body bucket over base[off, off + len) that calls
+ * unref(owner) when its last copy goes (the caller took that reference);
+ * setaside is a no-op, the owner outlives the bucket. */
+apr_bucket *apx__hc_ref_bucket(const char *base, void (*unref)(void *),
+                               void *owner, apr_size_t off, apr_size_t len,
+                               apr_bucket_alloc_t *list);
 /* Under the pending object's mutex: whether r may read a streamed fill,
  * and attaching it (reader at byte 0). */
 int apx__hc_stream_can_attach(const apx_hcache *hc, const hc_fill *f);

@@ -319,6 +319,42 @@ static int lookup(apx_hcache *hc, apr_time_t now)
 /* ------------------------------------------------------------------ */
 /* waiting for another request's fetch                                  */
 
+void apx__hc_waiter_push(hc_waiter **list, hc_waiter *w, apx_park *p)
+{
+    w->p = p;
+    w->prev = NULL;
+    w->next = *list;
+    if (*list)
+        (*list)->prev = w;
+    *list = w;
+    w->linked = 1;
+}
+
+void apx__hc_waiter_unlink(hc_waiter **list, hc_waiter *w)
+{
+    if (!w->linked)
+        return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        *list = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->linked = 0;
+}
+
+void apx__hc_waiter_wake_all(hc_waiter **list)
+{
+    hc_waiter *w;
+
+    for (w = *list; w; w = w->next) {
+        w->linked = 0;
+        if (apx_ch && apx_ch->engine)
+            apx_park_wake(apx_ch->engine, w->p);
+    }
+    *list = NULL;
+}
+
 static int enlist(void *baton, apx_park *p)
 {
     apx_hcache *hc = baton;
@@ -329,15 +365,8 @@ static int enlist(void *baton, apx_park *p)
     pthread_mutex_lock(&o->mtx);
     /* a streamed fill to read: no wait */
     ok = !o->done && !(o->fill && apx__hc_stream_can_attach(hc, o->fill));
-    if (ok) {
-        w->p = p;
-        w->prev = NULL;
-        w->next = o->waiters;
-        if (o->waiters)
-            o->waiters->prev = w;
-        o->waiters = w;
-        w->linked = 1;
-    }
+    if (ok)
+        apx__hc_waiter_push(&o->waiters, w, p);
     pthread_mutex_unlock(&o->mtx);
     return ok;
 }
@@ -349,15 +378,7 @@ static void delist(void *arg)
     hc_waiter *w = &hc->waiter;
 
     pthread_mutex_lock(&o->mtx);
-    if (w->linked) {
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            o->waiters = w->next;
-        if (w->next)
-            w->next->prev = w->prev;
-        w->linked = 0;
-    }
+    apx__hc_waiter_unlink(&o->waiters, w);
     pthread_mutex_unlock(&o->mtx);
 }
 
@@ -366,7 +387,6 @@ static void delist(void *arg)
 void apx__hc_release_pending(apx_hcache *hc, int stored, hc_obj *result)
 {
     hc_obj *o = hc->pending;
-    hc_waiter *w;
 
     if (!o)
         return;
@@ -378,12 +398,7 @@ void apx__hc_release_pending(apx_hcache *hc, int stored, hc_obj *result)
         apx_cache_ref(&result->ce);
         o->result = result;
     }
-    for (w = o->waiters; w; w = w->next) {
-        w->linked = 0;
-        if (apx_ch && apx_ch->engine)
-            apx_park_wake(apx_ch->engine, w->p);
-    }
-    o->waiters = NULL;
+    apx__hc_waiter_wake_all(&o->waiters);
     pthread_mutex_unlock(&o->mtx);
     apx__hc_drop(&hc->pending);
 }

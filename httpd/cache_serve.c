@@ -36,11 +36,13 @@ APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
 
 /* ------------------------------------------------------------------ */
-/* a body bucket that holds a reference on its object                   */
+/* a body bucket that holds a reference on what its bytes live in       */
 
 typedef struct hc_bucket {
     apr_bucket_refcount refcount;
-    hc_obj *o;
+    const char *base;
+    void (*unref)(void *owner);
+    void *owner;
 } hc_bucket;
 
 static apr_status_t hcb_read(apr_bucket *b, const char **str,
@@ -48,7 +50,7 @@ static apr_status_t hcb_read(apr_bucket *b, const char **str,
 {
     hc_bucket *h = b->data;
 
-    *str = h->o->body + b->start;
+    *str = h->base + b->start;
     *len = b->length;
     return APR_SUCCESS;
 }
@@ -58,7 +60,7 @@ static void hcb_destroy(void *data)
     hc_bucket *h = data;
 
     if (apr_bucket_shared_destroy(h)) {
-        apx_cache_unref(apx__hc_store, &h->o->ce);
+        h->unref(h->owner);
         apr_bucket_free(h);
     }
 }
@@ -67,13 +69,14 @@ static const apr_bucket_type_t hc_bucket_type = {
     "ASYNCPROXY-CACHE", 5, APR_BUCKET_DATA,
     hcb_destroy,
     hcb_read,
-    apr_bucket_setaside_noop,   /* the object outlives the bucket */
+    apr_bucket_setaside_noop,   /* the owner outlives the bucket */
     apr_bucket_shared_split,
     apr_bucket_shared_copy
 };
 
-static apr_bucket *hcb_create(hc_obj *o, apr_size_t off, apr_size_t len,
-                              apr_bucket_alloc_t *list)
+apr_bucket *apx__hc_ref_bucket(const char *base, void (*unref)(void *),
+                               void *owner, apr_size_t off, apr_size_t len,
+                               apr_bucket_alloc_t *list)
 {
     apr_bucket *b = apr_bucket_alloc(sizeof(*b), list);
     hc_bucket *h = apr_bucket_alloc(sizeof(*h), list);
@@ -81,11 +84,17 @@ static apr_bucket *hcb_create(hc_obj *o, apr_size_t off, apr_size_t len,
     APR_BUCKET_INIT(b);
     b->free = apr_bucket_free;
     b->list = list;
-    h->o = o;
-    apx_cache_ref(&o->ce);
+    h->base = base;
+    h->unref = unref;
+    h->owner = owner;
     b = apr_bucket_shared_make(b, h, off, len);
     b->type = &hc_bucket_type;
     return b;
+}
+
+static void obj_unref(void *o)
+{
+    apx_cache_unref(apx__hc_store, &((hc_obj *)o)->ce);
 }
 
 /* ------------------------------------------------------------------ */
@@ -153,8 +162,10 @@ int apx_hcache_serve_body(apx_hcache *hc, apr_bucket_brigade *bb)
     n = o->body_len - hc->serve_off;
     if (n > SERVE_SLICE)
         n = SERVE_SLICE;
-    APR_BRIGADE_INSERT_TAIL(bb, hcb_create(o, hc->serve_off, n,
-                                           bb->bucket_alloc));
+    apx_cache_ref(&o->ce);
+    APR_BRIGADE_INSERT_TAIL(bb, apx__hc_ref_bucket(o->body, obj_unref, o,
+                                                   hc->serve_off, n,
+                                                   bb->bucket_alloc));
     hc->serve_off += n;
     return hc->serve_off < o->body_len ? APX_HCACHE_MORE : APX_HCACHE_LAST;
 }

@@ -121,14 +121,7 @@ static void fill_ref(hc_fill *f)
 /* Fill's mutex held. */
 static void wake_readers_locked(hc_fill *f)
 {
-    hc_waiter *w;
-
-    for (w = f->waiters; w; w = w->next) {
-        w->linked = 0;
-        if (apx_ch && apx_ch->engine)
-            apx_park_wake(apx_ch->engine, w->p);
-    }
-    f->waiters = NULL;
+    apx__hc_waiter_wake_all(&f->waiters);
 }
 
 /* Fill's mutex held. */
@@ -156,57 +149,9 @@ static apr_size_t slowest_locked(const hc_fill *f)
     return min;
 }
 
-/* ------------------------------------------------------------------ */
-/* a body bucket that holds a reference on its chunk                    */
-
-typedef struct hc_chunk_bucket {
-    apr_bucket_refcount refcount;
-    hc_chunk *ch;
-} hc_chunk_bucket;
-
-static apr_status_t chb_read(apr_bucket *b, const char **str,
-                             apr_size_t *len, apr_read_type_e block)
+static void chunk_unref_cb(void *ch)
 {
-    hc_chunk_bucket *h = b->data;
-
-    *str = h->ch->data + b->start;
-    *len = b->length;
-    return APR_SUCCESS;
-}
-
-static void chb_destroy(void *data)
-{
-    hc_chunk_bucket *h = data;
-
-    if (apr_bucket_shared_destroy(h)) {
-        apx__hc_chunk_unref(h->ch);
-        apr_bucket_free(h);
-    }
-}
-
-static const apr_bucket_type_t chunk_bucket_type = {
-    "ASYNCPROXY-FILL", 5, APR_BUCKET_DATA,
-    chb_destroy,
-    chb_read,
-    apr_bucket_setaside_noop,   /* the chunk outlives the bucket */
-    apr_bucket_shared_split,
-    apr_bucket_shared_copy
-};
-
-static apr_bucket *chb_create(hc_chunk *ch, apr_size_t off, apr_size_t len,
-                              apr_bucket_alloc_t *list)
-{
-    apr_bucket *b = apr_bucket_alloc(sizeof(*b), list);
-    hc_chunk_bucket *h = apr_bucket_alloc(sizeof(*h), list);
-
-    APR_BUCKET_INIT(b);
-    b->free = apr_bucket_free;
-    b->list = list;
-    h->ch = ch;
-    chunk_ref(ch);
-    b = apr_bucket_shared_make(b, h, off, len);
-    b->type = &chunk_bucket_type;
-    return b;
+    apx__hc_chunk_unref(ch);
 }
 
 /* ------------------------------------------------------------------ */
@@ -337,8 +282,11 @@ int apx_hcache_stream_body(apx_hcache *hc, apr_bucket_brigade *bb)
     if (state == FILL_FAILED)
         return -1;
     if (n) {
-        APR_BRIGADE_INSERT_TAIL(bb, chb_create(ch, hc->roff, n,
-                                               bb->bucket_alloc));
+        chunk_ref(ch);
+        APR_BRIGADE_INSERT_TAIL(bb, apx__hc_ref_bucket(ch->data,
+                                                       chunk_unref_cb, ch,
+                                                       hc->roff, n,
+                                                       bb->bucket_alloc));
         hc->roff += n;
     }
     if (state == FILL_DONE)
@@ -356,15 +304,8 @@ static int enlist_reader(void *baton, apx_park *p)
     pthread_mutex_lock(&f->mtx);
     ok = f->state == FILL_RUNNING && hc->roff == hc->rchunk->len
          && !hc->rchunk->next;
-    if (ok) {
-        w->p = p;
-        w->prev = NULL;
-        w->next = f->waiters;
-        if (f->waiters)
-            f->waiters->prev = w;
-        f->waiters = w;
-        w->linked = 1;
-    }
+    if (ok)
+        apx__hc_waiter_push(&f->waiters, w, p);
     pthread_mutex_unlock(&f->mtx);
     return ok;
 }
@@ -376,15 +317,7 @@ static void delist_reader(void *arg)
     hc_waiter *w = &hc->waiter;
 
     pthread_mutex_lock(&f->mtx);
-    if (w->linked) {
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            f->waiters = w->next;
-        if (w->next)
-            w->next->prev = w->prev;
-        w->linked = 0;
-    }
+    apx__hc_waiter_unlink(&f->waiters, w);
     pthread_mutex_unlock(&f->mtx);
 }
 
@@ -542,20 +475,13 @@ int apx_hcache_stream_begin(apx_hcache *hc, const apx_hcache_resp *resp)
                               apr_pool_cleanup_null);
     apx__hc_set_serving(hc, head);
     if (o && shareable(hc, resp)) {
-        hc_waiter *w;
-
         /* the requests parked on our pending object attach now; later
          * ones attach on their lookup */
         pthread_mutex_lock(&o->mtx);
         if (!o->done && !o->fill) {
             fill_ref(f);
             o->fill = f;
-            for (w = o->waiters; w; w = w->next) {
-                w->linked = 0;
-                if (apx_ch && apx_ch->engine)
-                    apx_park_wake(apx_ch->engine, w->p);
-            }
-            o->waiters = NULL;
+            apx__hc_waiter_wake_all(&o->waiters);
         }
         pthread_mutex_unlock(&o->mtx);
     }
