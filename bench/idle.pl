@@ -18,12 +18,9 @@ use Getopt::Long;
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
-if (!$ENV{APX_BENCH_ULIMIT}) {
-    $ENV{APX_BENCH_ULIMIT} = 1;
-    exec '/bin/sh', '-c', "ulimit -n $NOFILE 2>/dev/null || ulimit -n \$(ulimit -Hn); exec \"\$0\" \"\$@\"",
-        $^X, abs_path($0), @ARGV;
-    die "exec: $!";
-}
+use lib dirname(abs_path($0)) . '/lib';
+use APX::Bench qw(raise_nofile rss_kb);
+raise_nofile($NOFILE, @ARGV);
 my $BENCH = dirname(abs_path($0));
 my $TOP = dirname($BENCH);
 use lib dirname(dirname(abs_path($0))) . '/t/lib';
@@ -32,8 +29,6 @@ my %opt = (conns => 10000, settle => 4, systems => '');
 GetOptions(\%opt, 'conns=i', 'settle=f', 'systems=s') or die "usage: $0 [--conns N] [--settle S] [--systems RE]\n";
 my $N = $opt{conns};
 die "--conns 1..18000\n" if $N < 1 || $N > 18000;
-
-sub rss_kb { my ($pid) = @_; open my $f, '<', "/proc/$pid/status" or return 0; local $/; my $s = <$f>; return $s =~ /VmRSS:\s+(\d+)/ ? $1 : 0 }
 
 # slowd, the backend
 my $slowd = "$TOP/build/bench/slowd";

@@ -38,12 +38,9 @@ my $NOFILE = 20000;
 
 # Servers, wrk and slowd inherit the fd limit: raise it before anything
 # starts (Perl has no setrlimit of its own, the shell does).
-if (!$ENV{APX_BENCH_ULIMIT}) {
-    $ENV{APX_BENCH_ULIMIT} = 1;
-    exec '/bin/sh', '-c', "ulimit -n $NOFILE 2>/dev/null || ulimit -n \$(ulimit -Hn); exec \"\$0\" \"\$@\"",
-        $^X, abs_path($0), @ARGV;
-    die "exec: $!";
-}
+use lib dirname(abs_path($0)) . '/lib';
+use APX::Bench qw(raise_nofile slurp spew free_port wait_port fill);
+raise_nofile($NOFILE, @ARGV);
 
 my %opt = (duration => undef, warmup => undef, systems => '', scenarios => '',
            out => undef, keep => 0, quick => 0);
@@ -201,21 +198,6 @@ sub spawn {
     return $pid;
 }
 
-sub slurp {
-    my ($f) = @_;
-    open my $fh, '<', $f or return '';
-    local $/;
-    my $c = <$fh>;
-    return $c // '';
-}
-
-sub spew {
-    my ($f, $c) = @_;
-    open my $fh, '>', $f or die "$f: $!";
-    print $fh $c;
-    close $fh or die "$f: $!";
-}
-
 sub wait_for_line {
     my ($file, $re, $secs) = @_;
     my $end = time + $secs;
@@ -225,25 +207,6 @@ sub wait_for_line {
         sleep 0.05;
     }
     return;
-}
-
-sub free_port {
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
-                                  Listen => 1, ReuseAddr => 1) or die "free_port: $!";
-    my $p = $s->sockport;
-    close $s;
-    return $p;
-}
-
-sub wait_port {
-    my ($port, $secs) = @_;
-    my $end = time + $secs;
-    while (time < $end) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 1);
-        if ($s) { close $s; return 1 }
-        sleep 0.05;
-    }
-    return 0;
 }
 
 # ---- /proc ------------------------------------------------------------
@@ -395,12 +358,6 @@ sub cache_label {
     close $s;
     my ($v) = $r =~ /^X-AsyncProxy-Cache:\s*(\S+)/mi;
     return $v // '';
-}
-
-sub fill {
-    my ($text, %v) = @_;
-    $text =~ s/\@([A-Z_]+)\@/exists $v{$1} ? $v{$1} : die "template: no value for \@$1\@\n"/ge;
-    return $text;
 }
 
 sub start_slowd {

@@ -22,12 +22,9 @@ use IO::Poll qw(POLLIN POLLOUT POLLERR POLLHUP);
 use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
-if (!$ENV{APX_BENCH_ULIMIT}) {
-    $ENV{APX_BENCH_ULIMIT} = 1;
-    exec '/bin/sh', '-c', "ulimit -n $NOFILE 2>/dev/null || ulimit -n \$(ulimit -Hn); exec \"\$0\" \"\$@\"",
-        $^X, abs_path($0), @ARGV;
-    die "exec: $!";
-}
+use lib dirname(abs_path($0)) . '/lib';
+use APX::Bench qw(raise_nofile slurp spew fill free_port wait_port rss_kb);
+raise_nofile($NOFILE, @ARGV);
 my %opt = (waiters => 100, rounds => 3, distinct => 1000, systems => '');
 GetOptions(\%opt, 'waiters=i', 'rounds=i', 'distinct=i', 'systems=s', 'out=s', 'quick!') or die "bad options\n";
 if ($opt{quick} || ($ENV{QUICK} // '') =~ /^(1|yes|true)$/i) { $opt{rounds} = 1; $opt{distinct} = 200 }
@@ -43,14 +40,8 @@ my $TRICKLE = '65536:100';
 my $MAIN_PID = $$;
 my %LIVE;
 
-sub slurp { my ($f) = @_; open my $fh, '<', $f or return ''; local $/; my $c = <$fh>; return $c // '' }
-sub spew { my ($f, $c) = @_; open my $fh, '>', $f or die "$f: $!"; print $fh $c; close $fh or die "$f: $!" }
-sub fill { my ($t, %v) = @_; $t =~ s/\@([A-Z_]+)\@/exists $v{$1} ? $v{$1} : die "template: no value for \@$1\@\n"/ge; $t }
-sub free_port { my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1:0', ReuseAddr => 1) or die; my $p = $s->sockport; close $s; $p }
-sub wait_port { my ($p, $t) = @_; my $end = time + $t; while (time < $end) { return 1 if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$p"); sleep 0.05 } 0 }
 sub children_of { my @k; push @k, split ' ', slurp($_) for glob "/proc/$_[0]/task/*/children"; @k }
 sub tree { my @all = ($_[0]); my @todo = children_of($_[0]); while (@todo) { my $p = shift @todo; push @all, $p; push @todo, children_of($p) } @all }
-sub rss_kb { my $t = 0; for my $p (@_) { $t += $1 if slurp("/proc/$p/status") =~ /VmRSS:\s+(\d+)/ } $t }
 sub stop_pid {
     my ($pid) = @_;
     return unless $pid && kill 0, $pid;

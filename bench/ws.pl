@@ -17,12 +17,9 @@ use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 
 my $NOFILE = 20000;
-if (!$ENV{APX_BENCH_ULIMIT}) {
-    $ENV{APX_BENCH_ULIMIT} = 1;
-    exec '/bin/sh', '-c', "ulimit -n $NOFILE 2>/dev/null || ulimit -n \$(ulimit -Hn); exec \"\$0\" \"\$@\"",
-        $^X, abs_path($0), @ARGV;
-    die "exec: $!";
-}
+use lib dirname(abs_path($0)) . '/lib';
+use APX::Bench qw(raise_nofile slurp spew free_port wait_port fill);
+raise_nofile($NOFILE, @ARGV);
 
 my %opt = (systems => '', quick => 0, threads_big => 1000, inflight => 1000);
 my $USAGE = "usage: $0 [--quick] [--conns N] [--duration S] [--systems RE] [--connect-timeout S]\n"
@@ -65,9 +62,6 @@ my @SYSTEMS = (
 my %LIVE;
 my $MAIN_PID = $$;
 
-sub slurp { my ($f) = @_; open my $fh, '<', $f or return ''; local $/; my $c = <$fh>; return $c // '' }
-sub spew { my ($f, $c) = @_; open my $fh, '>', $f or die "$f: $!"; print $fh $c; close $fh or die "$f: $!" }
-
 sub stop_pid {
     my ($pid, $secs) = @_;
     return unless $pid;
@@ -106,21 +100,6 @@ sub spawn {
     $LIVE{$pid} = { what => $what, child => 1 };
     return $pid;
 }
-sub free_port {
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
-                                  Listen => 1, ReuseAddr => 1) or die "free_port: $!";
-    my $p = $s->sockport; close $s; return $p;
-}
-sub wait_port {
-    my ($port, $secs) = @_;
-    my $end = time + $secs;
-    while (time < $end) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 1);
-        if ($s) { close $s; return 1 }
-        sleep 0.05;
-    }
-    return 0;
-}
 sub children_of { my @k; push @k, split ' ', slurp($_) for glob "/proc/$_[0]/task/*/children"; @k }
 sub descendants { my @todo = children_of($_[0]); my @all; while (@todo) { my $p = shift @todo; push @all, $p; push @todo, children_of($p) } @all }
 sub tree { ($_[0], descendants($_[0])) }
@@ -139,11 +118,6 @@ sub figures {
     my ($c, $r, $t) = (0, 0, 0);
     for (tree($_[0])) { my @x = proc_figures($_) or next; $c += $x[0]; $r += $x[1]; $t += $x[2] }
     return ($c, $r, $t);
-}
-sub fill {
-    my ($text, %v) = @_;
-    $text =~ s/\@([A-Z_]+)\@/exists $v{$1} ? $v{$1} : die "template: no value for \@$1\@\n"/ge;
-    return $text;
 }
 
 sub start_server {
