@@ -52,7 +52,7 @@ all: $(MODULE)
 deps:
 	@./scripts/deps.sh
 
-$(B)/poller/%.o: poller/%.c $(wildcard include/*.h) | $(B)/poller
+$(B)/poller/%.o: poller/%.c $(wildcard include/*.h) $(wildcard poller/*.h) | $(B)/poller
 	$(CC) $(ENG_CFLAGS) -c $< -o $@
 
 $(B)/poller $(B)/t $(B)/t-asan $(B)/t-tsan $(B)/t-uctx:
@@ -88,16 +88,16 @@ compat-check: $(GLUE_SRC) $(COMPAT_VIEWS) $(wildcard include/*.h) $(GLUE_HDR)
 # does) and link only poller/log.c besides, so each test stands alone.
 UNIT_BUILD = $(CC) $(WARN) $(1) -Iinclude -Ipoller -It/unit $(APR_CFLAGS) -pthread \
 	$< poller/log.c -o $@ $(APR_LIBS) -lz -lpthread
-$(B)/t/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t
+$(B)/t/%.t: t/unit/%.c poller/*.c $(wildcard poller/*.h) $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t
 	$(call UNIT_BUILD,-O2 -g)
 # The ucontext fallback of the coroutine switch, built and run too.
-$(B)/t-uctx/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-uctx
+$(B)/t-uctx/%.t: t/unit/%.c poller/*.c $(wildcard poller/*.h) $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-uctx
 	$(call UNIT_BUILD,-O2 -g -DAPX_CORO_UCONTEXT=1)
 # (in a variable: a comma inside $(call ...) would split the argument)
 ASAN_UNIT := -O1 -g -DAPX_DEBUG=1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-$(B)/t-asan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-asan
+$(B)/t-asan/%.t: t/unit/%.c poller/*.c $(wildcard poller/*.h) $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-asan
 	$(call UNIT_BUILD,$(ASAN_UNIT))
-$(B)/t-tsan/%.t: t/unit/%.c poller/*.c $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-tsan
+$(B)/t-tsan/%.t: t/unit/%.c poller/*.c $(wildcard poller/*.h) $(wildcard include/*.h) $(wildcard t/unit/*.h) | $(B)/t-tsan
 	$(call UNIT_BUILD,-O1 -g -DAPX_DEBUG=1 -fsanitize=thread)
 
 unit: $(addprefix $(B)/t/,$(addsuffix .t,$(UNIT_NAMES))) $(if $(filter coro,$(UNIT_NAMES)),$(B)/t-uctx/coro.t)

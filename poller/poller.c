@@ -3,8 +3,9 @@
  * of the License at http://www.apache.org/licenses/LICENSE-2.0
  */
 
-/* poller.c — the engine: one epoll poller thread, the worker queue and the
- * elastic worker pool.
+/* poller.c — the engine: one epoll poller thread, the intake, the wake
+ * messages, the watchdog over the worker queue, and the engine's API; the
+ * worker queue's threads are workers.c's, the shared records engine.h's.
  *
  * Threads and what they own:
  *   poller      the epoll set, the timeout queues (e->tqs, e->untimed) and
@@ -97,18 +98,9 @@
  * its request does not wake a write-completion park in a loop (a full close
  * still reports EPOLLHUP/EPOLLERR, which epoll always reports).
  *
- * Worker pool: workers_min threads start with the engine; a push that leaves
- * more records queued than there are workers outside dispatch() starts more,
- * up to workers_max, so one blocked dispatch cannot stall the rest. A worker
- * above the minimum that waited worker_idle_timeout without work exits. Every
- * thread is joinable and joined: an exiting worker joins the workers that
- * exited before it (they are gone or leaving: the join is short), then puts
- * itself on e->zombies; destroy joins whatever is left. Each thread has its
- * own subpool of the engine pool (the engine allocator has a mutex, so any
- * thread may create or destroy one), freed after its join: growing and
- * shrinking for months does not grow the engine pool.
+ * Worker pool: workers.c.
  *
- * Log numbers used here: APX00300 - APX00307.
+ * Log numbers used here: APX00301 - APX00307 (APX00300: workers.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -122,150 +114,7 @@
 #include <unistd.h>
 #include <apr_thread_mutex.h>
 #include "apx_poller.h"
-
-enum {
-    ST_OWNED = 0,       /* the owner's (also: after dispatch began) */
-    ST_INTAKE,
-    ST_PARKED,
-    ST_READY,
-    ST_QUEUED,
-    ST_DETACHED         /* woken while the poller held it: waiting for its
-                         * wake message (on no list nor timeout queue) */
-};
-
-/* The wake word (p->wake); see the top of the file. */
-enum {
-    WK_NONE = 0,
-    WK_ARMED,
-    WK_WOKEN_EARLY,
-    WK_SUBMITTED,
-    WK_WOKEN,
-    WK_CLAIMED
-};
-
-/* The poller's view of one fd number (e->slots[fd]); see "Registration"
- * at the top of the file. */
-typedef struct fd_slot {
-    apx_park *owner;        /* parked on this fd, still the poller's
-                             * (PARKED, READY or DETACHED); NULL: released */
-    uint32_t gen;           /* generation of the last arm, in its epoll data */
-    unsigned char idx;      /* owner->fd[idx] is this fd */
-    unsigned char reg;      /* the fd's current file is believed to be in
-                             * the epoll set */
-} fd_slot;
-
-typedef struct engine_thread engine_thread;
-struct engine_thread {
-    apx_engine *e;
-    apr_pool_t *pool;       /* this thread's subpool; destroyed after join */
-    apr_thread_t *thd;
-    engine_thread *next;    /* on e->zombies */
-};
-
-typedef struct park_list {
-    apx_park *head, *tail;
-    unsigned n;
-} park_list;
-
-struct apx_engine {
-    apx_engine_conf conf;
-    apr_pool_t *pool;
-    int epfd, evfd;
-
-    /* --- intake: any thread -> poller (in_mtx) --- */
-    pthread_mutex_t in_mtx;
-    park_list intake;
-    apx_park *woken, *woken_tail;   /* won by apx_park_wake(), via wnext */
-    int stop_poller;            /* destroy began: the poller exits */
-    int in_gone;                /* destroy joined everything: refuse */
-
-    int stopping;               /* atomic: apx_engine_stopping() called */
-    unsigned shed_want;         /* atomic: idle records to shed, asked of
-                                 * the poller by apx_engine_shed_idle() */
-
-    /* --- poller thread only --- */
-    apx_tq_set *tqs;
-    apx_tq untimed;             /* parked without deadline: never expired,
-                                 * but found by the stopping sweep and by
-                                 * destroy */
-    struct epoll_event *events;
-    unsigned nparked;           /* published to `parked` each pass */
-    int stopping_swept;
-    int epoll_failed_logged;
-    apr_time_t watch_next;      /* the watchdog's next look */
-    fd_slot *slots;             /* indexed by fd; malloc'd, grows */
-    unsigned nslots;
-    uint32_t gen;               /* last generation handed out; never 0 */
-
-    /* --- worker queue and pool (wq_mtx) --- */
-    pthread_mutex_t wq_mtx;
-    pthread_cond_t wq_cond;     /* work queued, or stop */
-    pthread_cond_t exit_cond;   /* a thread put itself on zombies */
-    park_list wq;
-    unsigned workers;           /* counted against min/max (incl. starting) */
-    unsigned live;              /* worker threads not yet on zombies */
-    unsigned busy;              /* inside dispatch() */
-    unsigned idle;              /* waiting on wq_cond, not yet claimed */
-    unsigned wakeups;           /* signals sent to idle workers, not yet
-                                 * consumed: idle + wakeups = waiters */
-    unsigned awake_max;         /* wake no more than this many (cores) */
-    int watch;                  /* records wait for a busy worker: the
-                                 * poller looks every WATCH_US (written
-                                 * under wq_mtx, read atomically) */
-    apr_uint64_t watch_pops;    /* dispatched_total when the poller last
-                                 * saw progress */
-    apr_time_t watch_at;        /* ... and when */
-    int started;
-    int wq_stop;                /* destroy: drain, then exit */
-    int wq_gone;                /* destroy joined everything: refuse */
-    engine_thread *zombies;     /* exited, not yet joined */
-
-    engine_thread *poller;      /* main thread only */
-
-    /* --- statistics (atomics) --- */
-    unsigned parked;
-    apr_uint64_t parks_total, dispatched_total, timeouts_total, runs_total;
-    apr_uint64_t wakes_total, shed_total;
-    apr_uint64_t stalls_total;  /* wq_mtx: watchdog woke or started one */
-};
-
-/* A record that waits this long on the queue while no worker takes any
- * makes the poller wake (or start) one more worker past awake_max: the
- * awake ones may be blocked (a gate wait, a handler that blocks, a slow
- * log write). */
-#define WATCH_US 1000
-/* How long the poller lets readiness gather while the workers have a
- * backlog (see poller_main()): well under a millisecond of latency for a
- * record that would have waited in the queue anyway. */
-#define BACKLOG_PAUSE_US 200
-
-static __thread apr_thread_t *current_thread;
-
-#define ATOMIC_INC64(p) __atomic_fetch_add((p), 1, __ATOMIC_RELAXED)
-
-/* The state moves with ownership (under the hand-over locks); it is read
- * atomically only so that the "submitted twice" guard in the submit
- * functions, which looks at a record the caller may wrongly believe it
- * owns, is a defined check rather than a data race. */
-static APR_INLINE unsigned get_state(const apx_park *p)
-{
-    return __atomic_load_n(&p->state, __ATOMIC_RELAXED);
-}
-
-static APR_INLINE void set_state(apx_park *p, unsigned st)
-{
-    __atomic_store_n(&p->state, st, __ATOMIC_RELAXED);
-}
-
-static APR_INLINE unsigned get_wake(const apx_park *p)
-{
-    return __atomic_load_n(&p->wake, __ATOMIC_ACQUIRE);
-}
-
-static APR_INLINE void set_wake(apx_park *p, unsigned w)
-{
-    __atomic_store_n(&p->wake, w, __ATOMIC_RELEASE);
-}
+#include "engine.h"
 
 /* Every cause but a wake calls this before it dispatches a record it holds:
  * 1 when the cause may dispatch, 0 when a wake already won the park (the
@@ -280,64 +129,6 @@ static int claim(apx_park *p)
     return w != WK_WOKEN;
 }
 
-/* ------------------------------------------------------------------ lists */
-
-static void list_init(park_list *l)
-{
-    l->head = l->tail = NULL;
-    l->n = 0;
-}
-
-static void list_push(park_list *l, apx_park *p)
-{
-    p->next = NULL;
-    if (l->tail)
-        l->tail->next = p;
-    else
-        l->head = p;
-    l->tail = p;
-    l->n++;
-}
-
-static apx_park *list_pop(park_list *l)
-{
-    apx_park *p = l->head;
-
-    if (p) {
-        l->head = p->next;
-        if (!l->head)
-            l->tail = NULL;
-        l->n--;
-        p->next = NULL;
-    }
-    return p;
-}
-
-static void list_splice(park_list *to, park_list *from)
-{
-    if (!from->head)
-        return;
-    if (to->tail)
-        to->tail->next = from->head;
-    else
-        to->head = from->head;
-    to->tail = from->tail;
-    to->n += from->n;
-    list_init(from);
-}
-
-/* ------------------------------------------------------------------ time */
-
-/* Deadlines run on the monotonic clock: a wall-clock step must neither
- * expire every parked request nor keep them forever. */
-static apr_time_t mono_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (apr_time_t)ts.tv_sec * APR_USEC_PER_SEC + ts.tv_nsec / 1000;
-}
-
 /* ------------------------------------------------------------------ wake */
 
 static void wake_poller(apx_engine *e)
@@ -349,207 +140,6 @@ static void wake_poller(apx_engine *e)
     do {
         n = write(e->evfd, &one, sizeof(one));
     } while (n < 0 && errno == EINTR);
-}
-
-/* --------------------------------------------------------- threads, pool */
-
-/* Engine threads start with asynchronous signals blocked, so that httpd's
- * signals (SIGTERM, SIGHUP, SIGUSR1, ...) keep reaching the MPM's threads
- * even when the engine starts before the MPM blocked them itself; faults
- * stay deliverable. The mask is set around the creation so it holds from
- * the thread's first instruction. */
-static void async_signals(sigset_t *set)
-{
-    sigfillset(set);
-    sigdelset(set, SIGSEGV);
-    sigdelset(set, SIGBUS);
-    sigdelset(set, SIGILL);
-    sigdelset(set, SIGFPE);
-    sigdelset(set, SIGABRT);
-    sigdelset(set, SIGTRAP);
-    sigdelset(set, SIGSYS);
-}
-
-static apr_status_t spawn_thread(apx_engine *e, apr_thread_start_t fn,
-                                 engine_thread **pt)
-{
-    apr_pool_t *tp;
-    engine_thread *t;
-    sigset_t block, old;
-    apr_status_t rv;
-
-    rv = apr_pool_create(&tp, e->pool);
-    if (rv != APR_SUCCESS)
-        return rv;
-    t = apr_pcalloc(tp, sizeof(*t));
-    t->e = e;
-    t->pool = tp;
-    async_signals(&block);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    rv = apr_thread_create(&t->thd, NULL, fn, t, tp);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rv != APR_SUCCESS) {
-        apr_pool_destroy(tp);
-        return rv;
-    }
-    if (pt)
-        *pt = t;
-    return APR_SUCCESS;
-}
-
-static void join_thread(engine_thread *t)
-{
-    apr_status_t ret;
-
-    apr_thread_join(&ret, t->thd);
-    apr_pool_destroy(t->pool);
-}
-
-static void join_list(engine_thread *t)
-{
-    engine_thread *next;
-
-    for (; t; t = next) {
-        next = t->next;
-        join_thread(t);
-    }
-}
-
-static void *APR_THREAD_FUNC worker_main(apr_thread_t *thd, void *data);
-
-/* Starts n workers that the caller already counted in e->workers and
- * e->live; gives the count back for those that fail. Called without locks. */
-static void start_workers(apx_engine *e, unsigned n)
-{
-    apr_status_t rv;
-
-    for (; n; n--) {
-        rv = spawn_thread(e, worker_main, NULL);
-        if (rv != APR_SUCCESS) {
-            apx_log(APX_LOG_ERR, rv, "APX00300: cannot start an engine "
-                    "worker thread");
-            pthread_mutex_lock(&e->wq_mtx);
-            e->workers--;
-            e->live--;
-            pthread_cond_broadcast(&e->exit_cond);
-            pthread_mutex_unlock(&e->wq_mtx);
-        }
-    }
-}
-
-/* Wakes one idle worker (the caller saw e->idle). Called with wq_mtx held. */
-static void wake_idle_locked(apx_engine *e)
-{
-    e->idle--;
-    e->wakeups++;
-    pthread_cond_signal(&e->wq_cond);
-}
-
-/* Appends a ready list to the worker queue and wakes idle workers for it,
- * but keeps at most awake_max workers awake (busy ones count): a worker
- * that finishes a record takes the next one itself, so waking one per
- * record only has more threads than cores contend for the queue and
- * switch (measured: 3.3 context switches per proxied request with one
- * wake per record). Starts new workers only up to awake_max; past it the
- * poller's watchdog (watch_queue()) adds workers while the queue makes no
- * progress. Returns how many to start (the caller starts them after
- * unlocking), or -1 when the engine is gone. Called with wq_mtx held. */
-static int enqueue_locked(apx_engine *e, park_list *ready, int check_gone)
-{
-    unsigned k = ready->n, awake, takers, spawn = 0;
-
-    if (check_gone && e->wq_gone)
-        return -1;
-    list_splice(&e->wq, ready);
-    awake = e->workers - e->idle;       /* busy, between records, woken,
-                                         * or still starting */
-    for (; k && e->idle && awake < e->awake_max; k--, awake++)
-        wake_idle_locked(e);
-    takers = awake - e->busy;
-    if (e->started && !e->wq_stop && !e->idle && awake < e->awake_max
-        && e->workers < e->conf.workers_max && e->wq.n > takers) {
-        spawn = e->wq.n - takers;
-        if (spawn > e->awake_max - awake)
-            spawn = e->awake_max - awake;
-        if (spawn > e->conf.workers_max - e->workers)
-            spawn = e->conf.workers_max - e->workers;
-        e->workers += spawn;
-        e->live += spawn;
-        takers += spawn;
-    }
-    if (e->wq.n > takers && !e->watch) {
-        __atomic_store_n(&e->watch, 1, __ATOMIC_RELAXED);
-        e->watch_pops = e->dispatched_total;
-        e->watch_at = mono_now();
-    }
-    return (int)spawn;
-}
-
-static void *APR_THREAD_FUNC worker_main(apr_thread_t *thd, void *data)
-{
-    engine_thread *self = data, *reap;
-    apx_engine *e = self->e;
-    apx_park *p;
-    struct timespec until;
-    int rc;
-
-    current_thread = thd;
-    pthread_mutex_lock(&e->wq_mtx);
-    for (;;) {
-        p = list_pop(&e->wq);
-        if (p) {
-            set_state(p, ST_OWNED);
-            e->busy++;
-            /* under wq_mtx: the watchdog reads it as the queue's progress */
-            ATOMIC_INC64(&e->dispatched_total);
-            pthread_mutex_unlock(&e->wq_mtx);
-            p->dispatch(p, thd);
-            pthread_mutex_lock(&e->wq_mtx);
-            e->busy--;
-            continue;
-        }
-        if (e->wq_stop)
-            break;
-
-        e->idle++;
-        if (e->workers > e->conf.workers_min) {
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_sec += e->conf.worker_idle_timeout / APR_USEC_PER_SEC;
-            until.tv_nsec += (e->conf.worker_idle_timeout % APR_USEC_PER_SEC) * 1000;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            rc = pthread_cond_timedwait(&e->wq_cond, &e->wq_mtx, &until);
-        }
-        else {
-            rc = pthread_cond_wait(&e->wq_cond, &e->wq_mtx);
-        }
-        if (e->wakeups)
-            e->wakeups--;
-        else
-            e->idle--;
-        if (rc == ETIMEDOUT && !e->wq.head && !e->wq_stop
-            && e->workers > e->conf.workers_min)
-            break;              /* idle too long above the minimum */
-    }
-
-    e->workers--;
-    reap = e->zombies;
-    e->zombies = NULL;
-    pthread_mutex_unlock(&e->wq_mtx);
-
-    /* Those exited before us: their threads are gone or leaving. */
-    join_list(reap);
-
-    pthread_mutex_lock(&e->wq_mtx);
-    self->next = e->zombies;
-    e->zombies = self;
-    e->live--;
-    pthread_cond_broadcast(&e->exit_cond);
-    pthread_mutex_unlock(&e->wq_mtx);
-    current_thread = NULL;
-    return NULL;
 }
 
 /* ---------------------------------------------------------------- poller */
@@ -893,14 +483,14 @@ static unsigned push_batch(apx_engine *e, park_list *batch)
         set_state(p, ST_QUEUED);
     }
     pthread_mutex_lock(&e->wq_mtx);
-    spawn = enqueue_locked(e, batch, 0);
+    spawn = apx__enqueue_locked(e, batch, 0);
     backlog = e->wq.n;
     pthread_mutex_unlock(&e->wq_mtx);
     /* Starting a thread costs the poller some tens of microseconds; it
      * happens only when every worker is busy, which is exactly when the
      * records waiting need it. */
     if (spawn > 0)
-        start_workers(e, (unsigned)spawn);
+        apx__start_workers(e, (unsigned)spawn);
     return backlog;
 }
 
@@ -933,7 +523,7 @@ static int watch_queue(apx_engine *e, int ms)
         e->watch_at = now;
         e->stalls_total++;
         if (e->idle)
-            wake_idle_locked(e);
+            apx__wake_idle_locked(e);
         else if (e->started && e->workers < e->conf.workers_max) {
             e->workers++;
             e->live++;
@@ -944,7 +534,7 @@ static int watch_queue(apx_engine *e, int ms)
         ms = 1;
     pthread_mutex_unlock(&e->wq_mtx);
     if (spawn)
-        start_workers(e, 1);
+        apx__start_workers(e, 1);
     return ms;
 }
 
@@ -1184,7 +774,7 @@ apr_status_t apx_engine_start(apx_engine *e)
     apr_status_t rv;
     unsigned n;
 
-    rv = spawn_thread(e, poller_main, &e->poller);
+    rv = apx__spawn_thread(e, poller_main, &e->poller);
     if (rv != APR_SUCCESS) {
         apx_log(APX_LOG_CRIT, rv, "APX00304: cannot start the poller thread");
         return rv;
@@ -1195,7 +785,7 @@ apr_status_t apx_engine_start(apx_engine *e)
     e->workers += n;
     e->live += n;
     pthread_mutex_unlock(&e->wq_mtx);
-    start_workers(e, n);
+    apx__start_workers(e, n);
 
     pthread_mutex_lock(&e->wq_mtx);
     n = e->workers;
@@ -1254,7 +844,7 @@ void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned)
     pthread_mutex_unlock(&e->in_mtx);
     if (e->poller) {
         wake_poller(e);
-        join_thread(e->poller);
+        apx__join_thread(e->poller);
         e->poller = NULL;
     }
 
@@ -1269,7 +859,7 @@ void apx_engine_destroy(apx_engine *e, apx_park_fn abandoned)
             reap = e->zombies;
             e->zombies = NULL;
             pthread_mutex_unlock(&e->wq_mtx);
-            join_list(reap);
+            apx__join_list(reap);
             pthread_mutex_lock(&e->wq_mtx);
             continue;
         }
@@ -1360,7 +950,7 @@ static apr_status_t queue_one(apx_engine *e, apx_park *p, unsigned why)
     list_push(&one, p);
     pthread_mutex_lock(&e->wq_mtx);
     watched = e->watch;
-    spawn = enqueue_locked(e, &one, 1);
+    spawn = apx__enqueue_locked(e, &one, 1);
     /* the poller may sleep for long: make it start watching */
     watched = !watched && e->watch;
     if (spawn >= 0) {
@@ -1378,7 +968,7 @@ static apr_status_t queue_one(apx_engine *e, apx_park *p, unsigned why)
         return APR_EINVAL;
     }
     if (spawn > 0)
-        start_workers(e, (unsigned)spawn);
+        apx__start_workers(e, (unsigned)spawn);
     if (watched)
         wake_poller(e);
     return APR_SUCCESS;
@@ -1505,5 +1095,5 @@ void apx_engine_shed_idle(apx_engine *e, unsigned n)
 
 apr_thread_t *apx_engine_current_thread(void)
 {
-    return current_thread;
+    return apx__engine_thread;
 }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <apr_general.h>
 #include "../../poller/tq.c"
+#include "../../poller/workers.c"
 #include "../../poller/poller.c"
 
 enum { LAT_N = 20000, INFLIGHT = 256 };

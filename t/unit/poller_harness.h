@@ -34,6 +34,7 @@ static int counted_epoll_wait(int epfd, struct epoll_event *ev, int max, int ms)
 #define epoll_ctl counted_epoll_ctl
 #define epoll_wait counted_epoll_wait
 #include "../../poller/tq.c"
+#include "../../poller/workers.c"
 #include "../../poller/poller.c"
 #undef epoll_ctl
 #undef epoll_wait
