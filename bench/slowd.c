@@ -50,6 +50,8 @@
  *
  * Options: -p PORT (9000; 0 = any free port, the real one is printed)
  *          -a ADDR (127.0.0.1)  -b BACKLOG (4096)  -P PIDFILE
+ *          -m MULT every /delay/ MULT times longer (1; a slow member of a
+ *             balancer group in bench/balancer.pl)
  *          -q quiet (no periodic statistics line)
  * Raises RLIMIT_NOFILE to its hard limit. Prints "slowd listening on
  * ADDR:PORT" on stdout once it accepts. Stops
@@ -135,6 +137,8 @@ struct conn {
 static char pattern[PATTERN_SPAN + PATTERN_LEN];
 static int epfd, lfd, sigfd;
 static int quiet;
+static unsigned delay_mult = 1;    /* -m: every /delay/ is this many times
+                                    * longer (one slow member of a group) */
 static int listen_paused;
 static uint64_t accept_resume_ns;
 /* epoll data tags for the two non-connection fds */
@@ -610,7 +614,7 @@ static void request_parse(conn *c, char *h, size_t hlen)
             /* An HTTP/1.0 client cannot read chunked framing. */
             if (!minor)
                 c->chunked = 0;
-            c->deadline_ns = ms ? now_ns() + ms * 1000000ull : 0;
+            c->deadline_ns = ms ? now_ns() + ms * delay_mult * 1000000ull : 0;
             return;
         }
     }
@@ -820,7 +824,7 @@ static void accept_all(uint64_t now)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: slowd [-p PORT] [-a ADDR] [-b BACKLOG] [-P PIDFILE] [-q]\n");
+    fprintf(stderr, "usage: slowd [-p PORT] [-a ADDR] [-b BACKLOG] [-P PIDFILE] [-m MULT] [-q]\n");
     exit(2);
 }
 
@@ -836,17 +840,19 @@ int main(int argc, char **argv)
     uint64_t next_stats, last_requests = 0, last_accepted = 0;
     char abuf[INET_ADDRSTRLEN];
 
-    while ((opt = getopt(argc, argv, "p:a:b:P:qh")) != -1) {
+    while ((opt = getopt(argc, argv, "p:a:b:P:m:qh")) != -1) {
         switch (opt) {
         case 'p': port = atoi(optarg); break;
         case 'a': addr = optarg; break;
         case 'b': backlog = atoi(optarg); break;
         case 'P': pidfile = optarg; break;
+        case 'm': delay_mult = (unsigned)atoi(optarg); break;
         case 'q': quiet = 1; break;
         default: usage();
         }
     }
-    if (optind != argc || port < 0 || port > 65535 || backlog <= 0)
+    if (optind != argc || port < 0 || port > 65535 || backlog <= 0
+        || delay_mult < 1 || delay_mult > 1000)
         usage();
 
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -3,8 +3,9 @@
 # mod_asyncproxy, mod_proxy_http + SSLProxyEngine, nginx proxy_ssl. Backend:
 # nginx serving 1 KiB over http and https (keep-alive). wrk -c16 -t2 for $DUR s
 # per row; CPU = utime+stime of every process of the proxy server, from
-# /proc/PID/stat, before/after. Not part of `make bench` yet (issue 13 row
-# (c)); numbers of a run are in README's TLS and Unix-socket backends.
+# /proc/PID/stat, before/after. Issue 13 row (c), part of `make bench`
+# (`make -C bench tls`): the table goes to results/tls-latest.md and a dated
+# copy.
 use strict; use warnings;
 use FindBin;
 use lib "$FindBin::Bin/../t/lib";
@@ -15,7 +16,7 @@ my $DUR = $ARGV[0] || 8;
 my $d = tempdir('tlsbench-XXXXXX', TMPDIR => 1, CLEANUP => 1); chmod 0755, $d;
 my $c = APX::BackendTLS::make_certs($d);
 mkdir "$d/www"; open my $f, '>', "$d/www/x" or die; print $f 'x' x 1024; close $f;
-our @NGINX;     # masters this script started, stopped by pid at exit
+our (@NGINX, @ROWS);     # masters this script started, stopped by pid at exit
 my $user = $> == 0 ? 'user www-data;' : '';
 sub nginx_start {
     my ($name, $body) = @_;
@@ -64,6 +65,7 @@ sub row {
     my ($non2xx) = $out =~ /Non-2xx or 3xx responses: (\d+)/;
     printf "%-40s %8d req  %7.0f req/s  %6.1f us CPU/req%s\n", $label, $n, $n / $DUR,
         ($c1 - $c0) / $n * 1e6, $non2xx ? "  NON-2XX $non2xx" : '';
+    push @ROWS, sprintf "| %s | %.0f | %.1f | %d |\n", $label, $n / $DUR, ($c1 - $c0) / $n * 1e6, $non2xx // 0;
 }
 my $a = APX::Httpd->new(conf => "    AsyncProxyPass /plain/ http://127.0.0.1:$bp/\n"
     . "    AsyncProxyPass /tls/ https://127.0.0.1:$bs/ tlsca=$c->{ca}\n", loglevel => 'error');
@@ -90,3 +92,14 @@ my $npid = nginx_start('front', "upstream bp { server 127.0.0.1:$bp; keepalive 6
 row('nginx 1 worker plain', $npid, "http://127.0.0.1:$np/plain/x");
 row('nginx 1 worker proxy_ssl', $npid, "http://127.0.0.1:$np/tls/x");
 kill 'QUIT', $npid, $bpid; @NGINX = (); sleep 0.5;
+use POSIX qw(strftime);
+my $stamp = strftime('%Y%m%d-%H%M%S', gmtime);
+my $md = "# TLS to the backend: CPU per request (issue 13 row (c)), $stamp UTC\n\n"
+       . "`bench/tls-cpu.pl $DUR`: a 1 KiB file from an nginx backend over http and over https (keep-alive),"
+       . " wrk -t2 -c16 -d${DUR}s per row, CPU = utime+stime of every process of the proxy server"
+       . " (one Apache child, or one nginx worker). One run, loopback, 2 shared cores.\n\n"
+       . "| proxy, backend | req/s | CPU µs per request | non-2xx |\n|---|---|---|---|\n" . join('', @ROWS);
+for my $f ("$FindBin::Bin/results/tls-latest.md", "$FindBin::Bin/results/tls-$stamp.md") {
+    open my $o, '>', $f or die "$f: $!"; print $o $md; close $o;
+}
+print "\n$md";
