@@ -29,7 +29,7 @@ use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile slurp spew fill free_port wait_port);
+use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port);
 raise_nofile($NOFILE, @ARGV);
 
 my %opt = (systems => '', quick => 0);
@@ -51,35 +51,9 @@ my $SLOWD = "$TOP/build/bench/slowd";
 my $MODDIR = '/usr/lib/apache2/modules';
 my $ROOT = $> == 0;
 my $CLK_TCK = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
-my $MAIN_PID = $$;
-my %LIVE;
 -x $SLOWD or die "$SLOWD missing: make -C bench slowd\n";
 -f $MODULE_SO or die "$MODULE_SO missing: make\n";
 
-sub children_of { my @k; push @k, split ' ', slurp($_) for glob "/proc/$_[0]/task/*/children"; @k }
-sub tree { my @all = ($_[0]); my @todo = children_of($_[0]); while (@todo) { my $p = shift @todo; push @all, $p; push @todo, children_of($p) } @all }
-sub stop_pid {
-    my ($pid) = @_;
-    return unless $pid && kill 0, $pid;
-    my @kids = tree($pid);
-    kill 'TERM', $pid;
-    my $end = time + 10;
-    while (time < $end) { last if waitpid($pid, WNOHANG) == $pid || !kill 0, $pid; sleep 0.05 }
-    kill 'KILL', $pid if kill 0, $pid;
-    waitpid $pid, WNOHANG;
-    kill 'KILL', grep { $_ != $pid && kill 0, $_ } @kids;
-    delete $LIVE{$pid};
-}
-sub stop_all { stop_pid($_) for keys %LIVE }
-$SIG{INT} = $SIG{TERM} = sub { return unless $$ == $MAIN_PID; stop_all(); exit 130 };
-END { stop_all() if $$ == $MAIN_PID }
-sub spawn {
-    my ($out, @cmd) = @_;
-    my $pid = fork // die "fork: $!";
-    if (!$pid) { open STDOUT, '>', $out; open STDERR, '>&', \*STDOUT; exec @cmd; exit 127 }
-    $LIVE{$pid} = 1;
-    return $pid;
-}
 # utime + stime of a process tree, in seconds
 sub cpu_s {
     my $t = 0;
@@ -116,7 +90,7 @@ sub start_httpd {
     my ($pid, $end) = (undef, time + 10);
     while (time < $end) { ($pid) = slurp("$dir/logs/httpd.pid") =~ /(\d+)/; last if $pid; sleep 0.05 }
     die "httpd ($name): no pid\n" . slurp("$dir/logs/error_log") unless $pid;
-    $LIVE{$pid} = 1;
+    $APX::Bench::LIVE{$pid} = 1;
     wait_port($port, 10) or die "httpd ($name) not answering\n" . slurp("$dir/logs/error_log");
     sleep 0.3;
     return { pid => $pid, port => $port, dir => $dir };

@@ -23,7 +23,7 @@ use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile slurp spew fill free_port wait_port rss_kb);
+use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port rss_kb);
 raise_nofile($NOFILE, @ARGV);
 my %opt = (waiters => 100, rounds => 3, distinct => 1000, systems => '');
 GetOptions(\%opt, 'waiters=i', 'rounds=i', 'distinct=i', 'systems=s', 'out=s', 'quick!') or die "bad options\n";
@@ -37,30 +37,7 @@ my $MODULE_SO = $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so";
 my $ROOT = $> == 0;
 my $SIZE = 1048576;
 my $TRICKLE = '65536:100';
-my $MAIN_PID = $$;
-my %LIVE;
 
-sub children_of { my @k; push @k, split ' ', slurp($_) for glob "/proc/$_[0]/task/*/children"; @k }
-sub tree { my @all = ($_[0]); my @todo = children_of($_[0]); while (@todo) { my $p = shift @todo; push @all, $p; push @todo, children_of($p) } @all }
-sub stop_pid {
-    my ($pid) = @_;
-    return unless $pid && kill 0, $pid;
-    kill 'TERM', $pid;
-    my $end = time + 10;
-    while (time < $end) { last if waitpid($pid, WNOHANG) == $pid || !kill 0, $pid; sleep 0.05 }
-    kill 'KILL', $pid if kill 0, $pid;
-    waitpid $pid, WNOHANG;
-}
-sub stop_all { stop_pid($_) for keys %LIVE; %LIVE = () }
-$SIG{INT} = $SIG{TERM} = sub { return unless $$ == $MAIN_PID; stop_all(); exit 130 };
-END { stop_all() if $$ == $MAIN_PID }
-sub spawn {
-    my ($out, @cmd) = @_;
-    my $pid = fork // die "fork: $!";
-    if (!$pid) { open STDOUT, '>', $out; open STDERR, '>&', \*STDOUT; exec @cmd; exit 127 }
-    $LIVE{$pid} = 1;
-    return $pid;
-}
 sub slowd_stats {
     my ($bport) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$bport") or return {};
@@ -160,7 +137,7 @@ for my $sys (@SYSTEMS) {
         die "apache2 -k start failed: $out" if $?;
         my $end = time + 10;
         sleep 0.05 until ($spid_srv) = slurp("$dir/logs/httpd.pid") =~ /(\d+)/ or time > $end;
-        $LIVE{$spid_srv} = 1;
+        $APX::Bench::LIVE{$spid_srv} = 1;
         wait_port($port, 10) or die "httpd did not answer: " . slurp("$dir/logs/error_log");
     }
     sleep 0.5;
@@ -201,9 +178,9 @@ for my $sys (@SYSTEMS) {
     push @notes, "- $sys->{id}: $sys->{what}";
     stop_pid($spid_srv);
     if ($sys->{kind} eq 'httpd') { my $e = time + 10; sleep 0.1 while kill(0, $spid_srv) && time < $e }
-    delete $LIVE{$spid_srv};
+    delete $APX::Bench::LIVE{$spid_srv};
     stop_pid($spid);
-    delete $LIVE{$spid};
+    delete $APX::Bench::LIVE{$spid};
 }
 remove_tree($TMP);
 my $git = `git -C $TOP rev-parse --short HEAD 2>/dev/null` // ''; chomp $git;

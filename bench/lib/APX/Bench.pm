@@ -6,10 +6,16 @@ use strict;
 use warnings;
 use Cwd qw(abs_path);
 use IO::Socket::INET;
+use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
 use Exporter 'import';
-our @EXPORT_OK = qw(raise_nofile slurp spew fill free_port wait_port rss_kb);
+our @EXPORT_OK = qw(raise_nofile slurp spew fill free_port wait_port rss_kb
+                    children_of tree spawn stop_pid stop_all);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
+
+# Processes this script started (pid => 1), stopped at exit.
+our %LIVE;
+my $MAIN_PID = $$;
 
 # Re-runs the script ($0 with @args) under `ulimit -n $n` (or the hard
 # limit when $n is above it), once: the shell's ulimit raises the soft
@@ -70,5 +76,45 @@ sub rss_kb {
     for my $p (@_) { $t += $1 if slurp("/proc/$p/status") =~ /VmRSS:\s+(\d+)/ }
     return $t;
 }
+
+# ---- processes: started here, stopped by pid ----
+
+sub children_of { my @k; push @k, split ' ', slurp($_) for glob "/proc/$_[0]/task/*/children"; @k }
+
+# $pid and every descendant of it.
+sub tree {
+    my @all = ($_[0]);
+    my @todo = children_of($_[0]);
+    while (@todo) { my $p = shift @todo; push @all, $p; push @todo, children_of($p) }
+    return @all;
+}
+
+# Runs @cmd with stdout and stderr to $out; the pid is stopped at exit.
+sub spawn {
+    my ($out, @cmd) = @_;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) { open STDOUT, '>', $out; open STDERR, ">&", \*STDOUT; { exec @cmd } POSIX::_exit(127) }
+    $LIVE{$pid} = 1;
+    return $pid;
+}
+
+# SIGTERM, up to $secs (10) for it to go, then SIGKILL; descendants it
+# left behind get SIGKILL too.
+sub stop_pid {
+    my ($pid, $secs) = @_;
+    delete $LIVE{$pid} if $pid;
+    return unless $pid && kill 0, $pid;
+    my @kids = tree($pid);
+    kill 'TERM', $pid;
+    my $end = time + ($secs // 10);
+    while (time < $end) { last if waitpid($pid, WNOHANG) == $pid || !kill 0, $pid; sleep 0.05 }
+    kill 'KILL', $pid if kill 0, $pid;
+    waitpid $pid, WNOHANG;
+    kill 'KILL', grep { $_ != $pid && kill 0, $_ } @kids;
+}
+
+sub stop_all { return unless $$ == $MAIN_PID; stop_pid($_) for keys %LIVE }
+$SIG{INT} = $SIG{TERM} = sub { stop_all(); exit 130 };
+END { stop_all() }
 
 1;
