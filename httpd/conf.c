@@ -212,6 +212,7 @@ int apx_conf_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     apx_gconf.backends = apr_array_make(pconf, 8, sizeof(apx_backend *));
     apx_gconf.balancers = apr_array_make(pconf, 2, sizeof(apx_balancer *));
     apx_gconf.group_maps = apr_array_make(pconf, 2, sizeof(apx_mapping *));
+    apx_gconf.group_reverses = apr_array_make(pconf, 2, sizeof(apx_reverse));
     apx_gconf.cache_size = APX_DEFAULT_CACHE_SIZE;
     apx_gconf.cache_max_object = APX_DEFAULT_CACHE_MAX_OBJ;
     apx_gconf.cache_wait = APX_DEFAULT_CACHE_WAIT;
@@ -261,6 +262,20 @@ int apx_conf_check_config(apr_pool_t *pconf, apr_pool_t *plog,
                     rc = HTTP_INTERNAL_SERVER_ERROR;
                     break;
                 }
+        }
+    }
+    for (i = 0; i < apx_gconf.group_reverses->nelts; i++) {
+        const apx_reverse *rv = &APR_ARRAY_IDX(apx_gconf.group_reverses, i,
+                                               apx_reverse);
+
+        if (!apx_balancer_find(rv->group)) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_ERR, 0, s,
+                         APXLOGNO(00030) "AsyncProxyPassReverse %s "
+                         "balancer://%s%s (%s): unknown balancer '%s': no "
+                         "<AsyncProxyBalancer %s> is defined", rv->path,
+                         rv->group, rv->url, rv->defined_at, rv->group,
+                         rv->group);
+            rc = HTTP_INTERNAL_SERVER_ERROR;
         }
     }
     return rc;

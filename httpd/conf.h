@@ -66,6 +66,8 @@ typedef struct apx_global_conf {
     apr_array_header_t *balancers;  /* apx_balancer *, <AsyncProxyBalancer> */
     apr_array_header_t *group_maps; /* apx_mapping * naming balancer://:
                                      * resolved by check_config */
+    apr_array_header_t *group_reverses; /* apx_reverse naming balancer://:
+                                     * checked by check_config */
     apr_size_t cache_size;          /* response cache budget per child */
     apr_size_t cache_max_object;    /* largest body stored */
     apr_interval_time_t cache_wait; /* longest wait on another's fetch */
@@ -123,11 +125,14 @@ typedef struct apx_mapping {
 } apx_mapping;
 
 /* AsyncProxyPassReverse PATH URL: Location / Content-Location / URI
- * headers starting with URL are rewritten to start with PATH. */
+ * headers starting with URL are rewritten to start with PATH. URL may be
+ * balancer://NAME/BASE: each member's origin followed by BASE. */
 typedef struct apx_reverse {
     const char *path;
-    const char *url;
+    const char *url;                /* balancer://: BASE ("/" at least) */
     apr_size_t url_len;
+    const char *group;              /* balancer://NAME: NAME, else NULL */
+    const char *defined_at;         /* "file:line", for check_config */
 } apx_reverse;
 
 /* Per server (virtual host); -1 / 0 mean unset and are merged. */

@@ -353,6 +353,7 @@ const char *apx_cmd_pass_reverse(cmd_parms *cmd, void *dconf,
     apx_reverse *rv;
     const char *path = cmd->path ? cmd->path : a1;
     const char *url = cmd->path ? a1 : a2;
+    const char *group = NULL;
 
     if (!url || (cmd->path && a2))
         return apr_psprintf(cmd->pool, "%s: wrong number of arguments "
@@ -361,9 +362,21 @@ const char *apx_cmd_pass_reverse(cmd_parms *cmd, void *dconf,
     if (*path != '/')
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': the path "
                             "must start with '/'", cmd->cmd->name, path);
-    if (strncasecmp(url, "http://", 7) && strncasecmp(url, "https://", 8))
+    if (strncasecmp(url, "http://", 7) && strncasecmp(url, "https://", 8)
+        && strncasecmp(url, "balancer://", 11))
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': not an "
-                            "http:// or https:// URL", cmd->cmd->name, url);
+                            "http://, https:// or balancer:// URL",
+                            cmd->cmd->name, url);
+    if (!strncasecmp(url, "balancer://", 11)) {
+        const char *name = url + 11, *slash = strchr(name, '/');
+
+        group = slash ? apr_pstrmemdup(cmd->pool, name, slash - name)
+                      : name;
+        if (!*group)
+            return apr_psprintf(cmd->pool, "%s: invalid value '%s': no "
+                                "balancer name", cmd->cmd->name, url);
+        url = slash ? slash : "/";
+    }
     if (cmd->path) {
         rv = apr_array_push(((apx_dir_conf *)dconf)->reverses);
     }
@@ -375,6 +388,11 @@ const char *apx_cmd_pass_reverse(cmd_parms *cmd, void *dconf,
     rv->path = path;
     rv->url = url;
     rv->url_len = strlen(url);
+    rv->group = group;
+    rv->defined_at = where(cmd);
+    /* the section may come later in the file: check_config looks */
+    if (group)
+        APR_ARRAY_PUSH(apx_gconf.group_reverses, apx_reverse) = *rv;
     return NULL;
 }
 

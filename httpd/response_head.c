@@ -144,32 +144,74 @@ int apx_ex_read_head(apx_exchange *px)
     }
 }
 
+/* value, when it is origin (olen bytes: scheme and authority, compared
+ * case-insensitively) followed by base (blen bytes, exactly), as path on
+ * this server; else NULL. */
+static const char *map_one(request_rec *r, const char *path,
+                           const char *origin, apr_size_t olen,
+                           const char *base, apr_size_t blen,
+                           const char *value)
+{
+    const char *rest;
+    apr_size_t plen;
+
+    if (strncasecmp(value, origin, olen) || strncmp(value + olen, base, blen))
+        return NULL;
+    rest = value + olen + blen;
+    /* "http://b:8080" + "" must not take "http://b:80801/" */
+    if (!blen && *rest && *rest != '/' && *rest != '?' && *rest != '#')
+        return NULL;
+    plen = strlen(path);
+    if (plen && path[plen - 1] == '/' && *rest == '/')
+        rest++;
+    return ap_construct_url(r->pool, apr_pstrcat(r->pool, path, rest, NULL),
+                            r);
+}
+
+/* balancer://NAME/BASE: tried with each member's origin (a unix: member's
+ * is its http://host). */
+static const char *map_group(request_rec *r, const apx_reverse *rv,
+                             const char *value)
+{
+    apx_balancer *b = apx_balancer_find(rv->group);
+    const char *mapped = NULL, *origin, *bar;
+    int i;
+
+    for (i = 0; b && !mapped && i < b->members->nelts; i++) {
+        origin = APR_ARRAY_IDX(b->members, i, apx_member).url;
+        if (!strncmp(origin, "unix:", 5) && (bar = strchr(origin, '|')))
+            origin = bar + 1;
+        mapped = map_one(r, rv->path, origin, strlen(origin), rv->url,
+                         rv->url_len, value);
+    }
+    return mapped;
+}
+
 /* AsyncProxyPassReverse: a backend URL in Location & co. becomes the same
  * resource's URL on this server. The scheme and authority compare
  * case-insensitively, the path exactly. */
 static const char *map_reverse(request_rec *r, const apr_array_header_t *rvs,
                                const char *value)
 {
+    const char *mapped;
     int i;
 
     for (i = 0; rvs && i < rvs->nelts; i++) {
         const apx_reverse *rv = &APR_ARRAY_IDX(rvs, i, apx_reverse);
-        const char *auth_end = strchr(rv->url + 7, '/');
-        apr_size_t alen = auth_end ? (apr_size_t)(auth_end - rv->url)
-                                   : rv->url_len;
-        const char *rest;
-        apr_size_t plen;
+        const char *auth_end;
+        apr_size_t alen;
 
-        if (strncasecmp(value, rv->url, alen)
-            || strncmp(value + alen, rv->url + alen, rv->url_len - alen))
-            continue;
-        rest = value + rv->url_len;
-        plen = strlen(rv->path);
-        if (plen && rv->path[plen - 1] == '/' && *rest == '/')
-            rest++;
-        return ap_construct_url(r->pool,
-                                apr_pstrcat(r->pool, rv->path, rest, NULL),
-                                r);
+        if (rv->group) {
+            mapped = map_group(r, rv, value);
+        }
+        else {
+            auth_end = strchr(rv->url + 7, '/');
+            alen = auth_end ? (apr_size_t)(auth_end - rv->url) : rv->url_len;
+            mapped = map_one(r, rv->path, rv->url, alen, rv->url + alen,
+                             rv->url_len - alen, value);
+        }
+        if (mapped)
+            return mapped;
     }
     return NULL;
 }

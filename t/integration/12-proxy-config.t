@@ -77,7 +77,7 @@ my @bad = (
     [conf => "AsyncProxyPassReverse api/ http://$B/",
      qr/AsyncProxyPassReverse: invalid value 'api\/': the path must start with '\/'/],
     [conf => "AsyncProxyPassReverse /api/ ftp://$B/",
-     qr/AsyncProxyPassReverse: invalid value 'ftp:\/\/\Q$B\E\/': not an http:\/\/ or https:\/\/ URL/],
+     qr/AsyncProxyPassReverse: invalid value 'ftp:\/\/\Q$B\E\/': not an http:\/\/, https:\/\/ or balancer:\/\/ URL/],
     [conf => "<Location /r/>\nAsyncProxyPassReverse /r/ http://$B/\n</Location>",
      qr/AsyncProxyPassReverse: wrong number of arguments \(usage: URL\)/],
     # durations
