@@ -60,7 +60,7 @@ static int decide_fields(apx_hcache *hc, int status, field_get_fn get,
     apx_fresh_resp rs;
     apx_fresh_policy pol;
     const char *v;
-    int why;
+    int why, targeted;
 
     memset(&rq, 0, sizeof(rq));
     memset(&rs, 0, sizeof(rs));
@@ -74,11 +74,15 @@ static int decide_fields(apx_hcache *hc, int status, field_get_fn get,
 
     rs.status = status;
     apx_cc_init(&rs.cc);
-    if ((v = get(baton, "Cache-Control", 1)))
+    /* RFC 9213: a valid CDN-Cache-Control is this cache's policy, and
+     * Cache-Control, Expires and Pragma are then not looked at */
+    targeted = (v = get(baton, "CDN-Cache-Control", 1))
+               && apx_cc_parse_targeted(&rs.cc, v, strlen(v));
+    if (!targeted && (v = get(baton, "Cache-Control", 1)))
         apx_cc_parse(&rs.cc, v, strlen(v));
     /* all Expires lines joined: two of them are no HTTP-date, so the
      * response is stale (RFC 9111 §4.2.1) */
-    if ((v = get(baton, "Expires", 1))) {
+    if (!targeted && (v = get(baton, "Expires", 1))) {
         rs.has_expires = 1;
         rs.expires = apx_fresh_parse_date(v, strlen(v), resp_time);
     }
@@ -96,8 +100,8 @@ static int decide_fields(apx_hcache *hc, int status, field_get_fn get,
     if ((v = get(baton, "Vary", 1))
         && apx_fresh_vary_key(v, NULL, NULL, NULL, NULL, 0) == (size_t)-1)
         rs.vary_star = 1;
-    if ((v = get(baton, "Pragma", 1)) && ap_find_token(r->pool, v,
-                                                     "no-cache"))
+    if (!targeted && (v = get(baton, "Pragma", 1))
+        && ap_find_token(r->pool, v, "no-cache"))
         rs.pragma_no_cache = 1;
     rs.request_time = req_time;
     rs.response_time = resp_time;

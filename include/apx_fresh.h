@@ -55,6 +55,16 @@ void apx_cc_init(apx_cc *cc);
  * quoted values are accepted; delta-seconds beyond 2^31 are clamped to
  * 2^31 (RFC 9111 §1.2.2). */
 void apx_cc_parse(apx_cc *cc, const char *value, size_t len);
+/* A targeted cache-control field (RFC 9213: CDN-Cache-Control), all its
+ * lines joined with ", ": a Structured Field Dictionary (RFC 8941). When
+ * it parses, and is not empty, *cc is set from it alone (apx_cc_init'ed
+ * first) and 1 is returned: the caller then ignores Cache-Control,
+ * Expires and Pragma. 0 (cc untouched) when it does not: the field is
+ * ignored as a whole. Keys are lowercase; a directive whose value has the
+ * wrong type (a delta that is no non-negative Integer, a flag given a
+ * value other than ?1) is ignored; of a key given twice the last counts;
+ * parameters are ignored. */
+int apx_cc_parse_targeted(apx_cc *cc, const char *value, size_t len);
 
 /* What the glue knows of a response when deciding to store it. Times are
  * apr_time_t (µs); 0 means the field was absent. */

@@ -21,6 +21,7 @@
  *    arithmetic, so no sum or difference below can overflow.
  */
 #include <string.h>
+#include <apr_lib.h>
 #include "apx_fresh.h"
 
 /* RFC 9111 §1.2.2: a delta-seconds too large to represent is 2^31. */
@@ -283,6 +284,256 @@ void apx_cc_parse(apx_cc *cc, const char *value, size_t len)
         if (nlen)
             apply_directive(cc, name, nlen, val, vlen, has_val, quoted, bad);
     }
+}
+
+/* ---------------------------------------------------------------------------
+ * Targeted fields (RFC 9213): a Structured Field Dictionary (RFC 8941)
+ */
+
+enum { SF_BAD = 0, SF_INT, SF_TRUE, SF_FALSE, SF_OTHER };
+
+#define SF_MEMBERS 32
+
+typedef struct sf_member {
+    const char *key;
+    size_t klen;
+    int type;
+    const char *num;            /* SF_INT: the digits */
+    size_t nlen;
+} sf_member;
+
+static int is_lcalpha(char c) { return c >= 'a' && c <= 'z'; }
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static int sf_key(const char **pp, const char *end)
+{
+    const char *p = *pp;
+
+    if (p == end || !(is_lcalpha(*p) || *p == '*'))
+        return 0;
+    for (p++; p < end && (is_lcalpha(*p) || is_digit(*p) || *p == '_'
+                          || *p == '-' || *p == '.' || *p == '*'); p++)
+        ;
+    *pp = p;
+    return 1;
+}
+
+/* A bare item: its type (SF_BAD when malformed); an Integer's digits. */
+static int sf_bare_item(const char **pp, const char *end, const char **num,
+                        size_t *nlen)
+{
+    const char *p = *pp, *d;
+    int neg = 0, n = 0, f = 0;
+
+    if (p == end)
+        return SF_BAD;
+    if (*p == '-' || is_digit(*p) || *p == '@') {
+        int date = *p == '@';       /* RFC 9651's Date: not a delta */
+
+        if (date)
+            p++;
+        if (p < end && *p == '-') {
+            neg = 1;
+            p++;
+        }
+        for (d = p; p < end && is_digit(*p); p++)
+            n++;
+        if (!n || n > 15)
+            return SF_BAD;
+        if (!date && p < end && *p == '.') {
+            if (n > 12)
+                return SF_BAD;
+            for (p++; p < end && is_digit(*p); p++)
+                f++;
+            if (!f || f > 3)
+                return SF_BAD;
+            *pp = p;
+            return SF_OTHER;
+        }
+        *pp = p;
+        if (neg || date)
+            return SF_OTHER;
+        *num = d;
+        *nlen = (size_t)n;
+        return SF_INT;
+    }
+    if (*p == '"') {
+        for (p++; p < end && *p != '"'; p++) {
+            if (*p == '\\') {
+                if (++p == end || (*p != '"' && *p != '\\'))
+                    return SF_BAD;
+            }
+            else if (*p < 0x20 || *p > 0x7e) {
+                return SF_BAD;
+            }
+        }
+        if (p == end)
+            return SF_BAD;
+        *pp = p + 1;
+        return SF_OTHER;
+    }
+    if (*p == ':') {
+        for (p++; p < end && *p != ':'; p++)
+            if (!(apr_isalnum(*p) || *p == '+' || *p == '/' || *p == '='))
+                return SF_BAD;
+        if (p == end)
+            return SF_BAD;
+        *pp = p + 1;
+        return SF_OTHER;
+    }
+    if (*p == '?') {
+        if (p + 1 == end || (p[1] != '0' && p[1] != '1'))
+            return SF_BAD;
+        *pp = p + 2;
+        return p[1] == '1' ? SF_TRUE : SF_FALSE;
+    }
+    if (apr_isalpha(*p) || *p == '*') {
+        for (p++; p < end && (is_tchar((unsigned char)*p) || *p == ':'
+                              || *p == '/'); p++)
+            ;
+        *pp = p;
+        return SF_OTHER;
+    }
+    return SF_BAD;
+}
+
+/* *( ";" *SP key [ "=" bare-item ] ) */
+static int sf_params(const char **pp, const char *end)
+{
+    const char *p = *pp, *num = "";
+    size_t nlen;
+
+    while (p < end && *p == ';') {
+        for (p++; p < end && *p == ' '; p++)
+            ;
+        if (!sf_key(&p, end))
+            return 0;
+        if (p < end && *p == '=') {
+            p++;
+            if (sf_bare_item(&p, end, &num, &nlen) == SF_BAD)
+                return 0;
+        }
+    }
+    *pp = p;
+    return 1;
+}
+
+/* An Item or an Inner List, after "=": its type. */
+static int sf_member_value(const char **pp, const char *end,
+                           const char **num, size_t *nlen)
+{
+    const char *p = *pp;
+    int type;
+
+    if (p < end && *p == '(') {
+        p++;
+        for (;;) {
+            while (p < end && *p == ' ')
+                p++;
+            if (p == end)
+                return SF_BAD;
+            if (*p == ')') {
+                p++;
+                break;
+            }
+            if (sf_bare_item(&p, end, num, nlen) == SF_BAD
+                || !sf_params(&p, end))
+                return SF_BAD;
+            if (p < end && *p != ' ' && *p != ')')
+                return SF_BAD;
+        }
+        type = SF_OTHER;
+    }
+    else if ((type = sf_bare_item(&p, end, num, nlen)) == SF_BAD) {
+        return SF_BAD;
+    }
+    if (!sf_params(&p, end))
+        return SF_BAD;
+    *pp = p;
+    return type;
+}
+
+int apx_cc_parse_targeted(apx_cc *cc, const char *value, size_t len)
+{
+    sf_member m[SF_MEMBERS];
+    const char *p = value, *end = value + len;
+    apx_cc out;
+    int n = 0, i, j;
+
+    if (!value)
+        return 0;
+    while (p < end && *p == ' ')
+        p++;
+    while (end > p && end[-1] == ' ')
+        end--;
+    if (p == end)
+        return 0;
+    for (;;) {
+        sf_member x;
+
+        x.key = p;
+        if (!sf_key(&p, end))
+            return 0;
+        x.klen = (size_t)(p - x.key);
+        x.num = "";
+        x.nlen = 0;
+        if (p < end && *p == '=') {
+            p++;
+            if ((x.type = sf_member_value(&p, end, &x.num, &x.nlen))
+                == SF_BAD)
+                return 0;
+        }
+        else {
+            x.type = SF_TRUE;
+            if (!sf_params(&p, end))
+                return 0;
+        }
+        /* a key given again replaces the first */
+        for (j = 0; j < n; j++)
+            if (m[j].klen == x.klen && !memcmp(m[j].key, x.key, x.klen))
+                break;
+        if (j < n)
+            m[j] = x;
+        else if (n < SF_MEMBERS)
+            m[n++] = x;
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        if (p == end)
+            break;
+        if (*p++ != ',')
+            return 0;
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        if (p == end)
+            return 0;           /* a trailing comma */
+    }
+    apx_cc_init(&out);
+    for (i = 0; i < n; i++) {
+        const cc_directive *d = NULL;
+        size_t k;
+
+        for (k = 0; k < sizeof(cc_directives) / sizeof(cc_directives[0]);
+             k++)
+            if (eq_nocase(m[i].key, m[i].klen, cc_directives[k].name)) {
+                d = &cc_directives[k];
+                break;
+            }
+        if (!d)
+            continue;
+        if (d->kind == CC_FLAG || d->kind == CC_FLAG_WELL_FORMED) {
+            if (m[i].type == SF_TRUE)
+                apply_directive(&out, m[i].key, m[i].klen, NULL, 0, 0, 0, 0);
+        }
+        else if (m[i].type == SF_INT) {
+            apply_directive(&out, m[i].key, m[i].klen, m[i].num, m[i].nlen,
+                            1, 0, 0);
+        }
+        else if (m[i].type == SF_TRUE && d->bare_any) {
+            apply_directive(&out, m[i].key, m[i].klen, NULL, 0, 0, 0, 0);
+        }
+    }
+    *cc = out;
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------

@@ -1368,6 +1368,70 @@ static void test_revalidation(void)
            "stale on arrival is still not stored, validator or not");
 }
 
+/* RFC 9213 targeted fields: a Structured Field Dictionary or nothing. */
+static void test_targeted(void)
+{
+    static const struct {
+        const char *v;
+        int valid;
+        apr_int64_t max_age, s_maxage;
+        unsigned flags;
+    } t[] = {
+        { "max-age=3600", 1, 3600, -1, 0 },
+        { "  max-age=3600  ", 1, 3600, -1, 0 },
+        { "max-age=2147483648", 1, DMAX, -1, 0 },
+        { "max-age=99999999999", 1, DMAX, -1, 0 },
+        { "max-age=0", 1, 0, -1, 0 },
+        { "foobar, max-age=3600", 1, 3600, -1, 0 },
+        { "max-age=10, max-age=20", 1, 20, -1, 0 },   /* the last counts */
+        { "private", 1, -1, -1, APX_CC_PRIVATE },
+        { "no-store", 1, -1, -1, APX_CC_NO_STORE },
+        { "no-cache;x=1, s-maxage=5;y", 1, -1, 5, APX_CC_NO_CACHE },
+        { "no-store=?0", 1, -1, -1, 0 },                /* false: absent */
+        { "no-store=?1", 1, -1, -1, APX_CC_NO_STORE },
+        { "max-age=\"10000\"", 1, -1, -1, 0 },          /* wrong type */
+        { "max-age=-5", 1, -1, -1, 0 },
+        { "max-age=1.5", 1, -1, -1, 0 },
+        { "max-age=@1700000000", 1, -1, -1, 0 },
+        { "max-age=tok, private", 1, -1, -1, APX_CC_PRIVATE },
+        { "a=(1 2 \"x\");p, max-age=7", 1, 7, -1, 0 },
+        { "b=:AAEC:, max-age=7", 1, 7, -1, 0 },
+        { "max-age=10000, &&&&&", 0, -1, -1, 0 },
+        { "MaX-aGe=3600", 0, -1, -1, 0 },               /* keys: lowercase */
+        { "max-age =100", 0, -1, -1, 0 },
+        { "max-age= 100", 0, -1, -1, 0 },
+        { "max-age=100,", 0, -1, -1, 0 },
+        { ",max-age=100", 0, -1, -1, 0 },
+        { "max-age=1234567890123456", 0, -1, -1, 0 },   /* 16 digits */
+        { "a=\"unterminated", 0, -1, -1, 0 },
+        { "a=(1 2", 0, -1, -1, 0 },
+        { "a=?2", 0, -1, -1, 0 },
+        { "", 0, -1, -1, 0 },
+        { "   ", 0, -1, -1, 0 },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        apx_cc cc;
+        int got;
+
+        apx_cc_init(&cc);
+        cc.flags = APX_CC_PUBLIC;       /* untouched when invalid */
+        got = apx_cc_parse_targeted(&cc, t[i].v, strlen(t[i].v));
+        is_int(got, t[i].valid, t[i].v);
+        if (!t[i].valid) {
+            ok(cc.flags == APX_CC_PUBLIC && cc.max_age == -1,
+               "... an invalid field leaves cc as it was");
+            continue;
+        }
+        ok(cc.max_age == t[i].max_age && cc.s_maxage == t[i].s_maxage
+           && cc.flags == t[i].flags,
+           "... max-age %" APR_INT64_T_FMT " s-maxage %" APR_INT64_T_FMT
+           " flags %x", cc.max_age, cc.s_maxage, cc.flags);
+    }
+    ok(!apx_cc_parse_targeted(NULL, NULL, 0), "NULL is no field");
+}
+
 int main(void)
 {
     test_cc_init();
@@ -1395,5 +1459,6 @@ int main(void)
     test_invalid_freshness();
     test_revalidation();
     test_parse_mutations();
+    test_targeted();
     return done_testing();
 }
