@@ -256,7 +256,8 @@ typedef struct backend_pool {
     unsigned idle_peak;         /* highest `count` since the child began */
     apr_uint64_t connects;      /* sockets opened to the origin */
     apr_uint64_t reuses;        /* live idle connections taken */
-    apr_uint64_t expired;       /* closed by age: ttl passed */
+    apr_uint64_t expired;       /* closed by age (ttl passed) by the timer */
+    apr_uint64_t expired_use;   /* ... by a take or release */
     apr_uint64_t trimmed;       /* closed for room: above cap, fds short */
     apr_uint64_t dead;          /* closed by the backend, found on take */
 } backend_pool;
@@ -662,7 +663,7 @@ int apx_backend_take(apx_backend *be, apr_time_t now, struct ssl_st **ssl)
         }
         follow_demand(bp, now);
         n = expire_head(bp, be->pool_ttl, now, stale, EXPIRE_BATCH);
-        bp->expired += n;
+        bp->expired_use += n;
         if (bp->count) {
             got = ring_pop_newest(bp);
             out_inc(bp);
@@ -725,7 +726,7 @@ void apx_backend_release(apx_backend *be, int fd, struct ssl_st *ssl,
     }
     follow_demand(bp, now);
     n = expire_head(bp, be->pool_ttl, now, stale, EXPIRE_BATCH);
-    bp->expired += n;
+    bp->expired_use += n;
     /* at cap (the demand fell below what the ring holds, or a pinned pool
      * is full): the oldest go, a batch at a time (the timer takes the
      * rest), the freshest stays */
@@ -758,7 +759,7 @@ void apx_backend_release(apx_backend *be, int fd, struct ssl_st *ssl,
 
 typedef struct pool_view {
     unsigned count, cap, idle_peak, out, demand;
-    apr_uint64_t connects, reuses, expired, trimmed, dead;
+    apr_uint64_t connects, reuses, expired, expired_use, trimmed, dead;
 } pool_view;
 
 void apx_backends_status(request_rec *r, int short_report)
@@ -774,7 +775,8 @@ void apx_backends_status(request_rec *r, int short_report)
                  "<tr><th>origin</th><th>max</th><th>ttl (ms)</th>"
                  "<th>idle now</th><th>capacity</th><th>idle peak</th>"
                  "<th>in use</th><th>demand</th><th>connects</th>"
-                 "<th>reuses</th><th>expired</th><th>trimmed</th>"
+                 "<th>reuses</th><th>expired (timer)</th>"
+                 "<th>expired (on use)</th><th>trimmed</th>"
                  "<th>dead</th></tr>\n", r);
     for (i = 0; i < all->nelts; i++) {
         apx_backend *be = APR_ARRAY_IDX(all, i, apx_backend *);
@@ -797,6 +799,7 @@ void apx_backends_status(request_rec *r, int short_report)
         v.connects = bp->connects;
         v.reuses = bp->reuses;
         v.expired = bp->expired;
+        v.expired_use = bp->expired_use;
         v.trimmed = bp->trimmed;
         v.dead = bp->dead;
         apr_thread_mutex_unlock(bp->mtx);
@@ -805,11 +808,13 @@ void apx_backends_status(request_rec *r, int short_report)
                        APR_TIME_T_FMT " idle=%u cap=%u idle_peak=%u "
                        "inuse=%u demand=%u connects=%" APR_UINT64_T_FMT
                        " reuses=%" APR_UINT64_T_FMT " expired=%"
-                       APR_UINT64_T_FMT " trimmed=%" APR_UINT64_T_FMT
+                       APR_UINT64_T_FMT " expired_use=%" APR_UINT64_T_FMT
+                       " trimmed=%" APR_UINT64_T_FMT
                        " dead=%" APR_UINT64_T_FMT " child=%d\n", origin, max,
                        apr_time_as_msec(be->pool_ttl), v.count, v.cap,
                        v.idle_peak, v.out, v.demand, v.connects, v.reuses,
-                       v.expired, v.trimmed, v.dead, (int)getpid());
+                       v.expired, v.expired_use, v.trimmed, v.dead,
+                       (int)getpid());
             continue;
         }
         ap_rprintf(r, "<tr><td>%s</td><td>%s</td><td>%" APR_TIME_T_FMT
@@ -817,11 +822,12 @@ void apx_backends_status(request_rec *r, int short_report)
                    "<td>%u</td><td>%" APR_UINT64_T_FMT "</td><td>%"
                    APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
                    "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
-                   APR_UINT64_T_FMT "</td></tr>\n",
+                   APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                   "</td></tr>\n",
                    ap_escape_html(r->pool, origin), max,
                    apr_time_as_msec(be->pool_ttl), v.count, v.cap,
                    v.idle_peak, v.out, v.demand, v.connects, v.reuses,
-                   v.expired, v.trimmed, v.dead);
+                   v.expired, v.expired_use, v.trimmed, v.dead);
     }
     if (!short_report)
         ap_rputs("</table>\n", r);

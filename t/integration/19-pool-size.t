@@ -15,7 +15,9 @@
 #       counts them expired);
 #   (3) an explicit max=2 on another mapping still caps its pool: after a
 #       burst of $M, slowd holds exactly 2 of its connections open and the
-#       line says idle=2 cap=2; after its ttl those go too.
+#       line says idle=2 cap=2; after its ttl those go too;
+#   (4) with the load gone for two windows (2 x ttl) the default pool's
+#       capacity is back at its floor (16).
 use strict;
 use warnings;
 
@@ -103,7 +105,7 @@ is($open_left, 'zero', sprintf("after ttl the proxy closed every idle connection
 is($s3->{delay}, $s2->{delay}, "no request reached the origin meanwhile");
 my $p3 = pool_line('auto');
 is($p3->{idle}, 0, "the pool line says idle=0");
-cmp_ok($p3->{expired} // 0, '>=', $N * 0.9, "and counts them expired (expired=" . ($p3->{expired} // '?') . ")");
+cmp_ok($p3->{expired} // 0, '>=', $N * 0.9, "and counts them expired by the timer (expired=" . ($p3->{expired} // '?') . ")");
 
 # ---- (3) an explicit max= still caps the pool -------------------------------
 my $before = slowd_stats();
@@ -119,6 +121,13 @@ is($pm->{idle}, 2, "max=2: the pool line says idle=2");
 is($pm->{cap}, 2, "max=2: cap=2");
 my $gone = wait_for(sub { my $s = slowd_stats(); ($s->{open} // 99) - 1 == 0 ? 'zero' : '' }, 2 + 15);
 is($gone, 'zero', "max=2 ttl=2s: those go after their ttl too");
+
+# ---- (4) the capacity follows the demand down -------------------------------
+# two demand windows (2 x ttl) after the bursts the recent peak is 0: the
+# capacity is back at the floor (16)
+my $capnow = wait_for(sub { my $p = pool_line('auto'); ($p->{cap} // 0) == 16 ? 16 : '' }, 10 + 15);
+is($capnow, 16, "once the bursts are two windows old the capacity is back at the floor")
+    or diag explain pool_line('auto');
 
 is_deeply([$h->error_lines], [], "no error in the log");
 $h->stop;
