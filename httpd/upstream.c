@@ -211,8 +211,9 @@ const char *apx_backend_origin(apr_pool_t *p, const apx_backend *be)
 #define TIMER_BUDGET    1024
 #define TICK_SOON       apr_time_from_msec(10)
 /* The timer's period is a quarter of the shortest ttl= (so an entry goes
- * within 1.25 x ttl), but no shorter than TICK_MIN (a timer parked 20
- * times a second costs nothing measurable) and no longer than TICK_MAX. */
+ * within 1.25 x ttl), but no shorter than TICK_MIN (each tick is one
+ * timeout-queue entry and a pass over the origins' locks) and no longer
+ * than TICK_MAX. */
 #define TICK_MIN        apr_time_from_msec(50)
 #define TICK_MAX        apr_time_from_sec(1)
 /* An automatic pool keeps at least this many entries: a handful of
@@ -237,12 +238,12 @@ typedef struct idle_conn {
     apr_time_t since;
 } idle_conn;
 
-/* Everything below mtx is under it. */
+/* be and keeps are set at child_init and read without the lock; the rest
+ * is under mtx. */
 typedef struct backend_pool {
     apr_thread_mutex_t *mtx;
     apx_backend *be;
-    int keeps;                  /* 0: max=0 (or no memory): no ring;
-                                 * set at child_init, read without mtx */
+    int keeps;                  /* 0: max=0 (or no memory): no ring */
     idle_conn *ring;            /* `alloc` entries, malloc'd */
     unsigned alloc, head, count;  /* oldest at head, newest at
                                    * head+count-1 (mod alloc) */
