@@ -83,19 +83,21 @@ my $s0 = slowd_stats();
 burst('p', $N, 'burst1');
 my $s1 = slowd_stats();
 my $opened1 = $s1->{accepted} - $s0->{accepted} - 1;
-cmp_ok($opened1, '>=', $N * 0.9, "burst 1 opened about one backend connection per request ($opened1)");
+# (a 3 s backend: on any box the burst's requests overlap, so nearly
+# every request needs a connection of its own)
+cmp_ok($opened1, '>', $N / 2, "burst 1 opened a backend connection for most requests ($opened1)");
 my $p1 = pool_line('auto');
-cmp_ok($p1->{idle} // 0, '>=', $N * 0.9, "after burst 1 the pool holds them idle (idle=" . ($p1->{idle} // '?')
-       . " cap=" . ($p1->{cap} // '?') . ")") or diag explain $p1;
+is($p1->{idle}, $opened1, "after burst 1 the pool holds every one idle (idle=" . ($p1->{idle} // '?')
+   . " cap=" . ($p1->{cap} // '?') . ")") or diag explain $p1;
 
 burst('p', $N, 'burst2');
 my $s2 = slowd_stats();
 my $opened2 = $s2->{accepted} - $s1->{accepted} - 1;
 cmp_ok($opened2, '<', $N / 10, "burst 2 reused them: $opened2 new backend connections for $N requests");
 my $p2 = pool_line('auto');
-cmp_ok($p2->{reuses} // 0, '>=', $N - $N / 10, "the pool line counts the reuses (reuses=" . ($p2->{reuses} // '?') . ")");
 is($p2->{connects}, $opened1 + $opened2, "connects= is what slowd accepted ($p2->{connects})") or diag explain $p2;
-cmp_ok($p2->{idle_peak} // 0, '>=', $N * 0.9, "idle_peak= saw the burst ($p2->{idle_peak})");
+is($p2->{reuses}, 2 * $N - $p2->{connects}, "reuses= counts every other request (reuses=" . ($p2->{reuses} // '?') . ")");
+cmp_ok($p2->{idle_peak} // 0, '>=', $p1->{idle}, "idle_peak= saw the burst ($p2->{idle_peak})");
 
 # ---- (2) idle connections go by the timer, with no new request -------------
 my $t_idle = time;
@@ -105,7 +107,8 @@ is($open_left, 'zero', sprintf("after ttl the proxy closed every idle connection
 is($s3->{delay}, $s2->{delay}, "no request reached the origin meanwhile");
 my $p3 = pool_line('auto');
 is($p3->{idle}, 0, "the pool line says idle=0");
-cmp_ok($p3->{expired} // 0, '>=', $N * 0.9, "and counts them expired by the timer (expired=" . ($p3->{expired} // '?') . ")");
+is(($p3->{expired} // 0) - ($p2->{expired} // 0), $p2->{idle},
+   "and counts them expired by the timer (expired=" . ($p3->{expired} // '?') . ", idle before: $p2->{idle})");
 
 # ---- (3) an explicit max= still caps the pool -------------------------------
 my $before = slowd_stats();
