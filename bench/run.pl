@@ -596,6 +596,10 @@ sub run_one {
         my $fetched0 = $sc->{count_backend} && $sys->{kind} ne 'direct'
                        && ($sys->{part} // '') ne 'static'
                      ? slowd_stats($slowd->{port})->{delay} : undef;
+        # connections the proxy opened to the backend during the run (issue
+        # 15: pool churn); each /stats call is one accepted connection
+        my $accepted0 = $sys->{kind} ne 'direct' && ($sys->{part} // '') ne 'static'
+                      ? slowd_stats($slowd->{port})->{accepted} : undef;
         my $sampler = start_sampler($srv->{pid}, "$dir/sampler.out");
         my $nw = $sc->{wrk_procs} // 1;
         my $dur = $sc->{duration} // $DURATION;
@@ -620,6 +624,10 @@ sub run_one {
         $row{tcp_pressure} = tcp_memory_pressures() - $pressure0 if defined $pressure0;
         my %smp = map { split /=/, $_, 2 } split ' ', slurp("$dir/sampler.out");
         die "sampler wrote nothing\n" unless exists $smp{peak_rss_kb};
+        if (defined $accepted0) {
+            my $a1 = slowd_stats($slowd->{port})->{accepted};
+            $row{backend_connects} = defined $a1 ? $a1 - $accepted0 - 1 : '';
+        }
         if (defined $fetched0) {
             my $f1 = slowd_stats($slowd->{port})->{delay};
             $row{backend_fetches} = defined $f1 ? $f1 - $fetched0 : '';
@@ -716,7 +724,8 @@ sub machine {
 my @CSV_COLS = qw(scenario system label procs threads_cfg conns slow_conns requests rps ratio_direct
                   p50_ms p99_ms errors err_connect err_read err_write err_timeout err_status
                   cpu_s cpu_us_per_req idle_rss_kb peak_rss_mb rss_kb_per_conn idle_threads threads
-                  slow_responses slow_mb slow_errors tcp_pressure backend_fetches cache_label log_errors notes);
+                  slow_responses slow_mb slow_errors tcp_pressure backend_fetches backend_connects
+                  cache_label log_errors notes);
 
 sub csv_field {
     my ($v) = @_;
@@ -770,6 +779,8 @@ sub write_reports {
                 ? "backend fetches: $r->{backend_fetches} (expected 1)"
                 : "backend fetches during the run: $r->{backend_fetches}";
         }
+        push @notes, "backend connects: $r->{backend_connects}"
+            if defined $r->{backend_connects} && $r->{backend_connects} ne '';
         push @notes, "X-AsyncProxy-Cache: $r->{cache_label}" if $r->{cache_label};
         for my $st (grep { $r->{system} eq 'asyncproxy-cache' && $_->{scenario} eq $r->{scenario}
                            && $_->{system} =~ /^static-/ && $_->{rps} } @ROWS) {

@@ -49,7 +49,7 @@ void apx_ex_close_backend_deferred(void *arg)
     apx_exchange *px = arg;
 
     if (px->fd >= 0) {
-        apx_backend_close(px->fd, px->tls, 0);
+        apx_backend_discard(px->be, px->fd, px->tls, 0);
         px->fd = -1;
         px->tls = NULL;
     }
@@ -241,7 +241,7 @@ void apx_ex_finish_backend(apx_exchange *px, int reusable)
     if (reusable)
         apx_backend_release(px->be, px->fd, px->tls, apr_time_now());
     else
-        apx_backend_close(px->fd, px->tls, 0);
+        apx_backend_discard(px->be, px->fd, px->tls, 0);
     px->fd = -1;
     px->tls = NULL;
 }
@@ -274,6 +274,7 @@ static int connect_addr(apx_exchange *px, int family,
     if (fd < 0)
         return errno;
     px->fd = fd;
+    apx_backend_opened(px->be);
     if (family != AF_UNIX)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     for (;;) {

@@ -140,6 +140,7 @@ static void print_figures(request_rec *r, int short_report)
         for (i = 0; i < n; i++)
             ap_rprintf(r, "AsyncProxy%s: %" APR_UINT64_T_FMT "\n", f[i].name,
                        f[i].value);
+        apx_backends_status(r, 1);
         apx_balancers_status(r, 1);
         return;
     }
@@ -149,6 +150,7 @@ static void print_figures(request_rec *r, int short_report)
         ap_rprintf(r, "<tr><th>%s</th><td>%" APR_UINT64_T_FMT "</td></tr>\n",
                    f[i].name, f[i].value);
     ap_rputs("</table>\n", r);
+    apx_backends_status(r, 0);
     apx_balancers_status(r, 0);
 }
 

@@ -15,30 +15,63 @@
  * on the backend — whose oldest entries, at the other end, are the first
  * to expire.
  *
+ * Size: an explicit max= (idle= on a member) pins the ring's capacity.
+ * Without one (APX_POOL_AUTO) the capacity follows demand: the highest
+ * number of the origin's connections held by requests at once in this
+ * child over the last one to two windows of ttl (at least 1 s), between
+ * POOL_FLOOR and a ceiling from the fd limit ((RLIMIT_NOFILE - 64) / 2,
+ * which also bounds all automatic pools together). The ring grows by
+ * doubling (a malloc under the lock, a dozen times in a child's life at
+ * most) and its capacity shrinks as the demand falls; the memory stays.
+ * The demand is counted here: a take that finds a live connection, or
+ * apx_backend_opened() for a new socket, begins a use; a release or
+ * apx_backend_discard() ends it.
+ *
+ * Expiry: entries idle for ttl are closed by take/release (a batch at the
+ * head) and by a timer on the engine's poller (a record parked with a
+ * timeout and no fd, re-armed while any ring holds an entry, every
+ * ttl/4 within [50 ms, 1 s]), so an origin no longer used still lets its
+ * connections go. The timer also closes entries above the capacity and,
+ * when the child's descriptors run short, the oldest whatever their age.
+ * Without an engine (a synchronous MPM) there is no timer: entries expire
+ * when the origin is used again.
+ *
  * Threads:
  *   apx_backend_declare()        configuration (single-threaded, parent)
  *   apx_backends_child_init()    child_init, before any engine thread
- *   apx_backend_take(), _release()   any request thread (MPM threads and
- *                                module workers at once): the ring has a
- *                                mutex, held for a few loads and stores
- *                                only — never across a syscall or an
- *                                OpenSSL call.
+ *   apx_backend_take(), _release(), _opened(), _discard(),
+ *   apx_backends_status()        any request thread (MPM threads and
+ *                                module workers at once); the timer on a
+ *                                module worker, one pass at a time. Each
+ *                                ring has a mutex, held for a few loads
+ *                                and stores (and a rare malloc) only —
+ *                                never across a close(), another syscall
+ *                                or an OpenSSL call.
  * Invariants:
  *   - An fd (with its TLS object) is either in one ring or owned by
  *     exactly one request; closing an entry frees its TLS object.
- *   - A ring never holds more than the origin's pool_max entries, and
- *     entries in it are ordered by idle time (oldest at the head).
+ *   - A ring never holds more than its capacity (cap) once a call on it
+ *     returns: a release at cap closes the oldest; a cap that fell is
+ *     reached by batches (release, timer). Entries are ordered by idle
+ *     time (oldest at the head).
+ *   - idle_total is the sum of every ring's count (changed under each
+ *     ring's mutex); the timer is on while it is not 0.
  *   - At child exit (pchild cleanup, after the engine threads are joined)
  *     every idle fd is closed.
  */
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/resource.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "httpd.h"
 #include "http_config.h"
 #include "http_log.h"
+#include "http_protocol.h"
+#include "apr_atomic.h"
 #include "apr_strings.h"
 #include "apr_thread_mutex.h"
 #include "apr_uri.h"
@@ -48,22 +81,6 @@
 
 APLOG_USE_MODULE(asyncproxy);
 extern module AP_MODULE_DECLARE_DATA asyncproxy_module;
-
-/* Stale fds closed per take/release outside the lock; the rest wait for
- * the next call (each call removes at least as many as it could add). */
-#define EXPIRE_BATCH 16
-
-typedef struct idle_conn {
-    int fd;
-    struct ssl_st *ssl;         /* https:// origins, else NULL */
-    apr_time_t since;
-} idle_conn;
-
-typedef struct backend_pool {
-    apr_thread_mutex_t *mtx;
-    idle_conn *ring;            /* cap entries */
-    unsigned cap, head, count;  /* oldest at head, newest at head+count-1 */
-} backend_pool;
 
 /* ------------------------------------------------------------------ */
 /* configuration                                                        */
@@ -182,69 +199,208 @@ const char *apx_backend_origin(apr_pool_t *p, const apx_backend *be)
 /* ------------------------------------------------------------------ */
 /* the per-child pools                                                  */
 
-static apr_status_t close_idle(void *data)
-{
-    backend_pool *bp = data;
+/* Stale fds closed per take/release outside the lock; the rest wait for
+ * the next call or the timer (each call removes at least as many as it
+ * could add). */
+#define EXPIRE_BATCH    16
+/* The timer closes at most this many entries of one pool per lock hold,
+ * and at most TIMER_BUDGET per pass over all pools: thousands of idle
+ * connections that expire together (the end of a burst) go in a few
+ * passes, TICK_SOON apart, without a long stall of one worker. */
+#define TIMER_BATCH     64
+#define TIMER_BUDGET    1024
+#define TICK_SOON       apr_time_from_msec(10)
+/* The timer's period is a quarter of the shortest ttl= (so an entry goes
+ * within 1.25 x ttl), but no shorter than TICK_MIN (each tick is one
+ * timeout-queue entry and a pass over the origins' locks) and no longer
+ * than TICK_MAX. */
+#define TICK_MIN        apr_time_from_msec(50)
+#define TICK_MAX        apr_time_from_sec(1)
+/* An automatic pool keeps at least this many entries: a handful of
+ * requests in a row must not connect afresh because the demand window
+ * saw only one at a time. The ring starts at this size. */
+#define POOL_FLOOR      16
+/* The demand is the highest number of this origin's connections held by
+ * requests at once over the last one to two windows of this length (the
+ * pool's ttl, but at least DEMAND_WINDOW_MIN): a burst that ended longer
+ * ago than that no longer sizes the pool, and by then its idle
+ * connections have expired anyway. */
+#define DEMAND_WINDOW_MIN apr_time_from_sec(1)
+/* Descriptors the fd ceiling keeps out of every pool's reach: listeners,
+ * logs, the engine's epoll and eventfds, the scoreboard, modules' files. */
+#define FD_RESERVE      64
+/* No pool grows past this, even with no fd limit (the max= bound). */
+#define POOL_HARD_MAX   100000
 
-    /* pchild cleanup: the engine's pre-cleanup joined its threads, and the
-     * MPM's are gone, so nothing takes or releases any more. */
-    while (bp->count) {
-        apx_backend_close(bp->ring[bp->head].fd, bp->ring[bp->head].ssl, 1);
-        bp->head = (bp->head + 1) % bp->cap;
-        bp->count--;
-    }
-    return APR_SUCCESS;
+typedef struct idle_conn {
+    int fd;
+    struct ssl_st *ssl;         /* https:// origins, else NULL */
+    apr_time_t since;
+} idle_conn;
+
+/* be and keeps are set at child_init and read without the lock; the rest
+ * is under mtx. */
+typedef struct backend_pool {
+    apr_thread_mutex_t *mtx;
+    apx_backend *be;
+    int keeps;                  /* 0: max=0 (or no memory): no ring */
+    idle_conn *ring;            /* `alloc` entries, malloc'd */
+    unsigned alloc, head, count;  /* oldest at head, newest at
+                                   * head+count-1 (mod alloc) */
+    unsigned cap;               /* most entries kept now: max=/idle=, or
+                                 * the demand between POOL_FLOOR and the
+                                 * fd ceiling */
+    unsigned out;               /* connections held by requests now */
+    unsigned peak, peak_prev;   /* highest `out` in this window, the last */
+    apr_time_t window_at;       /* start of this window */
+    /* figures for the status page */
+    unsigned idle_peak;         /* highest `count` since the child began */
+    apr_uint64_t connects;      /* sockets opened to the origin */
+    apr_uint64_t reuses;        /* live idle connections taken */
+    apr_uint64_t expired;       /* closed by age (ttl passed) by the timer */
+    apr_uint64_t expired_use;   /* ... by a take or release */
+    apr_uint64_t trimmed;       /* closed for room: above cap, fds short */
+    apr_uint64_t dead;          /* closed by the backend, found on take */
+} backend_pool;
+
+/* Per child; set at child_init, then read-only (idle_total and tick_on
+ * are atomics). */
+static unsigned pool_ceiling;           /* most entries of an automatic
+                                         * pool, and of all pools
+                                         * together */
+static rlim_t fd_soft_limit;
+static apr_interval_time_t tick_every;
+static volatile apr_uint32_t idle_total;    /* entries in every ring */
+static apx_park expiry_tick;
+static volatile apr_uint32_t tick_on;       /* the record is the engine's
+                                             * or its dispatch's */
+
+static int pool_is_auto(const apx_backend *be)
+{
+    return be->pool_max == APX_POOL_AUTO;
 }
 
-void apx_backends_child_init(apr_pool_t *pchild)
+static apr_interval_time_t demand_window(const apx_backend *be)
 {
-    apr_array_header_t *all = apx_gconf.backends;
-    int i;
-
-    if (!all)
-        return;
-    for (i = 0; i < all->nelts; i++) {
-        apx_backend *be = APR_ARRAY_IDX(all, i, apx_backend *);
-        backend_pool *bp = apr_pcalloc(pchild, sizeof(*bp));
-        apr_status_t rv;
-
-        be->pool = NULL;
-        if (be->tls_origin)
-            apx_tls_origin_child_init(be->tls_origin, pchild);
-        rv = apr_thread_mutex_create(&bp->mtx, APR_THREAD_MUTEX_DEFAULT,
-                                     pchild);
-        if (rv != APR_SUCCESS) {
-            /* no pool for this origin: every request connects afresh */
-            ap_log_perror(APLOG_MARK, APLOG_CRIT, rv, pchild,
-                          APXLOGNO(00150) "cannot create the connection "
-                          "pool lock of backend %s; connections to it will "
-                          "not be reused", be->hostport);
-            continue;
-        }
-        bp->cap = be->pool_max;
-        if (bp->cap)
-            bp->ring = apr_palloc(pchild, bp->cap * sizeof(*bp->ring));
-        apr_pool_cleanup_register(pchild, bp, close_idle,
-                                  apr_pool_cleanup_null);
-        be->pool = bp;
-    }
+    return be->pool_ttl > DEMAND_WINDOW_MIN ? be->pool_ttl
+                                            : DEMAND_WINDOW_MIN;
 }
 
-/* Removes up to max expired entries from the head; returns how many, in
- * out[]. Called with the lock held. */
+/* ---- the ring (under mtx) ---- */
+
+static idle_conn ring_pop_oldest(backend_pool *bp)
+{
+    idle_conn ic = bp->ring[bp->head];
+
+    bp->head = (bp->head + 1) % bp->alloc;
+    bp->count--;
+    apr_atomic_dec32(&idle_total);
+    return ic;
+}
+
+static idle_conn ring_pop_newest(backend_pool *bp)
+{
+    bp->count--;
+    apr_atomic_dec32(&idle_total);
+    return bp->ring[(bp->head + bp->count) % bp->alloc];
+}
+
+static void ring_push(backend_pool *bp, int fd, struct ssl_st *ssl,
+                      apr_time_t now)
+{
+    idle_conn *ic = &bp->ring[(bp->head + bp->count) % bp->alloc];
+
+    ic->fd = fd;
+    ic->ssl = ssl;
+    ic->since = now;
+    bp->count++;
+    apr_atomic_inc32(&idle_total);
+    if (bp->count > bp->idle_peak)
+        bp->idle_peak = bp->count;
+}
+
+/* Makes room for one entry more than `count` when cap allows it: the
+ * ring doubles (at least to POOL_FLOOR, at most to cap), its entries
+ * copied oldest first. Growth is rare (log2 of the peak), so the malloc
+ * under the lock is paid a dozen times in a child's life at most.
+ * Returns 0 when the ring stays full (cap reached, or no memory). */
+static int ring_make_room(backend_pool *bp)
+{
+    idle_conn *nr;
+    unsigned n, i;
+
+    if (bp->count < bp->alloc)
+        return 1;
+    if (bp->alloc >= bp->cap)
+        return 0;
+    n = bp->alloc * 2 > POOL_FLOOR ? bp->alloc * 2 : POOL_FLOOR;
+    if (n > bp->cap)
+        n = bp->cap;
+    nr = malloc(n * sizeof(*nr));
+    if (!nr)
+        return 0;
+    for (i = 0; i < bp->count; i++)
+        nr[i] = bp->ring[(bp->head + i) % bp->alloc];
+    free(bp->ring);
+    bp->ring = nr;
+    bp->alloc = n;
+    bp->head = 0;
+    return 1;
+}
+
+/* Removes up to max expired entries from the head into out[]; returns
+ * how many. */
 static unsigned expire_head(backend_pool *bp, apr_interval_time_t ttl,
                             apr_time_t now, idle_conn *out, unsigned max)
 {
     unsigned n = 0;
 
     while (n < max && bp->count
-           && now - bp->ring[bp->head].since >= ttl) {
-        out[n++] = bp->ring[bp->head];
-        bp->head = (bp->head + 1) % bp->cap;
-        bp->count--;
-    }
+           && now - bp->ring[bp->head].since >= ttl)
+        out[n++] = ring_pop_oldest(bp);
     return n;
 }
+
+/* Moves the demand window on and sets an automatic pool's cap from it:
+ * the highest `out` of this window and the last, between the floor and
+ * the fd ceiling. A pool not used for two windows has peak_prev = out
+ * (nothing was higher meanwhile). */
+static void follow_demand(backend_pool *bp, apr_time_t now)
+{
+    apr_interval_time_t w = demand_window(bp->be);
+    unsigned want, floor;
+
+    if (now - bp->window_at >= w) {
+        bp->peak_prev = now - bp->window_at >= 2 * w ? bp->out : bp->peak;
+        bp->peak = bp->out;
+        bp->window_at = now;
+    }
+    if (!pool_is_auto(bp->be))
+        return;
+    want = bp->peak > bp->peak_prev ? bp->peak : bp->peak_prev;
+    floor = POOL_FLOOR < pool_ceiling ? POOL_FLOOR : pool_ceiling;
+    if (want < floor)
+        want = floor;
+    if (want > pool_ceiling)
+        want = pool_ceiling;
+    bp->cap = want;
+}
+
+static void out_inc(backend_pool *bp)
+{
+    if (++bp->out > bp->peak)
+        bp->peak = bp->out;
+}
+
+static void out_dec(backend_pool *bp)
+{
+    /* a connection this file never saw begin (a caller outside the
+     * request path) must not wrap the count */
+    if (bp->out)
+        bp->out--;
+}
+
+/* ---- closing ---- */
 
 void apx_backend_close(int fd, struct ssl_st *ssl, int notify)
 {
@@ -260,6 +416,213 @@ static void close_all(const idle_conn *ic, unsigned n)
     for (i = 0; i < n; i++)
         apx_backend_close(ic[i].fd, ic[i].ssl, 1);
 }
+
+/* The lowest free descriptor is near the soft limit: accept() and
+ * connect() are about to fail (descriptors are handed out lowest first).
+ * One dup() and one close(). */
+static int fds_short(void)
+{
+    int fd;
+
+    if (!fd_soft_limit || fd_soft_limit == RLIM_INFINITY)
+        return 0;
+    fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return errno == EMFILE;
+    close(fd);
+    return (rlim_t)fd >= fd_soft_limit - fd_soft_limit / 16;
+}
+
+/* ---- the expiry timer ---- */
+
+static void tick_fire(apx_park *p, apr_thread_t *thd);
+
+static void tick_arm(apr_interval_time_t after)
+{
+    apx_park_init(&expiry_tick, tick_fire, NULL);
+    expiry_tick.timeout = after;
+    if (!apx_ch || !apx_ch->engine
+        || apx_park_submit(apx_ch->engine, &expiry_tick) != APR_SUCCESS)
+        apr_atomic_set32(&tick_on, 0);
+}
+
+/* The timer runs while some pool holds an entry: started by the release
+ * that finds it off, it stops when a pass leaves every ring empty. */
+static void tick_start(void)
+{
+    /* the read first: every release comes here, and a failed CAS still
+     * takes the cache line */
+    if (apx_ch && apx_ch->engine && tick_every
+        && !apr_atomic_read32(&tick_on)
+        && apr_atomic_cas32(&tick_on, 1, 0) == 0)
+        tick_arm(tick_every);
+}
+
+/* One pass of the timer over pool bp: entries past ttl, entries above
+ * cap (the demand fell) and, when the child's descriptors run short, a
+ * batch of the oldest whatever their age, closed outside the lock.
+ * Returns how many were closed; *more says a full batch was taken. */
+static unsigned tick_pool(backend_pool *bp, apr_time_t now, int short_fds,
+                          unsigned budget, int *more)
+{
+    idle_conn batch[TIMER_BATCH];
+    unsigned n, total = 0, room;
+
+    do {
+        room = budget - total < TIMER_BATCH ? budget - total : TIMER_BATCH;
+        apr_thread_mutex_lock(bp->mtx);
+        follow_demand(bp, now);
+        n = expire_head(bp, bp->be->pool_ttl, now, batch, room);
+        bp->expired += n;
+        while (n < room && bp->count
+               && (bp->count > bp->cap || short_fds)) {
+            batch[n++] = ring_pop_oldest(bp);
+            bp->trimmed++;
+        }
+        *more = n == room && bp->count;
+        apr_thread_mutex_unlock(bp->mtx);
+        close_all(batch, n);
+        total += n;
+    } while (*more && !short_fds && total < budget);
+    return total;
+}
+
+static void tick_fire(apx_park *p, apr_thread_t *thd)
+{
+    apr_array_header_t *all = apx_gconf.backends;
+    apr_time_t now = apr_time_now();
+    unsigned closed = 0;
+    int i, more = 0, short_fds;
+
+    if (!apx_ch || !apx_ch->engine || (p->why & APX_EV_SHUTDOWN)
+        || apr_atomic_read32(&apx_ch->stopping)) {
+        apr_atomic_set32(&tick_on, 0);
+        return;
+    }
+    short_fds = fds_short();
+    for (i = 0; all && i < all->nelts && closed < TIMER_BUDGET; i++) {
+        apx_backend *be = APR_ARRAY_IDX(all, i, apx_backend *);
+        int m = 0;
+
+        if (be->pool)
+            closed += tick_pool(be->pool, now, short_fds,
+                                TIMER_BUDGET - closed, &m);
+        more |= m;
+    }
+    if (apr_atomic_read32(&idle_total)) {
+        tick_arm(more || closed >= TIMER_BUDGET ? TICK_SOON : tick_every);
+        return;
+    }
+    /* every ring empty: stop, unless an entry came meanwhile (its release
+     * saw the timer still on) */
+    apr_atomic_set32(&tick_on, 0);
+    if (apr_atomic_read32(&idle_total))
+        tick_start();
+}
+
+/* ---- child_init, cleanup ---- */
+
+static apr_status_t close_idle(void *data)
+{
+    backend_pool *bp = data;
+
+    /* pchild cleanup: the engine's pre-cleanup joined its threads (the
+     * timer's included), and the MPM's are gone, so nothing takes or
+     * releases any more. */
+    while (bp->count) {
+        idle_conn ic = ring_pop_oldest(bp);
+
+        apx_backend_close(ic.fd, ic.ssl, 1);
+    }
+    free(bp->ring);
+    bp->ring = NULL;
+    bp->alloc = 0;
+    return APR_SUCCESS;
+}
+
+/* Half the descriptors the child may open, less a reserve: every pooled
+ * connection taken serves a request that also holds its client's
+ * descriptor, so pools larger than that could never all be in use, and
+ * idle ones beyond it would take descriptors clients need. */
+static void set_ceiling(void)
+{
+    struct rlimit rl;
+
+    fd_soft_limit = 0;
+    pool_ceiling = POOL_HARD_MAX;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return;
+    fd_soft_limit = rl.rlim_cur;
+    if (rl.rlim_cur < 2 * FD_RESERVE + 2 * POOL_FLOOR)
+        pool_ceiling = rl.rlim_cur > 2 * FD_RESERVE ? POOL_FLOOR / 2 : 1;
+    else if ((rl.rlim_cur - FD_RESERVE) / 2 < POOL_HARD_MAX)
+        pool_ceiling = (unsigned)((rl.rlim_cur - FD_RESERVE) / 2);
+}
+
+void apx_backends_child_init(apr_pool_t *pchild)
+{
+    apr_array_header_t *all = apx_gconf.backends;
+    apr_time_t now = apr_time_now();
+    int i;
+
+    idle_total = 0;
+    tick_on = 0;
+    tick_every = 0;
+    if (!all)
+        return;
+    set_ceiling();
+    for (i = 0; i < all->nelts; i++) {
+        apx_backend *be = APR_ARRAY_IDX(all, i, apx_backend *);
+        backend_pool *bp = apr_pcalloc(pchild, sizeof(*bp));
+        apr_interval_time_t tick;
+        apr_status_t rv;
+
+        be->pool = NULL;
+        if (be->tls_origin)
+            apx_tls_origin_child_init(be->tls_origin, pchild);
+        rv = apr_thread_mutex_create(&bp->mtx, APR_THREAD_MUTEX_DEFAULT,
+                                     pchild);
+        if (rv != APR_SUCCESS) {
+            /* no pool for this origin: every request connects afresh */
+            ap_log_perror(APLOG_MARK, APLOG_CRIT, rv, pchild,
+                          APXLOGNO(00150) "cannot create the connection "
+                          "pool lock of backend %s; connections to it will "
+                          "not be reused", be->hostport);
+            continue;
+        }
+        bp->be = be;
+        bp->window_at = now;
+        /* a pinned pool gets its whole ring now, as it always did; an
+         * automatic one starts at the floor and grows on demand */
+        bp->cap = pool_is_auto(be) ? (POOL_FLOOR < pool_ceiling
+                                      ? POOL_FLOOR : pool_ceiling)
+                                   : be->pool_max;
+        if (bp->cap) {
+            bp->ring = malloc(bp->cap * sizeof(*bp->ring));
+            if (!bp->ring) {
+                ap_log_perror(APLOG_MARK, APLOG_CRIT, APR_ENOMEM, pchild,
+                              APXLOGNO(00190) "no memory for the "
+                              "connection pool of backend %s; connections "
+                              "to it will not be reused", be->hostport);
+                continue;
+            }
+            bp->alloc = bp->cap;
+            bp->keeps = 1;
+            tick = be->pool_ttl / 4;
+            if (tick < TICK_MIN)
+                tick = TICK_MIN;
+            if (tick > TICK_MAX)
+                tick = TICK_MAX;
+            if (!tick_every || tick < tick_every)
+                tick_every = tick;
+        }
+        apr_pool_cleanup_register(pchild, bp, close_idle,
+                                  apr_pool_cleanup_null);
+        be->pool = bp;
+    }
+}
+
+/* ---- the request path ---- */
 
 /* An idle connection is usable when the backend neither closed it (recv
  * returns 0, or an error such as ECONNRESET) nor sent anything on it since
@@ -283,18 +646,29 @@ int apx_backend_take(apx_backend *be, apr_time_t now, struct ssl_st **ssl)
     backend_pool *bp = be->pool;
     idle_conn stale[EXPIRE_BATCH], got;
     unsigned n;
+    int undo = 0;
 
     *ssl = NULL;
-    if (!bp || !bp->cap)
+    if (!bp || !bp->keeps)
         return -1;
     for (;;) {
         got.fd = -1;
         got.ssl = NULL;
         apr_thread_mutex_lock(bp->mtx);
+        if (undo) {
+            /* the last one taken was dead: not a reuse after all */
+            out_dec(bp);
+            bp->reuses--;
+            bp->dead++;
+            undo = 0;
+        }
+        follow_demand(bp, now);
         n = expire_head(bp, be->pool_ttl, now, stale, EXPIRE_BATCH);
+        bp->expired_use += n;
         if (bp->count) {
-            bp->count--;
-            got = bp->ring[(bp->head + bp->count) % bp->cap];
+            got = ring_pop_newest(bp);
+            out_inc(bp);
+            bp->reuses++;
         }
         apr_thread_mutex_unlock(bp->mtx);
         close_all(stale, n);
@@ -303,33 +677,159 @@ int apx_backend_take(apx_backend *be, apr_time_t now, struct ssl_st **ssl)
             return got.fd;
         }
         apx_backend_close(got.fd, got.ssl, 0);
+        undo = 1;
     }
+}
+
+void apx_backend_opened(apx_backend *be)
+{
+    backend_pool *bp = be->pool;
+
+    if (!bp)
+        return;
+    apr_thread_mutex_lock(bp->mtx);
+    out_inc(bp);
+    bp->connects++;
+    apr_thread_mutex_unlock(bp->mtx);
+}
+
+void apx_backend_discard(apx_backend *be, int fd, struct ssl_st *ssl,
+                         int notify)
+{
+    backend_pool *bp = be ? be->pool : NULL;
+
+    if (bp) {
+        apr_thread_mutex_lock(bp->mtx);
+        out_dec(bp);
+        apr_thread_mutex_unlock(bp->mtx);
+    }
+    apx_backend_close(fd, ssl, notify);
 }
 
 void apx_backend_release(apx_backend *be, int fd, struct ssl_st *ssl,
                          apr_time_t now)
 {
     backend_pool *bp = be->pool;
-    idle_conn stale[EXPIRE_BATCH + 1];
+    idle_conn stale[2 * EXPIRE_BATCH + 2];
     unsigned n;
 
-    /* A stopping child has no use for idle connections. */
-    if (!bp || !bp->cap || (apx_ch && apr_atomic_read32(&apx_ch->stopping))) {
+    if (!bp) {
         apx_backend_close(fd, ssl, 1);
         return;
     }
     apr_thread_mutex_lock(bp->mtx);
-    n = expire_head(bp, be->pool_ttl, now, stale, EXPIRE_BATCH);
-    if (bp->count == bp->cap) {
-        /* full: the oldest goes, the freshest stays */
-        stale[n++] = bp->ring[bp->head];
-        bp->head = (bp->head + 1) % bp->cap;
-        bp->count--;
+    out_dec(bp);
+    /* A stopping child has no use for idle connections. */
+    if (!bp->keeps || (apx_ch && apr_atomic_read32(&apx_ch->stopping))) {
+        apr_thread_mutex_unlock(bp->mtx);
+        apx_backend_close(fd, ssl, 1);
+        return;
     }
-    bp->ring[(bp->head + bp->count) % bp->cap].fd = fd;
-    bp->ring[(bp->head + bp->count) % bp->cap].ssl = ssl;
-    bp->ring[(bp->head + bp->count) % bp->cap].since = now;
-    bp->count++;
+    follow_demand(bp, now);
+    n = expire_head(bp, be->pool_ttl, now, stale, EXPIRE_BATCH);
+    bp->expired_use += n;
+    /* at cap (the demand fell below what the ring holds, or a pinned pool
+     * is full): the oldest go, a batch at a time (the timer takes the
+     * rest), the freshest stays */
+    while (n < 2 * EXPIRE_BATCH && bp->count && bp->count >= bp->cap) {
+        stale[n++] = ring_pop_oldest(bp);
+        bp->trimmed++;
+    }
+    /* all pools together at the fd ceiling; or no memory to grow */
+    if (bp->count && pool_is_auto(be)
+        && apr_atomic_read32(&idle_total) >= pool_ceiling) {
+        stale[n++] = ring_pop_oldest(bp);
+        bp->trimmed++;
+    }
+    if (bp->count && bp->count < bp->cap && !ring_make_room(bp)) {
+        stale[n++] = ring_pop_oldest(bp);
+        bp->trimmed++;
+    }
+    if (bp->count < bp->cap && bp->count < bp->alloc) {
+        ring_push(bp, fd, ssl, now);
+        fd = -1;
+    }
     apr_thread_mutex_unlock(bp->mtx);
+    if (fd >= 0)
+        apx_backend_close(fd, ssl, 1);
     close_all(stale, n);
+    tick_start();
+}
+
+/* ---- the status page ---- */
+
+typedef struct pool_view {
+    unsigned count, cap, idle_peak, out, demand;
+    apr_uint64_t connects, reuses, expired, expired_use, trimmed, dead;
+} pool_view;
+
+void apx_backends_status(request_rec *r, int short_report)
+{
+    apr_array_header_t *all = apx_gconf.backends;
+    apr_time_t now = apr_time_now();
+    int i;
+
+    if (!all || !all->nelts)
+        return;
+    if (!short_report)
+        ap_rputs("<h3>backend keep-alive pools (this child)</h3>\n<table>\n"
+                 "<tr><th>origin</th><th>max</th><th>ttl (ms)</th>"
+                 "<th>idle now</th><th>capacity</th><th>idle peak</th>"
+                 "<th>in use</th><th>demand</th><th>connects</th>"
+                 "<th>reuses</th><th>expired (timer)</th>"
+                 "<th>expired (on use)</th><th>trimmed</th>"
+                 "<th>dead</th></tr>\n", r);
+    for (i = 0; i < all->nelts; i++) {
+        apx_backend *be = APR_ARRAY_IDX(all, i, apx_backend *);
+        backend_pool *bp = be->pool;
+        const char *origin = apx_backend_origin(r->pool, be);
+        const char *max = pool_is_auto(be)
+                          ? "auto" : apr_psprintf(r->pool, "%u",
+                                                  be->pool_max);
+        pool_view v;
+
+        if (!bp)
+            continue;
+        apr_thread_mutex_lock(bp->mtx);
+        follow_demand(bp, now);
+        v.count = bp->count;
+        v.cap = bp->keeps ? bp->cap : 0;
+        v.idle_peak = bp->idle_peak;
+        v.out = bp->out;
+        v.demand = bp->peak > bp->peak_prev ? bp->peak : bp->peak_prev;
+        v.connects = bp->connects;
+        v.reuses = bp->reuses;
+        v.expired = bp->expired;
+        v.expired_use = bp->expired_use;
+        v.trimmed = bp->trimmed;
+        v.dead = bp->dead;
+        apr_thread_mutex_unlock(bp->mtx);
+        if (short_report) {
+            ap_rprintf(r, "AsyncProxyPool: origin=%s max=%s ttl_ms=%"
+                       APR_TIME_T_FMT " idle=%u cap=%u idle_peak=%u "
+                       "inuse=%u demand=%u connects=%" APR_UINT64_T_FMT
+                       " reuses=%" APR_UINT64_T_FMT " expired=%"
+                       APR_UINT64_T_FMT " expired_use=%" APR_UINT64_T_FMT
+                       " trimmed=%" APR_UINT64_T_FMT
+                       " dead=%" APR_UINT64_T_FMT " child=%d\n", origin, max,
+                       apr_time_as_msec(be->pool_ttl), v.count, v.cap,
+                       v.idle_peak, v.out, v.demand, v.connects, v.reuses,
+                       v.expired, v.expired_use, v.trimmed, v.dead,
+                       (int)getpid());
+            continue;
+        }
+        ap_rprintf(r, "<tr><td>%s</td><td>%s</td><td>%" APR_TIME_T_FMT
+                   "</td><td>%u</td><td>%u</td><td>%u</td><td>%u</td>"
+                   "<td>%u</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                   APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                   "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                   APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                   "</td></tr>\n",
+                   ap_escape_html(r->pool, origin), max,
+                   apr_time_as_msec(be->pool_ttl), v.count, v.cap,
+                   v.idle_peak, v.out, v.demand, v.connects, v.reuses,
+                   v.expired, v.expired_use, v.trimmed, v.dead);
+    }
+    if (!short_report)
+        ap_rputs("</table>\n", r);
 }

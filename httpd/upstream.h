@@ -35,7 +35,8 @@ struct apx_backend {
     int tls;                        /* https:// */
     apx_tls_conf tls_conf;          /* its tlsca=, tlsname=, tlsverify= */
     apx_tls_origin *tls_origin;     /* its SSL_CTX and session slot */
-    unsigned pool_max;              /* idle connections kept per child */
+    unsigned pool_max;              /* idle connections kept per child;
+                                     * APX_POOL_AUTO: follows demand */
     apr_interval_time_t pool_ttl;   /* idle connection lifetime */
     unsigned id;                    /* index in apx_gconf.backends */
     void *pool;                     /* per child: upstream.c */
@@ -74,21 +75,36 @@ void apx_backends_child_init(apr_pool_t *pchild);
  * non-blocking MSG_PEEK: closed or with unexpected bytes -> closed and
  * skipped; a TLS one with bytes there has its records processed first:
  * apx_tls_idle_usable()), or -1 when the pool has none: the caller
- * connects. *ssl is the connection's TLS object (NULL for plain ones).
- * Entries older than be->pool_ttl are closed on the way. Any request
+ * connects (and says so with apx_backend_opened() once it has a socket).
+ * *ssl is the connection's TLS object (NULL for plain ones). Entries older
+ * than be->pool_ttl are closed on the way. A connection returned is in use
+ * until apx_backend_release() or apx_backend_discard(). Any request
  * thread. */
 int apx_backend_take(apx_backend *be, apr_time_t now, struct ssl_st **ssl);
+/* A socket to be was created (before its connect): counted as opened and
+ * in use until apx_backend_release() or apx_backend_discard() of it. Any
+ * request thread. */
+void apx_backend_opened(apx_backend *be);
 /* Gives back an fd (and its TLS object, or NULL) whose exchange ended
  * cleanly (framing complete, nothing extra received, keep-alive allowed,
- * request sent whole); when the pool holds pool_max the oldest is closed;
- * closes fd instead when the child is stopping or the origin has no pool.
- * Any request thread. */
+ * request sent whole); when the pool is at its capacity the oldest is
+ * closed; closes fd instead when the child is stopping or the origin has
+ * no pool (max=0). Ends the connection's use. Any request thread. */
 void apx_backend_release(apx_backend *be, int fd, struct ssl_st *ssl,
                          apr_time_t now);
+/* Closes a connection to be that is not given back (taken or opened
+ * before): apx_backend_close(), and its use ends. be may be NULL. Any
+ * request thread. */
+void apx_backend_discard(apx_backend *be, int fd, struct ssl_st *ssl,
+                         int notify);
 /* Closes a backend connection that is not pooled: the TLS object freed
  * (notify: after a close_notify, for a connection that worked), then the
- * fd. */
+ * fd. Counts nothing (apx_backend_discard() does). */
 void apx_backend_close(int fd, struct ssl_st *ssl, int notify);
+/* One line (short_report: "AsyncProxyPool: origin=... idle= cap= ...")
+ * or table row per origin with its pool's figures in this child, copied
+ * under the pool's lock and printed after it. Request thread. */
+void apx_backends_status(request_rec *r, int short_report);
 
 /* ------------------------------------------------------------------ */
 /* balancer groups (upstream_group.c)                                   */
