@@ -110,6 +110,12 @@ static const command_rec asyncproxy_cmds[] = {
                   "lifetime of responses without explicit freshness, e.g. "
                   "500ms or 10s; off (default): such responses are not "
                   "stored"),
+    AP_INIT_TAKE1("AsyncProxyCacheStaleOnError", apx_hc_cmd_take1, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "how long past its freshness a stored response is served "
+                  "when the backend fails (5xx, timeout, refused, closed), "
+                  "unless it forbids stale use; e.g. 30s; off; default "
+                  "10m"),
     AP_INIT_TAKE1("AsyncProxyCacheSize", apx_hc_cmd_take1, NULL, RSRC_CONF,
                   "memory budget of the response cache per child, e.g. 64M "
                   "(default)"),

@@ -107,6 +107,8 @@ static int decide_fields(apx_hcache *hc, int status, field_get_fn get,
     rs.response_time = resp_time;
     pol.default_ttl = hc->set.ttl > 0 ? hc->set.ttl : 0;
     pol.keep = KEEP_STALE;
+    pol.stale_on_error = hc->set.stale_on_error > 0 ? hc->set.stale_on_error
+                                                    : 0;
 
     why = apx_fresh_storable(&rq, &rs, &pol, t);
     if (why != APX_STORE_OK)

@@ -142,6 +142,8 @@ apx_hcache *apx_hcache_create(request_rec *r, apx_hcache_req *in)
         hc->set.gzip = 1;
     if (hc->set.ttl == -1)
         hc->set.ttl = 0;
+    if (hc->set.stale_on_error == -1)
+        hc->set.stale_on_error = APX_DEFAULT_CACHE_STALE_ON_ERROR;
     /* Whatever of the client's the backend is sent beyond the target is
      * in the key, as sent: the Host with its port (AsyncProxyPreserveHost
      * forwards it, X-Forwarded-Host always), and the X-Forwarded-Host and
@@ -298,7 +300,12 @@ static int lookup(apx_hcache *hc, apr_time_t now)
             hc->obj = o;
             return ROLE_STALE;
         case APX_STALE_IF_ERROR:
+            /* fetched again, conditionally when it has a validator (its
+             * reference, taken by the lookup, is the request's through
+             * hc->stale); served if that fetch fails */
             hc->stale = o;
+            if (!r->header_only && (o->etag || o->last_modified))
+                hc->reval = o;
             return r->header_only ? ROLE_FETCH : ROLE_PASS;
         default:
             /* stale: with a validator it is revalidated (RFC 9111 4.3.1)

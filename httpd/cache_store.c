@@ -46,6 +46,7 @@ void apx_hc_set_init(apx_cache_set *cs)
     cs->on = -1;
     cs->gzip = -1;
     cs->ttl = -1;
+    cs->stale_on_error = -1;
 }
 
 void apx_hc_set_merge(apx_cache_set *to, const apx_cache_set *base,
@@ -54,6 +55,8 @@ void apx_hc_set_merge(apx_cache_set *to, const apx_cache_set *base,
     to->on = add->on != -1 ? add->on : base->on;
     to->gzip = add->gzip != -1 ? add->gzip : base->gzip;
     to->ttl = add->ttl != -1 ? add->ttl : base->ttl;
+    to->stale_on_error = add->stale_on_error != -1 ? add->stale_on_error
+                                                   : base->stale_on_error;
 }
 
 static apx_cache_set *scope_set(cmd_parms *cmd, void *dconf)
@@ -85,15 +88,18 @@ const char *apx_hc_cmd_take1(cmd_parms *cmd, void *dconf, const char *arg)
 {
     const char *name = cmd->cmd->name, *err;
 
-    if (!strcasecmp(name, "AsyncProxyCacheTTL")) {
+    if (!strcasecmp(name, "AsyncProxyCacheTTL")
+        || !strcasecmp(name, "AsyncProxyCacheStaleOnError")) {
         apx_cache_set *cs = scope_set(cmd, dconf);
+        apr_interval_time_t *to = !strcasecmp(name, "AsyncProxyCacheTTL")
+                                  ? &cs->ttl : &cs->stale_on_error;
 
         if (!strcasecmp(arg, "off")) {
-            cs->ttl = 0;
+            *to = 0;
             return NULL;
         }
         return apx_parse_duration(cmd, arg, apr_time_from_msec(1),
-                                  apr_time_from_sec(365 * 86400), &cs->ttl);
+                                  apr_time_from_sec(365 * 86400), to);
     }
     if ((err = ap_check_cmd_context(cmd, GLOBAL_ONLY)))
         return apr_psprintf(cmd->pool, "%s: the cache is one per child "

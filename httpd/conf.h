@@ -59,6 +59,10 @@
 #define APX_DEFAULT_CACHE_SIZE      (64 * 1024 * 1024)
 #define APX_DEFAULT_CACHE_MAX_OBJ   (1024 * 1024)
 #define APX_DEFAULT_CACHE_WAIT      apr_time_from_sec(10)
+/* A stale response served when the backend fails: mod_cache does it by
+ * default (CacheStaleOnError On, unbounded); bounded here, as long as the
+ * revalidation keep (KEEP_STALE). */
+#define APX_DEFAULT_CACHE_STALE_ON_ERROR apr_time_from_sec(600)
 /* The lane (lane.c): threads default to ThreadsPerChild,
  * the queue to this many jobs per thread. */
 #define APX_DEFAULT_LANE_QUEUE_PER_THREAD 4
@@ -95,6 +99,8 @@ typedef struct apx_cache_set {
     int on;                         /* AsyncProxyCache, -1 unset */
     int gzip;                       /* AsyncProxyCacheGzip, -1 unset */
     apr_interval_time_t ttl;        /* AsyncProxyCacheTTL, -1 unset, 0 off */
+    apr_interval_time_t stale_on_error; /* AsyncProxyCacheStaleOnError, -1
+                                     * unset, 0 off */
 } apx_cache_set;
 
 typedef struct apx_backend apx_backend;   /* upstream.h */

@@ -106,6 +106,12 @@ typedef struct apx_fresh_policy {
      * Last-Modified) is kept to be revalidated (RFC 9111 §4.3), 0: not
      * kept */
     apr_interval_time_t keep;
+    /* how long past its freshness a response may be served when the
+     * backend fails (RFC 9111 §4.2.4: disconnected), for responses that
+     * allow serving stale (no must-revalidate, proxy-revalidate, s-maxage,
+     * no-cache); the response's own stale-if-error counts when longer;
+     * 0: only stale-if-error */
+    apr_interval_time_t stale_on_error;
 } apx_fresh_policy;
 
 /* Why a response is not stored (0: it may be). */

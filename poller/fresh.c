@@ -881,6 +881,8 @@ int apx_fresh_storable(const apx_fresh_req *rq, const apx_fresh_resp *rs,
                 t->swr = apr_time_from_sec(clamp_delta(cc->swr));
             if (cc->sie > 0)
                 t->sie = apr_time_from_sec(clamp_delta(cc->sie));
+            if (pol->stale_on_error > t->sie)
+                t->sie = clamp_time(pol->stale_on_error);
         }
     }
     return APX_STORE_OK;

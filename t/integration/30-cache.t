@@ -279,6 +279,12 @@ AsyncProxyPass /e/ http://$B2/e/ cache=on
     AsyncProxyPass http://$B/nogz/ cache=on
     AsyncProxyCacheGzip Off
 </Location>
+<Location /c/err/>
+    AsyncProxyCacheStaleOnError off
+</Location>
+<Location /e/ma1/>
+    AsyncProxyCacheStaleOnError off
+</Location>
 EOF
 my $global = <<"EOF";
 AsyncProxyCacheSize 8M
@@ -647,7 +653,7 @@ my $fresh0 = get('/c/fresh/age');    # its Age is checked after the sleep
     is($e && $e->{body}, $prime{'/c/sie/x'} && $prime{'/c/sie/x'}{body}, '... the old body');
     is(bcount('/c/sie/x'), 2, '... after asking the backend');
     my $x = get('/c/err/x');
-    is($x && $x->{status}, 500, 'max-age=1 without stale-if-error, the backend answers 500: the 500 goes through');
+    is($x && $x->{status}, 500, 'max-age=1 without stale-if-error, AsyncProxyCacheStaleOnError off, the backend answers 500: the 500 goes through');
     like($x && $x->{body}, qr/^backend error/, "... with the backend's body");
 
     my $d = get('/e/sie/x');
@@ -655,7 +661,7 @@ my $fresh0 = get('/c/fresh/age');    # its Age is checked after the sleep
     is(word($d), 'STALE', '... STALE');
     is($d && $d->{body}, $prime{'/e/sie/x'} && $prime{'/e/sie/x'}{body}, '... the old body');
     my $d2 = get('/e/ma1/x');
-    is($d2 && $d2->{status}, 502, 'max-age=1 without stale-if-error, the backend stopped: 502');
+    is($d2 && $d2->{status}, 502, 'max-age=1 without stale-if-error, AsyncProxyCacheStaleOnError off, the backend stopped: 502');
 
     # the refresh arrived at the backend at $refresh[1]{time} and is answered 2 s later
     my $done = ($refresh[1] ? $refresh[1]{time} : time) + 2;

@@ -48,7 +48,7 @@ static void resp_init(apx_fresh_resp *rs, int status, const char *cc)
     rs->response_time = T(0);
 }
 
-static const apx_fresh_policy no_default = { 0, 0, 0 };
+static const apx_fresh_policy no_default = { 0, 0, 0, 0 };
 
 /* Storing decision for a GET without request directives. */
 static int store_cc(int status, const char *cc, const apx_fresh_policy *pol,
@@ -286,7 +286,7 @@ static void test_store_basic(void)
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
-    apx_fresh_policy ttl10 = { SEC(10), 0, 0 };
+    apx_fresh_policy ttl10 = { SEC(10), 0, 0, 0 };
 
     memset(&t, 0, sizeof(t));
     is_int(store_cc(200, "max-age=60", &no_default, &t), APX_STORE_OK,
@@ -468,9 +468,9 @@ static void test_store_lifetime(void)
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
-    apx_fresh_policy ttl10 = { SEC(10), 0, 0 };
-    apx_fresh_policy cap30 = { SEC(10), SEC(30), 0 };
-    apx_fresh_policy subsec = { MS(250), 0, 0 };
+    apx_fresh_policy ttl10 = { SEC(10), 0, 0, 0 };
+    apx_fresh_policy cap30 = { SEC(10), SEC(30), 0, 0 };
+    apx_fresh_policy subsec = { MS(250), 0, 0, 0 };
 
     req_init(&rq);
     resp_init(&rs, 200, "max-age=60, s-maxage=120");
@@ -1015,7 +1015,7 @@ static void test_reason(void)
  * response delay in the age (RFC 9111 section 4.2.3). */
 static void test_default_ttl_from_arrival(void)
 {
-    apx_fresh_policy ttl500 = { apr_time_from_msec(500), 0, 0 };
+    apx_fresh_policy ttl500 = { apr_time_from_msec(500), 0, 0, 0 };
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
@@ -1313,7 +1313,7 @@ static void test_revalidation(void)
         { NULL, 1, 0, 1, APX_STORE_OK, "Pragma: no-cache with an ETag: stored" },
         { NULL, 0, 0, 1, APX_STORE_NO_CACHE, "Pragma: no-cache without one: not" },
     };
-    apx_fresh_policy keep = { 0, 0, SEC(600) };
+    apx_fresh_policy keep = { 0, 0, SEC(600), 0 };
     apx_fresh_req rq;
     apx_fresh_resp rs;
     apx_fresh_times t;
@@ -1432,6 +1432,35 @@ static void test_targeted(void)
     ok(!apx_cc_parse_targeted(NULL, NULL, 0), "NULL is no field");
 }
 
+/* The policy's stale_on_error: a stale-if-error window of its own for
+ * responses that allow stale use; the response's longer one wins. */
+static void test_stale_on_error(void)
+{
+    apx_fresh_policy soe = { 0, 0, 0, SEC(600) };
+    apx_fresh_times t;
+
+    ok(store_cc(200, "max-age=60", &soe, &t) == APX_STORE_OK
+       && t.sie == SEC(600), "max-age=60: sie from the policy (600 s)");
+    is_int(apx_fresh_state(&t, T(60) + SEC(599)), APX_STALE_IF_ERROR,
+           "... usable on error 599 s after it went stale");
+    is_int(apx_fresh_state(&t, T(60) + SEC(601)), APX_STALE,
+           "... not 601 s after");
+    ok(apx_fresh_keep_until(&t) == T(660), "... kept until then");
+    ok(store_cc(200, "max-age=60, stale-if-error=900", &soe, &t)
+       == APX_STORE_OK && t.sie == SEC(900),
+       "the response's longer stale-if-error wins");
+    ok(store_cc(200, "max-age=60, must-revalidate", &soe, &t) == APX_STORE_OK
+       && t.sie == 0 && t.revalidate, "must-revalidate: never stale");
+    ok(store_cc(200, "max-age=60, proxy-revalidate", &soe, &t)
+       == APX_STORE_OK && t.sie == 0, "proxy-revalidate: never stale");
+    ok(store_cc(200, "s-maxage=60", &soe, &t) == APX_STORE_OK && t.sie == 0,
+       "s-maxage: never stale");
+    ok(store_cc(200, "max-age=60", &no_default, &t) == APX_STORE_OK
+       && t.sie == 0, "policy 0: no window");
+    is_int(store_cc(200, "max-age=0", &soe, &t), APX_STORE_EXPIRED,
+           "stale on arrival is still not stored for it");
+}
+
 int main(void)
 {
     test_cc_init();
@@ -1460,5 +1489,6 @@ int main(void)
     test_revalidation();
     test_parse_mutations();
     test_targeted();
+    test_stale_on_error();
     return done_testing();
 }
