@@ -45,7 +45,7 @@ UNIT_NAMES := $(patsubst t/unit/%.c,%,$(UNIT_SRC))
 # Threaded unit tests that also run under ThreadSanitizer.
 TSAN_TESTS ?= $(filter coro poller poller_wake cache,$(UNIT_NAMES))
 
-.PHONY: all deps test compat-check unit unit-asan unit-tsan integration run stop-run bench bench-engine fuzz clean
+.PHONY: all deps test compat-check unit unit-asan unit-tsan integration run stop-run bench bench-engine fuzz clean cache-tests
 
 all: $(MODULE)
 
@@ -134,6 +134,13 @@ run: deps
 
 stop-run:
 	./scripts/run.sh stop
+
+# The external RFC 9111 suite (issue 12): CACHE_SUITE is a checkout of
+# http-tests/cache-tests with `npm i` done; the summary goes to
+# bench/results/cache-tests-latest.md.
+cache-tests: $(MODULE)
+	@test -n "$(CACHE_SUITE)" || { echo "make cache-tests CACHE_SUITE=DIR (a checkout of http-tests/cache-tests, npm i done)" >&2; exit 2; }
+	./scripts/cache-tests.pl $(CACHE_SUITE) --out bench/results/cache-tests-latest.md
 
 bench-engine:
 	$(MAKE) -C bench engine
