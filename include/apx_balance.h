@@ -229,13 +229,16 @@ int apx_bal_check_report(apx_bal_group *g, unsigned idx, int ok,
 /* The active checks' verdict as shared by every child (the glue probes in
  * one child and mirrors the result into each child's group): up = 0 takes
  * an UP, CHECKING or EJECTED member DOWN at once (no share limit: the
- * checks are authoritative); up = 1 brings a DOWN member back UP with its
+ * checks are authoritative) unless it is the last eligible member
+ * (APX_BAL_EV_EJECT_DENIED: it stays, and the next call looks again);
+ * up = 1 brings a DOWN member back UP with its
  * slow start counted from `since` (when the verdict turned up, so every
  * child ramps in step), and brings an EJECTED member back early, on
  * probation (CHECKING, slow-starting from now), when a check passed after
  * its ejection began (pass_at > the ejection's start: Envoy's
  * successful_active_health_check_uneject_host). DRAINING is left alone.
- * Returns APX_BAL_EV_DOWN, APX_BAL_EV_UP or APX_BAL_EV_NONE. */
+ * Returns APX_BAL_EV_DOWN, APX_BAL_EV_UP, APX_BAL_EV_EJECT_DENIED or
+ * APX_BAL_EV_NONE. */
 int apx_bal_check_sync(apx_bal_group *g, unsigned idx, int up,
                        apr_time_t since, apr_time_t pass_at, apr_time_t now);
 

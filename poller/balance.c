@@ -782,6 +782,12 @@ int apx_bal_check_sync(apx_bal_group *g, unsigned idx, int up,
     if (!up) {
         if (m->state == APX_BAL_DOWN)
             return APX_BAL_EV_NONE;
+        /* never the last one in service (Envoy's panic routing at its
+         * simplest): checks that fail everywhere at once more often say
+         * the checker is starved than that every member died; the next
+         * verdict looks again */
+        if (is_eligible(g, (int)idx) && g->n_elig <= 1)
+            return APX_BAL_EV_EJECT_DENIED;
         if (m->state == APX_BAL_EJECTED)
             g->ejected--;
         m->state = APX_BAL_DOWN;

@@ -505,6 +505,20 @@ static void test_check_sync(void)
            APX_BAL_EV_DOWN, "sync: ejected, checks down: down");
     is_int(g->ejected, 0, "sync: the ejection count gave it back");
 
+    /* the last member in service stays whatever the checks say */
+    {
+        apx_bal_group *g2 = health_group(2, 3, 50, &rng, 8);
+
+        is_int(apx_bal_check_sync(g2, 0, 0, t, 0, t), APX_BAL_EV_DOWN,
+               "sync: one of two down");
+        is_int(apx_bal_check_sync(g2, 1, 0, t, 0, t), APX_BAL_EV_EJECT_DENIED,
+               "sync: the last one in service stays");
+        is_int(g2->m[1].state, APX_BAL_UP, "sync: ... up");
+        apx_bal_check_sync(g2, 0, 1, t + SEC(1), t + SEC(1), t + SEC(1));
+        is_int(apx_bal_check_sync(g2, 1, 0, t, 0, t + SEC(2)), APX_BAL_EV_DOWN,
+               "sync: down once another is back");
+    }
+
     /* draining is the administrator's */
     apx_bal_set_draining(g, 3, 1, t);
     is_int(apx_bal_check_sync(g, 3, 0, t, 0, t), APX_BAL_EV_NONE,
