@@ -29,7 +29,9 @@
 /* One member's active-check state (upstream_check.c), 128 bytes. One child
  * at a time probes the member: the one whose CAS moved `next_due` forward
  * (the lease); it alone writes the result words until its probe ends (a
- * probe's timeout is at most the interval, so leases do not overlap).
+ * probe's timeout is at most the interval, so leases do not overlap; a
+ * timeout dispatched late may meet the next probe by a few ms: every word
+ * is an atomic, so the worst is two results counted in either order).
  * Every child reads them (acquire loads) to follow the verdict. */
 typedef struct apx_mshm_check {
     apr_time_t next_due;            /* the next probe is due (the lease) */

@@ -236,6 +236,14 @@ ok(wait_all('pool', $_, sub { $_[0]{check} eq 'up' && $_[0]{checks_passed} >= 3 
     my $t0 = time;
     my $r = http_request($h->port, 'GET', '/apx-status', timeout => 10);
     is($r && $r->{status}, 200, '... and the status page answers meanwhile (the probe is parked)');
+    # down, and its probe on the way (700 ms of each second): "checking"
+    my $checking;
+    my $until = time + 10;
+    while (!$checking && time < $until) {
+        ($checking) = grep { $_->{balancer} eq 'odd' && $_->{index} == 1 && $_->{state} eq 'checking' } status_lines();
+        sleep 0.05 unless $checking;
+    }
+    ok($checking, '... shown as state=checking while a probe of it is on its way');
     my $g = by_child('odd', 2);
     ok(!grep({ $_->{check} ne 'up' } values %$g), 'the healthy member of that balancer stays up');
     my @o = map { http_request($h->port, 'GET', "/o/x$_", timeout => 10) } 1 .. 20;
@@ -253,6 +261,20 @@ ok(wait_all('pool', $_, sub { $_[0]{check} eq 'up' && $_[0]{checks_passed} >= 3 
     my ($sl) = values %{ $s || {} };
     is($sl && $sl->{check_error}, 'tls', '... check_error=tls');
     is(scalar(probes_of('S')), 0, '... no request reached it');
+}
+
+# ---- no descriptor leaks: probes that time out, fail TLS, pass -----------------
+{
+    my @kids = $h->children;
+    my %before = map { $_ => $h->fds_of($_) } @kids;
+    my $probes = scalar(probes_of('F')) + scalar(probes_of('A'));
+    sleep 5;
+    my %after = map { $_ => $h->fds_of($_) } @kids;
+    my $done = scalar(probes_of('F')) + scalar(probes_of('A')) - $probes;
+    cmp_ok($done, '>=', 6, "probes ran meanwhile ($done at two of the members)");
+    for my $k (@kids) {
+        cmp_ok($after{$k} - $before{$k}, '<=', 2, "child $k: open descriptors stable ($before{$k} -> $after{$k}) while ~45 probes ran");
+    }
 }
 
 # ---- graceful restart: probes stop with the old children ---------------------
