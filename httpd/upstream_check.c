@@ -44,6 +44,7 @@
 #include "httpd.h"
 #include "http_config.h"
 #include "http_log.h"
+#include "ap_mpm.h"
 #include "apr_lib.h"
 #include "apr_strings.h"
 
@@ -549,6 +550,15 @@ void apx_checks_child_init(apr_pool_t *pchild, server_rec *s)
     }
     if (!n || !apx_mshm_at(0))
         return;
+    if (!apx_ch || !apx_ch->mpm_async) {
+        /* a probe parks: without the engine there is nothing to run it */
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, APXLOGNO(00048)
+                     "AsyncProxyHealthCheck: the MPM (%s) is not "
+                     "asynchronous: no health checks run in this child; "
+                     "members are judged by their requests only "
+                     "(failures=)", ap_show_mpm());
+        return;
+    }
     probes = apr_pcalloc(pchild, n * sizeof(*probes));
     for (i = 0; all && i < all->nelts; i++) {
         apx_balancer *b = APR_ARRAY_IDX(all, i, apx_balancer *);

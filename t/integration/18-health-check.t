@@ -19,7 +19,8 @@
 #     page keeps answering;
 #   - https:// and unix: members are probed too (TLS on the member's
 #     settings: a certificate its CA did not sign fails the check);
-#   - configtest names the directive and the value of bad settings.
+#   - configtest names the directive and the value of bad settings;
+#   - under the worker MPM (no engine) no probe is sent, and the log says so.
 use strict;
 use warnings;
 use Test::More;
@@ -330,6 +331,26 @@ for my $case (
     my $t = APX::Httpd->new(mpm => 'event', conf => "<AsyncProxyBalancer a>\nAsyncProxyMember http://$B\nAsyncProxyHealthCheck GET /healthz interval=2s timeout=1s passes=2 fails=3 expect=200-399 host=h.example\nAsyncProxyBalancerSet slowstart=30s\n</AsyncProxyBalancer>\nAsyncProxyPass /a/ balancer://a/\n");
     my ($rc, $out) = $t->configtest;
     is($rc, 0, 'configtest: the issue\'s example with every option passes') or diag $out;
+}
+
+# ---- worker MPM: no engine, no probes; said once per child -------------------
+{
+    my $w = APX::Httpd->new(mpm => 'worker', servers => 1, server_limit => 1, threads => 10, conf => <<"EOF");
+AsyncProxyPass /b/ balancer://pool/b/
+<AsyncProxyBalancer pool>
+    AsyncProxyMember http://$B
+    AsyncProxyHealthCheck GET /healthz interval=200ms
+</AsyncProxyBalancer>
+EOF
+    my $before = scalar probes_of('A');
+    $w->start;
+    my $r = http_request($w->port, 'GET', '/b/w1', timeout => 10);
+    is($r && $r->{status}, 200, 'worker MPM: the balancer serves');
+    sleep 1;
+    is(scalar(probes_of('A')) - $before, 0, '... and sends no probe');
+    open my $wl, '<', $w->error_log or die;
+    ok(grep(/APX00048: AsyncProxyHealthCheck: the MPM \(worker\) is not asynchronous/, <$wl>), '... saying why (APX00048)');
+    $w->stop;
 }
 
 cmp_ok(time - $t_start, '<', 120, 'the file stays under 120 s');
