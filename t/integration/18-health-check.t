@@ -17,6 +17,8 @@
 #   - expect= mismatch (a 500 /healthz) marks its member down; a /healthz
 #     that never answers marks its member down by timeout while the status
 #     page keeps answering;
+#   - a member ejected by its failing requests comes back early, on
+#     probation, when its check passes;
 #   - https:// and unix: members are probed too (TLS on the member's
 #     settings: a certificate its CA did not sign fails the check);
 #   - configtest names the directive and the value of bad settings;
@@ -61,6 +63,10 @@ my $d_port = $be{D}->port;
 $be{E} = APX::Backend->new(idle_timeout => 60, handler => handler_for('E', sub { APX::Backend::response(500, "sick\n") }));
 $be{F} = APX::Backend->new(idle_timeout => 60, handler => handler_for('F', sub { [[sleep => 4], [close => 1]] }));
 $be{G} = member_backend('G');
+# requests fail (503), its health answer is fine: ejected by its requests,
+# back early by its checks
+$be{H} = APX::Backend->new(idle_timeout => 60, handler => sub {
+    $_[0]{target} eq '/healthz' ? APX::Backend::response(200, "ok\n") : APX::Backend::response(503, "busy\n") });
 # TLS and Unix members
 my $c = APX::BackendTLS::make_certs($d);
 $be{T} = APX::BackendTLS->new(cert => $c->{cert}, key => $c->{key}, idle_timeout => 60, handler => handler_for('T'));
@@ -74,6 +80,7 @@ my $h = APX::Httpd->new(
 AsyncProxyPass /b/ balancer://pool/b/
 AsyncProxyPass /o/ balancer://odd/o/
 AsyncProxyPass /m/ balancer://mix/m/
+AsyncProxyPass /f/ balancer://flaky/f/
 <AsyncProxyBalancer pool>
     AsyncProxyMember http://127.0.0.1:@{[ $be{A}->port ]}
     AsyncProxyMember http://127.0.0.1:@{[ $be{B}->port ]}
@@ -87,6 +94,12 @@ AsyncProxyPass /m/ balancer://mix/m/
     AsyncProxyMember http://127.0.0.1:@{[ $be{F}->port ]}
     AsyncProxyMember http://127.0.0.1:@{[ $be{G}->port ]}
     AsyncProxyHealthCheck HEAD /healthz interval=1s timeout=700ms passes=1 fails=2 expect=200 host=health.local
+</AsyncProxyBalancer>
+<AsyncProxyBalancer flaky>
+    AsyncProxyMember http://127.0.0.1:@{[ $be{H}->port ]}
+    AsyncProxyMember http://127.0.0.1:@{[ $be{G}->port ]}
+    AsyncProxyHealthCheck GET /healthz interval=1s
+    AsyncProxyBalancerSet lbmethod=wrr failures=2 ejecttime=60s maxeject=50%
 </AsyncProxyBalancer>
 <AsyncProxyBalancer mix>
     AsyncProxyMember https://127.0.0.1:@{[ $be{T}->port ]} tlsca=$c->{ca}
@@ -249,6 +262,27 @@ ok(wait_all('pool', $_, sub { $_[0]{check} eq 'up' && $_[0]{checks_passed} >= 3 
     ok(!grep({ $_->{check} ne 'up' } values %$g), 'the healthy member of that balancer stays up');
     my @o = map { http_request($h->port, 'GET', "/o/x$_", timeout => 10) } 1 .. 20;
     is(scalar(grep { $_ && $_->{status} == 200 && $_->{body} =~ /^G / } @o), 20, 'all its requests go to the healthy member');
+}
+
+# ---- passive ejection, then back early by a passing check --------------------
+{
+    # requests until member 0 is ejected in some child
+    my $ejected;
+    for my $i (1 .. 60) {
+        http_request($h->port, 'GET', "/f/x$i", timeout => 10);
+        ($ejected) = grep { $_->{balancer} eq 'flaky' && $_->{index} == 0 && $_->{state} eq 'ejected' } status_lines();
+        last if $ejected;
+    }
+    ok($ejected, 'a member whose requests fail (503) is ejected by them (passive, failures=2, ejecttime=60s)');
+    my $pid = $ejected ? $ejected->{child} : 0;
+    my $back;
+    my $until = time + 10;
+    while (!$back && time < $until) {
+        ($back) = grep { $_->{balancer} eq 'flaky' && $_->{index} == 0 && $_->{child} == $pid && $_->{state} ne 'ejected' } status_lines();
+        sleep 0.1 unless $back;
+    }
+    ok($back, '... and back long before its ejection ends, at the next passing check');
+    is($back && $back->{state}, 'checking', '... on probation (state=checking)');
 }
 
 # ---- https:// and unix: members ----------------------------------------------
