@@ -51,6 +51,12 @@ static const command_rec asyncproxy_cmds[] = {
                      "[ejecttime=D] [maxeject=P%] [retrybudget=P%] "
                      "[slowstart=D] [failstatus=S,S...]: settings of the "
                      "enclosing <AsyncProxyBalancer>"),
+    AP_INIT_RAW_ARGS("AsyncProxyHealthCheck", apx_cmd_health_check, NULL,
+                     RSRC_CONF,
+                     "METHOD PATH [interval=D] [timeout=D] [passes=N] "
+                     "[fails=N] [expect=LO-HI] [host=NAME]: active health "
+                     "checks of the members of the enclosing "
+                     "<AsyncProxyBalancer>, one prober for all children"),
     AP_INIT_TAKE12("AsyncProxyPassReverse", apx_cmd_pass_reverse, NULL,
                    RSRC_CONF | ACCESS_CONF,
                    "PATH URL: rewrite Location, Content-Location and URI "

@@ -25,6 +25,7 @@
 #include "lane.h"
 #include "shed.h"
 #include "upstream.h"
+#include "upstream_check.h"
 
 APLOG_USE_MODULE(asyncproxy);
 
@@ -137,6 +138,7 @@ void apx_child_init(apr_pool_t *pchild, server_rec *s)
         return;
     }
     apx_shed_child_init(s, apx_gconf.mpm_factor, apx_gconf.mpm_threads);
+    apx_checks_start();
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, APXLOGNO(00006)
                  "asynchronous mode: MPM %s, engine with %u..%u workers, "
                  "%" APR_SIZE_T_FMT "-byte coroutine stacks", ap_show_mpm(),

@@ -212,10 +212,13 @@ const char *apx_cmd_trusted(cmd_parms *cmd, void *dummy, const char *arg);
 const char *apx_cmd_srv_time(cmd_parms *cmd, void *dummy, const char *arg);
 /* upstream_conf.c: <AsyncProxyBalancer NAME> ... </AsyncProxyBalancer>
  * and what goes in it: AsyncProxyMember URL [key=value ...],
- * AsyncProxyBalancerSet key=value ... */
+ * AsyncProxyBalancerSet key=value ..., AsyncProxyHealthCheck METHOD PATH
+ * [key=value ...] */
 const char *apx_cmd_balancer(cmd_parms *cmd, void *dummy, const char *arg);
 const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args);
 const char *apx_cmd_balancer_set(cmd_parms *cmd, void *dummy,
+                                 const char *args);
+const char *apx_cmd_health_check(cmd_parms *cmd, void *dummy,
                                  const char *args);
 
 /* conf.c: the records (module record callbacks) and the configuration

@@ -149,6 +149,8 @@ struct apx_balancer {
     int queue_limited;              /* 0: queue= not set, no limit but
                                      * AsyncProxyMaxParked */
     apr_interval_time_t queue_timeout;  /* queuetimeout= */
+    struct apx_check_conf *check;   /* AsyncProxyHealthCheck, NULL: none
+                                     * (upstream_check.h) */
     void *rt;                       /* per child: upstream_group.c */
 };
 

@@ -7,7 +7,8 @@
  * and, inside it, AsyncProxyMember and AsyncProxyBalancerSet, parsed into
  * an apx_balancer (upstream.h) whose members are origins declared like
  * AsyncProxyPass's (apx_backend_declare: one keep-alive pool each). The
- * AsyncProxyPass that names balancer://NAME is resolved by check_config
+ * AsyncProxyHealthCheck (active checks, upstream_check.c) goes in the
+ * section too. The AsyncProxyPass that names balancer://NAME is resolved by check_config
  * (conf.c), so the section may come after it.
  *
  * Threads: configuration time only (pconf, single thread, in the parent).
@@ -21,6 +22,7 @@
 
 #include "conf.h"
 #include "upstream.h"
+#include "upstream_check.h"
 
 APLOG_USE_MODULE(asyncproxy);
 
@@ -428,4 +430,110 @@ const char *apx_cmd_balancer_set(cmd_parms *cmd, void *dummy,
             return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);
     }
     return more < 0 ? err : NULL;
+}
+
+/* expect=NNN or expect=LO-HI, statuses 100..599. */
+static const char *parse_expect(cmd_parms *cmd, const char *val,
+                                apx_check_conf *cc)
+{
+    const char *dash = strchr(val, '-');
+    const char *lo = dash ? apr_pstrmemdup(cmd->pool, val, dash - val) : val;
+    const char *hi = dash ? dash + 1 : val;
+
+    if (apx_parse_uint(cmd, lo, 100, 599, &cc->expect_lo)
+        || apx_parse_uint(cmd, hi, 100, 599, &cc->expect_hi)
+        || cc->expect_lo > cc->expect_hi)
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s' for option "
+                            "expect= (a status, or a range LO-HI, within "
+                            "100..599)", cmd->cmd->name, val);
+    return NULL;
+}
+
+/* AsyncProxyHealthCheck METHOD PATH [interval=D] [timeout=D] [passes=N]
+ * [fails=N] [expect=LO-HI] [host=NAME] (inside the section). passes= and
+ * fails= are also the group's (apx_bal_config), for the engine's
+ * bookkeeping of the verdict. */
+const char *apx_cmd_health_check(cmd_parms *cmd, void *dummy,
+                                 const char *args)
+{
+    apx_balancer *b = cur_balancer;
+    apx_check_conf *cc;
+    const char *err = NULL, *key, *val, *method, *path, *c;
+    int more, timeout_set = 0;
+
+    if ((err = only_in_balancer(cmd)))
+        return err;
+    if (b->check)
+        return apr_psprintf(cmd->pool, "%s: balancer %s has one already",
+                            cmd->cmd->name, b->name);
+    method = ap_getword_conf(cmd->pool, &args);
+    path = ap_getword_conf(cmd->pool, &args);
+    if (!*method || !*path)
+        return apr_psprintf(cmd->pool, "%s: usage: %s METHOD PATH "
+                            "[interval=D] [timeout=D] [passes=N] [fails=N] "
+                            "[expect=LO-HI] [host=NAME]", cmd->cmd->name,
+                            cmd->cmd->name);
+    for (c = method; *c; c++)
+        if (!apr_isupper(*c))
+            return apr_psprintf(cmd->pool, "%s: invalid method '%s' "
+                                "(GET, HEAD, OPTIONS ...: capital letters)",
+                                cmd->cmd->name, method);
+    if (*path != '/' || strpbrk(path, " \t\r\n"))
+        return apr_psprintf(cmd->pool, "%s: invalid path '%s' (it starts "
+                            "with '/')", cmd->cmd->name, path);
+    cc = apr_pcalloc(cmd->pool, sizeof(*cc));
+    cc->method = method;
+    cc->path = path;
+    cc->interval = APX_CHECK_INTERVAL;
+    cc->timeout = APX_CHECK_TIMEOUT;
+    cc->passes = 2;
+    cc->fails = 3;
+    cc->expect_lo = 200;
+    cc->expect_hi = 399;
+    while ((more = next_option(cmd, &args, &key, &val, &err)) > 0) {
+        err = NULL;
+        if (!strcasecmp(key, "interval"))
+            err = apx_parse_duration(cmd, val, apr_time_from_msec(100),
+                                     apr_time_from_sec(3600), &cc->interval);
+        else if (!strcasecmp(key, "timeout")) {
+            err = apx_parse_duration(cmd, val, apr_time_from_msec(10),
+                                     apr_time_from_sec(3600), &cc->timeout);
+            timeout_set = 1;
+        }
+        else if (!strcasecmp(key, "passes") || !strcasecmp(key, "rise"))
+            err = apx_parse_uint(cmd, val, 1, 1000, &cc->passes);
+        else if (!strcasecmp(key, "fails") || !strcasecmp(key, "fall"))
+            err = apx_parse_uint(cmd, val, 1, 1000, &cc->fails);
+        else if (!strcasecmp(key, "expect"))
+            err = parse_expect(cmd, val, cc);
+        else if (!strcasecmp(key, "host")) {
+            if (!*val || strpbrk(val, " \t\r\n/"))
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                    "option host= (a host name, with a "
+                                    "port if needed)", cmd->cmd->name, val);
+            cc->host = val;
+        }
+        else
+            return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
+                                "interval, timeout, passes, fails, expect, "
+                                "host)", cmd->cmd->name, key);
+        if (err)
+            return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);
+    }
+    if (more < 0)
+        return err;
+    /* a probe ends before the next is due: the lease of one interval
+     * covers it, so two children never probe a member at once */
+    if (!timeout_set && cc->timeout > cc->interval)
+        cc->timeout = cc->interval;
+    if (cc->timeout > cc->interval)
+        return apr_psprintf(cmd->pool, "%s: timeout=%" APR_TIME_T_FMT "ms is "
+                            "longer than interval=%" APR_TIME_T_FMT "ms (a "
+                            "probe ends before the next is due)",
+                            cmd->cmd->name, apr_time_as_msec(cc->timeout),
+                            apr_time_as_msec(cc->interval));
+    b->cfg.passes = cc->passes;
+    b->cfg.fails = cc->fails;
+    b->check = cc;
+    return NULL;
 }

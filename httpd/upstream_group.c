@@ -23,6 +23,9 @@
  *     coroutine defer, see backend.c).
  *   - The method's state (latency averages, ejections, its in-flight
  *     counts) is per child: N children keep N views of each group. The
+ *     active checks' verdict is shared (upstream_check.c writes it in
+ *     the segment): each group mirrors it under its lock before a pick,
+ *     a retry or a status copy, when the segment's generation moved. The
  *     caps of max= are shared by all children (upstream_shm.c): a capped
  *     member's slot is taken by apx_group_acquire() (upstream_queue.c) or
  *     a retry here, and given back by apx_group_done().
@@ -37,6 +40,7 @@
 #include "apr_thread_mutex.h"
 
 #include "upstream.h"
+#include "upstream_check.h"
 #include "upstream_queue.h"
 #include "upstream_shm.h"
 
@@ -48,6 +52,8 @@ typedef struct group_rt {
     apr_thread_mutex_t *mtx;
     apx_bal_group *g;
     apx_bal_rng rng;                /* under mtx, like the group */
+    apr_uint32_t check_gen;         /* the checks' generation last
+                                     * mirrored (under mtx) */
 } group_rt;
 
 /* ------------------------------------------------------------------ */
@@ -75,6 +81,7 @@ void apx_balancers_child_init(apr_pool_t *pchild, server_rec *s)
 
     apx_mshm_child_init(pchild, s);
     apx_queue_child_init(pchild, s);
+    apx_checks_child_init(pchild, s);
     for (i = 0; all && i < all->nelts; i++) {
         apx_balancer *b = APR_ARRAY_IDX(all, i, apx_balancer *);
         apx_bal_member_spec *specs;
@@ -103,6 +110,8 @@ void apx_balancers_child_init(apr_pool_t *pchild, server_rec *s)
                          "requests will get 503", b->name);
             continue;
         }
+        /* mirror the checks' verdict at the first look */
+        rt->check_gen = (apr_uint32_t)-1;
         /* distinct children draw distinct sequences */
         apx_bal_rng_seed(&rt->rng, (apr_uint64_t)now ^ ((apr_uint64_t)getpid()
                                                        << 32) ^ (apr_uint64_t)i);
@@ -211,6 +220,34 @@ static const apx_member *member_of(const apx_balancer *b, unsigned idx)
     return &APR_ARRAY_IDX(b->members, (int)idx, apx_member);
 }
 
+/* Under rt->mtx: the shared verdict of the active checks into this
+ * child's group, when a probe ended since the last look (one atomic load
+ * otherwise). */
+static void follow_checks(apx_balancer *b, group_rt *rt, apr_time_t now)
+{
+    apr_uint32_t gen;
+    unsigned j;
+
+    if (!b->check)
+        return;
+    gen = apx_mshm_check_gen();
+    if (gen == rt->check_gen)
+        return;
+    rt->check_gen = gen;
+    for (j = 0; j < (unsigned)b->members->nelts; j++) {
+        const apx_mshm_member *sm = apx_mshm_at(member_of(b, j)->gidx);
+        int up;
+
+        if (!sm)
+            continue;
+        up = (int)__atomic_load_n(&sm->chk.up, __ATOMIC_ACQUIRE);
+        apx_bal_check_sync(rt->g, j, up,
+                           __atomic_load_n(&sm->chk.since, __ATOMIC_ACQUIRE),
+                           __atomic_load_n(&sm->chk.last_pass_at,
+                                           __ATOMIC_ACQUIRE), now);
+    }
+}
+
 /* A pick (failed < 0) or a retry away from member `failed`. */
 static apr_status_t choose(apx_balancer *b, request_rec *r, int failed,
                            unsigned *idx)
@@ -225,6 +262,7 @@ static apr_status_t choose(apx_balancer *b, request_rec *r, int failed,
     request_key(b, r, &in);
     now = apr_time_now();
     apr_thread_mutex_lock(rt->mtx);
+    follow_checks(b, rt, now);
     rv = failed < 0 ? apx_bal_pick(rt->g, &in, now, &rt->rng, idx)
                     : apx_bal_retry(rt->g, &in, (unsigned)failed, now,
                                     &rt->rng, idx);
@@ -326,14 +364,33 @@ typedef struct member_view {
     apx_mshm_member sh;             /* all children (zeros: no cap) */
     apr_uint32_t queued_here;
     apr_uint32_t held_here;
+    apx_mshm_check chk;             /* zeros: no check */
 } member_view;
 
 static void shared_view(const apx_member *mb, member_view *v)
 {
     const apx_mshm_member *sm = mb->cap ? apx_mshm_at(mb->gidx) : NULL;
 
+    const apx_mshm_member *all = apx_mshm_at(mb->gidx);
+
     memset(&v->sh, 0, sizeof(v->sh));
+    memset(&v->chk, 0, sizeof(v->chk));
     v->queued_here = v->held_here = 0;
+    if (all) {
+        const apx_mshm_check *c = &all->chk;
+
+        v->chk.up = __atomic_load_n(&c->up, __ATOMIC_ACQUIRE);
+        v->chk.passed = __atomic_load_n(&c->passed, __ATOMIC_RELAXED);
+        v->chk.failed = __atomic_load_n(&c->failed, __ATOMIC_RELAXED);
+        v->chk.last_status = __atomic_load_n(&c->last_status,
+                                             __ATOMIC_RELAXED);
+        v->chk.last_ms = __atomic_load_n(&c->last_ms, __ATOMIC_RELAXED);
+        v->chk.last_err = __atomic_load_n(&c->last_err, __ATOMIC_RELAXED);
+        v->chk.last_at = __atomic_load_n(&c->last_at, __ATOMIC_RELAXED);
+        v->chk.prober = __atomic_load_n(&c->prober, __ATOMIC_RELAXED);
+        v->chk.pass_run = __atomic_load_n(&c->pass_run, __ATOMIC_RELAXED);
+        v->chk.fail_run = __atomic_load_n(&c->fail_run, __ATOMIC_RELAXED);
+    }
     if (!sm)
         return;
     v->sh.cap = sm->cap;
@@ -367,6 +424,7 @@ void apx_balancers_status(request_rec *r, int short_report)
         n = (unsigned)b->members->nelts;
         v = apr_palloc(r->pool, n * sizeof(*v));
         apr_thread_mutex_lock(rt->mtx);
+        follow_checks(b, rt, now);
         apx_bal_refresh(rt->g, now);
         for (j = 0; j < n; j++) {
             v[j].m = *apx_bal_member_at(rt->g, j);
@@ -386,13 +444,27 @@ void apx_balancers_status(request_rec *r, int short_report)
                        "<th>longest wait (ms)</th>"
                        "<th>latency (ms)</th>"
                        "<th>requests</th><th>failures</th><th>ejections"
-                       "</th><th>retries</th></tr>\n",
+                       "</th><th>retries</th><th>check</th><th>checks "
+                       "passed</th><th>checks failed</th><th>last check"
+                       "</th></tr>\n",
                        ap_escape_html(r->pool, b->name));
         for (j = 0; j < n; j++) {
             const apx_member *mb = member_of(b, j);
             const apx_bal_member *m = &v[j].m;
             const member_view *w = &v[j];
             const char *state = apx_bal_state_name(m->state);
+            const char *check = "none", *cerr = "-";
+            apr_int64_t check_age = -1;
+
+            if (b->check) {
+                check = w->chk.up ? "up" : "down";
+                cerr = apx_check_error_name(w->chk.last_err);
+                if (w->chk.last_at)
+                    check_age = apr_time_as_msec(now - w->chk.last_at);
+                /* down, and a probe is on its way: item 6's "checking" */
+                if (m->state == APX_BAL_DOWN && w->chk.prober)
+                    state = "checking";
+            }
 
             if (short_report) {
                 /* the fields of the first slice first, in their order:
@@ -408,7 +480,12 @@ void apx_balancers_status(request_rec *r, int short_report)
                            APR_UINT64_T_FMT " queue_dispatched=%"
                            APR_UINT64_T_FMT " queue_max_wait_ms=%"
                            APR_UINT64_T_FMT " slots_reclaimed=%"
-                           APR_UINT64_T_FMT " child=%d\n", b->name, j,
+                           APR_UINT64_T_FMT " check=%s checks_passed=%"
+                           APR_UINT64_T_FMT " checks_failed=%"
+                           APR_UINT64_T_FMT " check_status=%u check_ms=%u "
+                           "check_error=%s check_age_ms=%" APR_INT64_T_FMT
+                           " check_run=%u weight_now=%u child=%d\n",
+                           b->name, j,
                            mb->url, mb->route ? mb->route : "-", mb->weight,
                            state, m->inflight, v[j].latency, m->requests,
                            m->failures, m->ejections, m->retries, mb->cap,
@@ -416,7 +493,11 @@ void apx_balancers_status(request_rec *r, int short_report)
                            w->queued_here, w->sh.queue_timeouts,
                            w->sh.queue_full, w->sh.queue_gone,
                            w->sh.dispatched, w->sh.max_wait_us / 1000,
-                           w->sh.reclaimed, (int)getpid());
+                           w->sh.reclaimed, check, w->chk.passed,
+                           w->chk.failed, w->chk.last_status, w->chk.last_ms,
+                           cerr, check_age,
+                           w->chk.up ? w->chk.fail_run : w->chk.pass_run,
+                           m->eff_weight, (int)getpid());
                 continue;
             }
             ap_rprintf(r, "<tr><td>%s</td><td>%s</td><td>%u</td><td>%s</td>"
@@ -427,14 +508,18 @@ void apx_balancers_status(request_rec *r, int short_report)
                        "<td>%.1f</td><td>%" APR_UINT64_T_FMT
                        "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
                        APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
-                       "</td></tr>\n", ap_escape_html(r->pool, mb->url),
+                       "</td><td>%s</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                       APR_UINT64_T_FMT "</td><td>%u in %u ms (%s)</td>"
+                       "</tr>\n", ap_escape_html(r->pool, mb->url),
                        mb->route ? ap_escape_html(r->pool, mb->route) : "",
                        mb->weight, state, m->inflight, mb->cap,
                        w->sh.inflight, w->sh.queued, w->queued_here,
                        w->sh.queue_timeouts, w->sh.queue_full,
                        w->sh.queue_gone, w->sh.max_wait_us / 1000,
                        v[j].latency / 1000.0,
-                       m->requests, m->failures, m->ejections, m->retries);
+                       m->requests, m->failures, m->ejections, m->retries,
+                       check, w->chk.passed, w->chk.failed,
+                       w->chk.last_status, w->chk.last_ms, cerr);
         }
         if (!short_report)
             ap_rputs("</table>\n", r);

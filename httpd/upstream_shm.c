@@ -7,7 +7,7 @@
  * anonymous shared segment per generation, created by the parent at
  * post_config and inherited by its children.
  *
- * Layout: a header, one apx_mshm_member (64 bytes) per member, then one
+ * Layout: a header, one apx_mshm_member (192 bytes) per member, then one
  * record per child (2 x ServerLimit of them, at least 8: a child that is
  * finishing gracefully still holds its record while its replacement
  * claims another). A record holds its child's pid and, per member, the
@@ -38,8 +38,10 @@
 
 APLOG_USE_MODULE(asyncproxy);
 
-_Static_assert(sizeof(apx_mshm_member) == 64,
-               "apx_mshm_member is one cache line");
+_Static_assert(sizeof(apx_mshm_check) == 128,
+               "apx_mshm_check is two cache lines");
+_Static_assert(sizeof(apx_mshm_member) == 192,
+               "apx_mshm_member is three cache lines: queue, then check");
 
 #define MSHM_MAGIC      0x41505851u     /* "APXQ" */
 #define MSHM_MIN_RECS   8
@@ -49,6 +51,7 @@ typedef struct mshm_head {
     apr_uint32_t nmembers;
     apr_uint32_t nrecs;
     apr_uint32_t rec_size;              /* bytes per record, 64-aligned */
+    apr_uint32_t check_gen;             /* apx_mshm_check_bump() */
 } mshm_head;
 
 /* A record: pid (0: free, -1: being reclaimed), then head_at[nmembers]
@@ -91,7 +94,7 @@ int apx_mshm_post_config(apr_pool_t *pconf, server_rec *s)
     apr_shm_t *shm;
     apr_size_t rec_size, size;
     apr_status_t rv;
-    unsigned n = 0, any_cap = 0;
+    unsigned n = 0, any_shared = 0;
     int i, j, limit = 0;
 
     base = NULL;
@@ -105,13 +108,13 @@ int apx_mshm_post_config(apr_pool_t *pconf, server_rec *s)
             apx_member *mb = &APR_ARRAY_IDX(b->members, j, apx_member);
 
             mb->gidx = n++;
-            if (mb->cap)
-                any_cap = 1;
+            if (mb->cap || b->check)
+                any_shared = 1;
         }
     }
-    /* Without a cap nothing needs sharing: the queue only exists behind
-     * one. */
-    if (!any_cap)
+    /* Without a cap or a check nothing needs sharing: the queue only
+     * exists behind a cap. */
+    if (!any_shared)
         return OK;
     if (ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit) != APR_SUCCESS
         || limit < 1)
@@ -126,8 +129,9 @@ int apx_mshm_post_config(apr_pool_t *pconf, server_rec *s)
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_ERR, rv, s,
                      APXLOGNO(00035) "cannot create the shared memory "
-                     "(%" APR_SIZE_T_FMT " bytes) that caps balancer "
-                     "members across children (AsyncProxyMember max=)",
+                     "(%" APR_SIZE_T_FMT " bytes) that balancer "
+                     "members share across children (max= caps, "
+                     "AsyncProxyHealthCheck)",
                      size);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -147,6 +151,9 @@ int apx_mshm_post_config(apr_pool_t *pconf, server_rec *s)
             apx_member *mb = &APR_ARRAY_IDX(b->members, j, apx_member);
 
             members[mb->gidx].cap = mb->cap;
+            /* up until the checks say otherwise (HAProxy starts its
+             * servers up too): a restart does not 503 for an interval */
+            members[mb->gidx].chk.up = 1;
         }
     }
     return OK;
@@ -335,6 +342,17 @@ int apx_mshm_head_is_oldest(unsigned gidx, apr_time_t at)
             return 0;
     }
     return 1;
+}
+
+apr_uint32_t apx_mshm_check_gen(void)
+{
+    return head ? __atomic_load_n(&head->check_gen, __ATOMIC_ACQUIRE) : 0;
+}
+
+void apx_mshm_check_bump(void)
+{
+    if (head)
+        __atomic_add_fetch(&head->check_gen, 1, __ATOMIC_ACQ_REL);
 }
 
 void apx_mshm_max64(apr_uint64_t *word, apr_uint64_t v)

@@ -15,6 +15,9 @@
  * with __atomic builtins, never under a lock (another process cannot take
  * our locks).
  *
+ * The segment exists when a member has a max= cap or a balancer has an
+ * AsyncProxyHealthCheck.
+ *
  * Members are numbered globally (apx_member.gidx): balancer by balancer,
  * member by member, in configuration order.
  */
@@ -23,8 +26,34 @@
 
 #include "common.h"
 
-/* One member's shared figures: exactly 64 bytes (a cache line of its own,
- * so two members' counters never share one: checked in upstream_shm.c). */
+/* One member's active-check state (upstream_check.c), 128 bytes. One child
+ * at a time probes the member: the one whose CAS moved `next_due` forward
+ * (the lease); it alone writes the result words until its probe ends (a
+ * probe's timeout is at most the interval, so leases do not overlap; a
+ * timeout dispatched late may meet the next probe by a few ms: every word
+ * is an atomic, so the worst is two results counted in either order).
+ * Every child reads them (acquire loads) to follow the verdict. */
+typedef struct apx_mshm_check {
+    apr_time_t next_due;            /* the next probe is due (the lease) */
+    apr_time_t last_at;             /* the last probe ended */
+    apr_time_t since;               /* the verdict last turned (0: never) */
+    apr_time_t last_pass_at;        /* the last probe that passed ended */
+    apr_uint64_t passed;            /* probes that passed ... */
+    apr_uint64_t failed;            /* ... and failed, all children */
+    apr_uint32_t up;                /* the verdict: 1 up (at start), 0 down */
+    apr_uint32_t pass_run;          /* passes in a row */
+    apr_uint32_t fail_run;          /* failures in a row */
+    apr_uint32_t last_status;       /* HTTP status of the last probe, 0:
+                                     * none came */
+    apr_uint32_t last_ms;           /* its duration */
+    apr_uint32_t last_err;          /* APX_CHECK_ERR_* (upstream_check.h) */
+    apr_int32_t prober;             /* pid of the child probing now, 0 */
+    apr_uint32_t pad[13];
+} apx_mshm_check;
+
+/* One member's shared figures: the queue's line (64 bytes, so two members'
+ * counters never share one), then the check's two lines (checked in
+ * upstream_shm.c). */
 typedef struct apx_mshm_member {
     apr_uint32_t cap;               /* max=, 0: no cap (set by the parent) */
     apr_uint32_t inflight;          /* slots taken, all children */
@@ -36,6 +65,7 @@ typedef struct apx_mshm_member {
     apr_uint64_t dispatched;        /* got a slot after waiting */
     apr_uint64_t max_wait_us;       /* longest wait that got a slot */
     apr_uint64_t reclaimed;         /* slots given back for dead children */
+    apx_mshm_check chk;             /* active checks (upstream_check.c) */
 } apx_mshm_member;
 
 /* Counts the members of every balancer, numbers them (gidx) and creates
@@ -78,6 +108,12 @@ int apx_mshm_head_is_oldest(unsigned gidx, apr_time_t at);
  * when nothing died (one kill(pid, 0) per claimed record). Returns the
  * number of records reclaimed. */
 unsigned apx_mshm_sweep(server_rec *s);
+
+/* Bumped by the prober after each probe result (any member): a child's
+ * picker compares it with the value it last saw and reads the members'
+ * verdicts only when it moved. 0 when there is no segment. */
+apr_uint32_t apx_mshm_check_gen(void);
+void apx_mshm_check_bump(void);
 
 /* Raises *word to v if v is larger (atomically). */
 void apx_mshm_max64(apr_uint64_t *word, apr_uint64_t v);

@@ -147,6 +147,7 @@ typedef struct apx_bal_member {
     apr_time_t ramp_start;      /* slow start began (0: not ramping) */
     apr_time_t up_since;        /* back in service since (backoff decay) */
     apr_time_t last_check;      /* last active-check report */
+    apr_time_t ejected_at;      /* the last passive ejection began */
     apr_uint64_t requests;      /* picked, retries included */
     apr_uint64_t failures;      /* CONNECT_FAIL + TIMEOUT + 5XX */
     apr_uint64_t ejections;
@@ -224,6 +225,22 @@ apr_status_t apx_bal_retry(apx_bal_group *g, const apx_bal_req *rq,
  * EJECTED member back UP (slow-starting) and a CHECKING one UP. */
 int apx_bal_check_report(apx_bal_group *g, unsigned idx, int ok,
                          apr_time_t now);
+
+/* The active checks' verdict as shared by every child (the glue probes in
+ * one child and mirrors the result into each child's group): up = 0 takes
+ * an UP, CHECKING or EJECTED member DOWN at once (no share limit: the
+ * checks are authoritative) unless it is the last eligible member
+ * (APX_BAL_EV_EJECT_DENIED: it stays, and the next call looks again);
+ * up = 1 brings a DOWN member back UP with its
+ * slow start counted from `since` (when the verdict turned up, so every
+ * child ramps in step), and brings an EJECTED member back early, on
+ * probation (CHECKING, slow-starting from now), when a check passed after
+ * its ejection began (pass_at > the ejection's start: Envoy's
+ * successful_active_health_check_uneject_host). DRAINING is left alone.
+ * Returns APX_BAL_EV_DOWN, APX_BAL_EV_UP, APX_BAL_EV_EJECT_DENIED or
+ * APX_BAL_EV_NONE. */
+int apx_bal_check_sync(apx_bal_group *g, unsigned idx, int up,
+                       apr_time_t since, apr_time_t pass_at, apr_time_t now);
 
 /* Administrator: drain member idx (on = 1) or return it to service. */
 void apx_bal_set_draining(apx_bal_group *g, unsigned idx, int on,

@@ -664,6 +664,7 @@ static int try_eject(apx_bal_group *g, int i, apr_time_t now)
     m->consecutive = 0;
     m->run_ok = 0;
     m->ramp_start = 0;
+    m->ejected_at = now;
     g->ejected++;
     refresh(g, now);
     return APX_BAL_EV_EJECTED;
@@ -768,6 +769,46 @@ int apx_bal_check_report(apx_bal_group *g, unsigned idx, int ok,
     m->ramp_start = 0;
     g->dirty = 1;
     return APX_BAL_EV_DOWN;
+}
+
+int apx_bal_check_sync(apx_bal_group *g, unsigned idx, int up,
+                       apr_time_t since, apr_time_t pass_at, apr_time_t now)
+{
+    apx_bal_member *m = &g->m[idx];
+
+    maybe_refresh(g, now);
+    if (m->state == APX_BAL_DRAINING)
+        return APX_BAL_EV_NONE;
+    if (!up) {
+        if (m->state == APX_BAL_DOWN)
+            return APX_BAL_EV_NONE;
+        /* never the last one in service (Envoy's panic routing at its
+         * simplest): checks that fail everywhere at once more often say
+         * the checker is starved than that every member died; the next
+         * verdict looks again */
+        if (is_eligible(g, (int)idx) && g->n_elig <= 1)
+            return APX_BAL_EV_EJECT_DENIED;
+        if (m->state == APX_BAL_EJECTED)
+            g->ejected--;
+        m->state = APX_BAL_DOWN;
+        m->run_ok = 0;
+        m->ramp_start = 0;
+        g->dirty = 1;
+        return APX_BAL_EV_DOWN;
+    }
+    if (m->state == APX_BAL_DOWN) {
+        come_back(g, m, APX_BAL_UP, now);
+        /* the ramp counts from the verdict, not from this child's look */
+        if (m->ramp_start && since > 0 && since < now)
+            m->ramp_start = since;
+        return APX_BAL_EV_UP;
+    }
+    if (m->state == APX_BAL_EJECTED && pass_at > m->ejected_at) {
+        come_back(g, m, g->cfg.recover_checking ? APX_BAL_CHECKING
+                                                : APX_BAL_UP, now);
+        return APX_BAL_EV_UP;
+    }
+    return APX_BAL_EV_NONE;
 }
 
 void apx_bal_set_draining(apx_bal_group *g, unsigned idx, int on,

@@ -282,7 +282,7 @@ my $HP = $h->port;
 # ---- status page ---------------------------------------------------------------------
 {
     my $auto = http_request($HP, 'GET', '/server-status?auto');
-    like($auto && $auto->{body}, qr/^AsyncProxyMember: balancer=kill index=3 url=http:\/\/127\.0\.0\.1:$mp[3] route=m3 weight=1 state=\w+ inflight=\d+ latency_us=\d+ requests=\d+ failures=\d+ ejections=\d+ retries=\d+ max=0 inflight_all=0 held_here=0 queued=0 queued_here=0 queue_timeouts=0 queue_full=0 queue_gone=0 queue_dispatched=0 queue_max_wait_ms=0 slots_reclaimed=0 child=\d+$/m,
+    like($auto && $auto->{body}, qr/^AsyncProxyMember: balancer=kill index=3 url=http:\/\/127\.0\.0\.1:$mp[3] route=m3 weight=1 state=\w+ inflight=\d+ latency_us=\d+ requests=\d+ failures=\d+ ejections=\d+ retries=\d+ max=0 inflight_all=0 held_here=0 queued=0 queued_here=0 queue_timeouts=0 queue_full=0 queue_gone=0 queue_dispatched=0 queue_max_wait_ms=0 slots_reclaimed=0 check=none checks_passed=0 checks_failed=0 check_status=0 check_ms=0 check_error=- check_age_ms=-1 check_run=\d+ weight_now=\d+ child=\d+$/m,
          'mod_status ?auto: one line per member with state, in flight, latency, requests, failures, ejections, retries');
     my $html = http_request($HP, 'GET', '/server-status');
     like($html && $html->{body}, qr{<h3>balancer://kill</h3>.*http://127\.0\.0\.1:$mp[3]}s,

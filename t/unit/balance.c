@@ -459,6 +459,73 @@ static void test_active(void)
     }
 }
 
+/* The shared verdict mirrored into a child's group (the glue's prober in
+ * another child decided it). */
+static void test_check_sync(void)
+{
+    apx_bal_rng rng;
+    apx_bal_group *g = health_group(4, 3, 50, &rng, 7);
+    apr_time_t t = BASE;
+
+    is_int(apx_bal_check_sync(g, 2, 1, 0, 0, t), APX_BAL_EV_NONE,
+           "sync: up and up: nothing");
+    is_int(apx_bal_check_sync(g, 2, 0, t, 0, t), APX_BAL_EV_DOWN,
+           "sync: down takes an up member down at once");
+    is_int(apx_bal_check_sync(g, 2, 0, t, 0, t), APX_BAL_EV_NONE,
+           "sync: down again: nothing more");
+    ok(never_picks(g, 2, t, &rng), "sync: a down member is never picked");
+    /* up since 4 s ago: this child ramps as if it had seen it then */
+    is_int(apx_bal_check_sync(g, 2, 1, t + SEC(6), t + SEC(6), t + SEC(10)),
+           APX_BAL_EV_UP, "sync: up brings it back");
+    is_int(g->m[2].state, APX_BAL_UP, "sync: state up");
+    apx_bal_refresh(g, t + SEC(10));
+    is_int(g->m[2].eff_weight, APX_BAL_WSCALE * 40 / 100,
+           "sync: slow start counted from the verdict (40 % after 4 s of 10)");
+    apx_bal_refresh(g, t + SEC(16));
+    is_int(g->m[2].eff_weight, APX_BAL_WSCALE, "sync: full weight at since + 10 s");
+
+    /* passive ejection: a check that passed before it does not undo it,
+     * one that passed after it does (on probation, slow-starting) */
+    t += SEC(20);
+    fail_n(g, 1, 3, t);
+    is_int(g->m[1].state, APX_BAL_EJECTED, "sync: member 1 ejected passively");
+    is_int(apx_bal_check_sync(g, 1, 1, BASE, t - SEC(1), t + SEC(1)),
+           APX_BAL_EV_NONE, "sync: a pass from before the ejection: still out");
+    is_int(apx_bal_check_sync(g, 1, 1, BASE, t + MS(500), t + SEC(1)),
+           APX_BAL_EV_UP, "sync: a pass after the ejection: back early");
+    is_int(g->m[1].state, APX_BAL_CHECKING, "sync: ... on probation");
+    is_int(g->ejected, 0, "sync: no member counted ejected");
+    apx_bal_refresh(g, t + SEC(1));
+    is_int(g->m[1].eff_weight, APX_BAL_WSCALE / 10, "sync: ... slow-starting");
+
+    /* ejected, then the checks say down: down (no share limit) */
+    fail_n(g, 0, 3, t + SEC(2));
+    is_int(g->m[0].state, APX_BAL_EJECTED, "sync: member 0 ejected");
+    is_int(apx_bal_check_sync(g, 0, 0, t + SEC(2), 0, t + SEC(3)),
+           APX_BAL_EV_DOWN, "sync: ejected, checks down: down");
+    is_int(g->ejected, 0, "sync: the ejection count gave it back");
+
+    /* the last member in service stays whatever the checks say */
+    {
+        apx_bal_group *g2 = health_group(2, 3, 50, &rng, 8);
+
+        is_int(apx_bal_check_sync(g2, 0, 0, t, 0, t), APX_BAL_EV_DOWN,
+               "sync: one of two down");
+        is_int(apx_bal_check_sync(g2, 1, 0, t, 0, t), APX_BAL_EV_EJECT_DENIED,
+               "sync: the last one in service stays");
+        is_int(g2->m[1].state, APX_BAL_UP, "sync: ... up");
+        apx_bal_check_sync(g2, 0, 1, t + SEC(1), t + SEC(1), t + SEC(1));
+        is_int(apx_bal_check_sync(g2, 1, 0, t, 0, t + SEC(2)), APX_BAL_EV_DOWN,
+               "sync: down once another is back");
+    }
+
+    /* draining is the administrator's */
+    apx_bal_set_draining(g, 3, 1, t);
+    is_int(apx_bal_check_sync(g, 3, 0, t, 0, t), APX_BAL_EV_NONE,
+           "sync: draining stays draining");
+    is_int(g->m[3].state, APX_BAL_DRAINING, "sync: state draining");
+}
+
 /* ---- draining ---------------------------------------------------------------- */
 
 static void test_draining(void)
@@ -900,6 +967,7 @@ int main(void)
     test_eject_share();
     test_checking();
     test_active();
+    test_check_sync();
     test_draining();
     test_hash();
     test_hash_bounded();

@@ -100,6 +100,11 @@ sends C<"HTTP/1.1 100 Continue\r\n\r\n">. Return C<''> to send nothing (the
 client sends its body after its own wait), or a final response plus
 C<[close =E<gt> 1]> to refuse the body.
 
+=item port => PORT
+
+Listen on this port instead of a kernel-chosen one (a backend restarted on
+the port of one that was stopped).
+
 =item idle_timeout => SECONDS
 
 A connection with no request arriving for that long is closed (default 30).
@@ -213,7 +218,7 @@ sub new {
     $self->{log} = "$self->{dir}/log";
     open(my $fh, '>', $self->{log}) or die "APX::Backend: $self->{log}: $!";
     close $fh;
-    my $ls = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
+    my $ls = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $o{port} // 0, Proto => 'tcp',
                                    Listen => 128, ReuseAddr => 1)
         or die "APX::Backend: listen: $!";
     $self->{port} = $ls->sockport;
