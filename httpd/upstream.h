@@ -125,6 +125,8 @@ typedef struct apx_member {
     unsigned gidx;                  /* its number in the shared memory
                                      * (upstream_shm.h), set at
                                      * post_config */
+    int drain;                      /* status=drain: its own sticky route
+                                     * only (mod_proxy's status=+N) */
     apx_backend *be;
 } apx_member;
 

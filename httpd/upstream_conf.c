@@ -220,6 +220,18 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
             err = apx_parse_duration(cmd, val, apr_time_from_msec(1),
                                      apr_time_from_sec(86400),
                                      &mb->pool_ttl);
+        else if (!strcasecmp(key, "status")) {
+            if (!strcasecmp(val, "drain") || !strcasecmp(val, "+N"))
+                mb->drain = 1;
+            else if (!strcasecmp(val, "up") || !strcasecmp(val, "-N"))
+                mb->drain = 0;
+            else
+                return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
+                                    "option status= (drain or +N: only its "
+                                    "own sticky route; up or -N)",
+                                    cmd->cmd->name, val);
+            err = NULL;
+        }
         else if (!strcasecmp(key, "route")) {
             if (!valid_name(val) || strlen(val) >= APX_BAL_ROUTE_MAX)
                 return apr_psprintf(cmd->pool, "%s: invalid value '%s' for "
@@ -238,8 +250,9 @@ const char *apx_cmd_member(cmd_parms *cmd, void *dummy, const char *args)
         }
         else
             return apr_psprintf(cmd->pool, "%s: unknown option '%s' (known: "
-                                "weight, route, max, idle, ttl, tlsca, "
-                                "tlsname, tlsverify)", cmd->cmd->name, key);
+                                "weight, route, max, idle, ttl, status, "
+                                "tlsca, tlsname, tlsverify)", cmd->cmd->name,
+                                key);
         if (err)
             return apr_psprintf(cmd->pool, "%s (option %s=)", err, key);
     }

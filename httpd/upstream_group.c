@@ -110,6 +110,9 @@ void apx_balancers_child_init(apr_pool_t *pchild, server_rec *s)
                          "requests will get 503", b->name);
             continue;
         }
+        for (j = 0; j < b->members->nelts; j++)
+            if (APR_ARRAY_IDX(b->members, j, apx_member).drain)
+                apx_bal_set_draining(rt->g, (unsigned)j, 1, now);
         /* mirror the checks' verdict at the first look */
         rt->check_gen = (apr_uint32_t)-1;
         /* distinct children draw distinct sequences */
