@@ -258,6 +258,13 @@ if (@cost) {
     my ($s, $g) = map { my @v = map { $_->{us} } @{ $_->[1] }; my $t = 0; $t += $_ for @v; $t / @v } @cost;
     $md .= sprintf "\nMean difference: %+.1f µs per request (group - single); the noise between rounds of one kind is shown above.\n", $g - $s;
 }
+# the engine's part alone, precisely: bench/engine/balance_bench.c
+my $micro = "$TOP/build/bench/balance_bench";
+if (-x $micro && ($opt{systems} eq '' || 'cost' =~ /$opt{systems}/)) {
+    my $o = `$micro 2>&1`;
+    $md .= "\nThe engine's part alone (`build/bench/balance_bench`: pick + done per request, 4 members, "
+         . "the group's lock taken for each as the glue does):\n\n```\n$o```\n";
+}
 print "\n$md";
 make_path($OUT);
 my $name = $opt{quick} ? 'balancer-quick' : 'balancer';
