@@ -13,6 +13,11 @@
  * thread (internal shutdown); the pchild pre-cleanup on the child's main
  * thread.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include "httpd.h"
 #include "http_config.h"
 #include "http_log.h"
@@ -66,6 +71,19 @@ static apr_status_t child_cleanup(void *data)
     }
     apx_ch = NULL;
     return APR_SUCCESS;
+}
+
+int apx_fds_short(unsigned long soft_limit)
+{
+    int fd;
+
+    if (!soft_limit || soft_limit == (unsigned long)RLIM_INFINITY)
+        return 0;
+    fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return errno == EMFILE;
+    close(fd);
+    return (unsigned long)fd >= soft_limit - soft_limit / 16;
 }
 
 void apx_child_init(apr_pool_t *pchild, server_rec *s)

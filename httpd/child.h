@@ -91,5 +91,10 @@ extern apx_child *apx_ch;
  * tells them the child is going. */
 void apx_child_init(apr_pool_t *pchild, server_rec *s);
 void apx_child_stopping(apr_pool_t *pchild, int graceful);
+/* child.c: 1 when the lowest free descriptor is within 1/16 of soft_limit
+ * (RLIMIT_NOFILE's soft value; 0 or RLIM_INFINITY: never), or none is
+ * free: accept() and connect() are about to fail (descriptors are handed
+ * out lowest first). One dup() and one close(); any thread. */
+int apx_fds_short(unsigned long soft_limit);
 
 #endif /* APX_HTTPD_CHILD_H */

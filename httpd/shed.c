@@ -63,21 +63,6 @@ void apx_shed_idle_inc(void)
         shed_tick_start();
 }
 
-/* The lowest free descriptor: near the limit, accept() is about to fail
- * (descriptors are handed out lowest first). */
-static int fds_short(void)
-{
-    int fd;
-
-    if (!fd_soft_limit || fd_soft_limit == RLIM_INFINITY)
-        return 0;
-    fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0)
-        return errno == EMFILE;
-    close(fd);
-    return (rlim_t)fd >= fd_soft_limit - fd_soft_limit / 16;
-}
-
 static void shed_tick_fire(apx_park *p, apr_thread_t *thd)
 {
     apx_child *ch = apx_ch;
@@ -113,7 +98,7 @@ static void shed_tick_fire(apx_park *p, apr_thread_t *thd)
         else if (conn_cap && conns + conn_cap / 16 >= conn_cap)
             /* about to be: make room before it stops */
             shed = conns + conn_cap / 16 - conn_cap + 1;
-        if (fds_short())
+        if (apx_fds_short(fd_soft_limit))
             shed += 16 + idle / 4;
         if (shed > idle)
             shed = idle;

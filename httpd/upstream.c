@@ -417,22 +417,6 @@ static void close_all(const idle_conn *ic, unsigned n)
         apx_backend_close(ic[i].fd, ic[i].ssl, 1);
 }
 
-/* The lowest free descriptor is near the soft limit: accept() and
- * connect() are about to fail (descriptors are handed out lowest first).
- * One dup() and one close(). */
-static int fds_short(void)
-{
-    int fd;
-
-    if (!fd_soft_limit || fd_soft_limit == RLIM_INFINITY)
-        return 0;
-    fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0)
-        return errno == EMFILE;
-    close(fd);
-    return (rlim_t)fd >= fd_soft_limit - fd_soft_limit / 16;
-}
-
 /* ---- the expiry timer ---- */
 
 static void tick_fire(apx_park *p, apr_thread_t *thd);
@@ -499,7 +483,7 @@ static void tick_fire(apx_park *p, apr_thread_t *thd)
         apr_atomic_set32(&tick_on, 0);
         return;
     }
-    short_fds = fds_short();
+    short_fds = apx_fds_short(fd_soft_limit);
     for (i = 0; all && i < all->nelts && closed < TIMER_BUDGET; i++) {
         apx_backend *be = APR_ARRAY_IDX(all, i, apx_backend *);
         int m = 0;

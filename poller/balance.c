@@ -732,6 +732,18 @@ apr_status_t apx_bal_retry(apx_bal_group *g, const apx_bal_req *rq,
     return APR_SUCCESS;
 }
 
+/* The active checks take m out (an ejection it was under ends with it). */
+static int go_down(apx_bal_group *g, apx_bal_member *m)
+{
+    if (m->state == APX_BAL_EJECTED)
+        g->ejected--;
+    m->state = APX_BAL_DOWN;
+    m->run_ok = 0;
+    m->ramp_start = 0;
+    g->dirty = 1;
+    return APX_BAL_EV_DOWN;
+}
+
 int apx_bal_check_report(apx_bal_group *g, unsigned idx, int ok,
                          apr_time_t now)
 {
@@ -762,13 +774,7 @@ int apx_bal_check_report(apx_bal_group *g, unsigned idx, int ok,
     if (m->check_fail_run < g->cfg.fails || m->state == APX_BAL_DOWN
         || m->state == APX_BAL_DRAINING)
         return APX_BAL_EV_NONE;
-    if (m->state == APX_BAL_EJECTED)
-        g->ejected--;
-    m->state = APX_BAL_DOWN;
-    m->run_ok = 0;
-    m->ramp_start = 0;
-    g->dirty = 1;
-    return APX_BAL_EV_DOWN;
+    return go_down(g, m);
 }
 
 int apx_bal_check_sync(apx_bal_group *g, unsigned idx, int up,
@@ -788,13 +794,7 @@ int apx_bal_check_sync(apx_bal_group *g, unsigned idx, int up,
          * verdict looks again */
         if (is_eligible(g, (int)idx) && g->n_elig <= 1)
             return APX_BAL_EV_EJECT_DENIED;
-        if (m->state == APX_BAL_EJECTED)
-            g->ejected--;
-        m->state = APX_BAL_DOWN;
-        m->run_ok = 0;
-        m->ramp_start = 0;
-        g->dirty = 1;
-        return APX_BAL_EV_DOWN;
+        return go_down(g, m);
     }
     if (m->state == APX_BAL_DOWN) {
         come_back(g, m, APX_BAL_UP, now);
