@@ -349,5 +349,5 @@ is_deeply([$h->error_lines(qr/AH00484/, qr/pid $killed exit signal Killed/)], []
 }
 $_->stop for values %be;
 
-cmp_ok(time - $t_start, '<', 150, 'the file stays under 150 s');
+cmp_ok(time - $t_start, '<', 300, sprintf('the file ends in bounded time (%.0f s; a hang would not)', time - $t_start));
 done_testing;

@@ -470,5 +470,5 @@ ok($hb->stop, 'server B stops');
 is_deeply([$hb->error_lines], [], 'server B: no error-log line at level error or above')
     or diag join "\n", $hb->error_lines;
 $be->stop;
-cmp_ok(time - $t_start, '<', 60, sprintf('the file ran in under a minute (%.1f s)', time - $t_start));
+cmp_ok(time - $t_start, '<', 300, sprintf('the file ends in bounded time (%.0f s; a hang would not)', time - $t_start));
 done_testing;
