@@ -86,6 +86,39 @@ int apx_fds_short(unsigned long soft_limit)
     return (unsigned long)fd >= soft_limit - soft_limit / 16;
 }
 
+void apx_timer_init(apx_timer *t, apx_park_fn fire, unsigned flags)
+{
+    t->fire = fire;
+    t->flags = flags;
+    t->on = 0;
+}
+
+void apx_timer_again(apx_timer *t, apr_interval_time_t after)
+{
+    apx_park_init(&t->park, t->fire, t);
+    t->park.timeout = after;
+    t->park.flags = t->flags;
+    if (!apx_ch || !apx_ch->engine
+        || apx_park_submit(apx_ch->engine, &t->park) != APR_SUCCESS)
+        apr_atomic_set32(&t->on, 0);
+}
+
+int apx_timer_start(apx_timer *t, apr_interval_time_t after)
+{
+    /* the read first: some owners come here on every request, and a
+     * failed CAS still takes the cache line */
+    if (!apx_ch || !apx_ch->engine || apr_atomic_read32(&t->on)
+        || apr_atomic_cas32(&t->on, 1, 0) != 0)
+        return 0;
+    apx_timer_again(t, after);
+    return 1;
+}
+
+void apx_timer_stop(apx_timer *t)
+{
+    apr_atomic_set32(&t->on, 0);
+}
+
 void apx_child_init(apr_pool_t *pchild, server_rec *s)
 {
     apx_child *ch = apr_pcalloc(pchild, sizeof(*ch));

@@ -97,4 +97,26 @@ void apx_child_stopping(apr_pool_t *pchild, int graceful);
  * out lowest first). One dup() and one close(); any thread. */
 int apx_fds_short(unsigned long soft_limit);
 
+/* child.c: a per-child timer, a park record with no fd whose fire runs on
+ * a module worker `after` it was armed, for as long as its owner wants it
+ * (the backend pool's expiry, the shedding tick, the member queues, the
+ * health checks). `on` says the record is the engine's or its fire's:
+ *   apx_timer_start()  any thread: arms it when it is off (1), else 0;
+ *   apx_timer_again()  from fire: once more, `after` from now;
+ *   apx_timer_stop()   from fire: off. A start that came meanwhile saw it
+ *                      still on and did nothing: fire looks again after
+ *                      stopping whether it is wanted after all.
+ * A submit that fails (no engine, child stopping) turns it off. */
+typedef struct apx_timer {
+    apx_park park;
+    apx_park_fn fire;
+    unsigned flags;                 /* APX_PARK_* of the record */
+    volatile apr_uint32_t on;
+} apx_timer;
+
+void apx_timer_init(apx_timer *t, apx_park_fn fire, unsigned flags);
+int apx_timer_start(apx_timer *t, apr_interval_time_t after);
+void apx_timer_again(apx_timer *t, apr_interval_time_t after);
+void apx_timer_stop(apx_timer *t);
+
 #endif /* APX_HTTPD_CHILD_H */

@@ -30,37 +30,18 @@
  * count) or runs short of file descriptors, the idle adopted connections
  * that waited longest are closed, so new clients get in. Checked every
  * SHED_TICK on a worker: a few loads and one dup(). */
-static apx_park shed_tick;
+static apx_timer shed_tick;
 static int my_slot = -1;
 static rlim_t fd_soft_limit;
 static apr_uint32_t conn_cap;   /* the MPM's limit with every thread idle */
 static unsigned not_accepting_ticks;    /* the tick's own (one at a time) */
 
-static volatile apr_uint32_t shed_tick_on;     /* the record is ours */
-
-static void shed_tick_fire(apx_park *p, apr_thread_t *thd);
-
-static void shed_tick_arm(void)
-{
-    apx_park_init(&shed_tick, shed_tick_fire, NULL);
-    shed_tick.timeout = SHED_TICK;
-    if (!apx_ch || !apx_ch->engine
-        || apx_park_submit(apx_ch->engine, &shed_tick) != APR_SUCCESS)
-        apr_atomic_set32(&shed_tick_on, 0);
-}
-
 /* The timer runs while some adopted connection is idle (and so nothing is
  * left parked when none is). */
-static void shed_tick_start(void)
-{
-    if (apr_atomic_cas32(&shed_tick_on, 1, 0) == 0)
-        shed_tick_arm();
-}
-
 void apx_shed_idle_inc(void)
 {
     if (apr_atomic_inc32(&apx_ch->n.idle_now) == 0)
-        shed_tick_start();
+        apx_timer_start(&shed_tick, SHED_TICK);
 }
 
 static void shed_tick_fire(apx_park *p, apr_thread_t *thd)
@@ -70,16 +51,16 @@ static void shed_tick_fire(apx_park *p, apr_thread_t *thd)
 
     if (!ch || !ch->engine || (p->why & APX_EV_SHUTDOWN)
         || apr_atomic_read32(&ch->stopping)) {
-        apr_atomic_set32(&shed_tick_on, 0);
+        apx_timer_stop(&shed_tick);
         return;
     }
     idle = apr_atomic_read32(&ch->n.idle_now);
     if (!idle) {
         /* nothing to shed: stop, unless a connection went idle meanwhile
          * (its idle_inc() saw the timer still on) */
-        apr_atomic_set32(&shed_tick_on, 0);
+        apx_timer_stop(&shed_tick);
         if (apr_atomic_read32(&ch->n.idle_now))
-            shed_tick_start();
+            apx_timer_start(&shed_tick, SHED_TICK);
         return;
     }
     {
@@ -105,7 +86,7 @@ static void shed_tick_fire(apx_park *p, apr_thread_t *thd)
         if (shed)
             apx_engine_shed_idle(ch->engine, shed);
     }
-    shed_tick_arm();
+    apx_timer_again(&shed_tick, SHED_TICK);
 }
 
 void apx_shed_child_init(server_rec *s, double factor, unsigned threads)
@@ -124,5 +105,6 @@ void apx_shed_child_init(server_rec *s, double factor, unsigned threads)
     }
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
         fd_soft_limit = rl.rlim_cur;
+    apx_timer_init(&shed_tick, shed_tick_fire, 0);
     conn_cap = threads ? (apr_uint32_t)(threads + (threads - 1) * factor) : 0;
 }

@@ -263,17 +263,15 @@ typedef struct backend_pool {
     apr_uint64_t dead;          /* closed by the backend, found on take */
 } backend_pool;
 
-/* Per child; set at child_init, then read-only (idle_total and tick_on
- * are atomics). */
+/* Per child; set at child_init, then read-only (idle_total and the
+ * timer's on are atomics). */
 static unsigned pool_ceiling;           /* most entries of an automatic
                                          * pool, and of all pools
                                          * together */
 static rlim_t fd_soft_limit;
 static apr_interval_time_t tick_every;
 static volatile apr_uint32_t idle_total;    /* entries in every ring */
-static apx_park expiry_tick;
-static volatile apr_uint32_t tick_on;       /* the record is the engine's
-                                             * or its dispatch's */
+static apx_timer expiry_tick;
 
 static int pool_is_auto(const apx_backend *be)
 {
@@ -419,27 +417,12 @@ static void close_all(const idle_conn *ic, unsigned n)
 
 /* ---- the expiry timer ---- */
 
-static void tick_fire(apx_park *p, apr_thread_t *thd);
-
-static void tick_arm(apr_interval_time_t after)
-{
-    apx_park_init(&expiry_tick, tick_fire, NULL);
-    expiry_tick.timeout = after;
-    if (!apx_ch || !apx_ch->engine
-        || apx_park_submit(apx_ch->engine, &expiry_tick) != APR_SUCCESS)
-        apr_atomic_set32(&tick_on, 0);
-}
-
 /* The timer runs while some pool holds an entry: started by the release
  * that finds it off, it stops when a pass leaves every ring empty. */
 static void tick_start(void)
 {
-    /* the read first: every release comes here, and a failed CAS still
-     * takes the cache line */
-    if (apx_ch && apx_ch->engine && tick_every
-        && !apr_atomic_read32(&tick_on)
-        && apr_atomic_cas32(&tick_on, 1, 0) == 0)
-        tick_arm(tick_every);
+    if (tick_every)
+        apx_timer_start(&expiry_tick, tick_every);
 }
 
 /* One pass of the timer over pool bp: entries past ttl, entries above
@@ -480,7 +463,7 @@ static void tick_fire(apx_park *p, apr_thread_t *thd)
 
     if (!apx_ch || !apx_ch->engine || (p->why & APX_EV_SHUTDOWN)
         || apr_atomic_read32(&apx_ch->stopping)) {
-        apr_atomic_set32(&tick_on, 0);
+        apx_timer_stop(&expiry_tick);
         return;
     }
     short_fds = apx_fds_short(fd_soft_limit);
@@ -494,12 +477,13 @@ static void tick_fire(apx_park *p, apr_thread_t *thd)
         more |= m;
     }
     if (apr_atomic_read32(&idle_total)) {
-        tick_arm(more || closed >= TIMER_BUDGET ? TICK_SOON : tick_every);
+        apx_timer_again(&expiry_tick, more || closed >= TIMER_BUDGET
+                                      ? TICK_SOON : tick_every);
         return;
     }
     /* every ring empty: stop, unless an entry came meanwhile (its release
      * saw the timer still on) */
-    apr_atomic_set32(&tick_on, 0);
+    apx_timer_stop(&expiry_tick);
     if (apr_atomic_read32(&idle_total))
         tick_start();
 }
@@ -550,7 +534,7 @@ void apx_backends_child_init(apr_pool_t *pchild)
     int i;
 
     idle_total = 0;
-    tick_on = 0;
+    apx_timer_init(&expiry_tick, tick_fire, 0);
     tick_every = 0;
     if (!all)
         return;

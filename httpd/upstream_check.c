@@ -88,9 +88,8 @@ typedef struct probe {
 static probe *probes;
 static unsigned nprobes;
 static server_rec *chk_server;
-static apx_park chk_tick;
+static apx_timer chk_tick;
 static apr_interval_time_t tick_every;
-static volatile apr_uint32_t tick_on;
 
 const char *apx_check_error_name(unsigned err)
 {
@@ -460,19 +459,6 @@ static void start_probe(probe *pr, apr_time_t now)
 /* ------------------------------------------------------------------ */
 /* the timer                                                            */
 
-static void tick_fire(apx_park *p, apr_thread_t *thd);
-
-static void tick_arm(void)
-{
-    apx_park_init(&chk_tick, tick_fire, NULL);
-    chk_tick.timeout = tick_every;
-    /* idle: a stopping child dispatches it at once (and it stops) */
-    chk_tick.flags = APX_PARK_IDLE;
-    if (!apx_ch || !apx_ch->engine
-        || apx_park_submit(apx_ch->engine, &chk_tick) != APR_SUCCESS)
-        apr_atomic_set32(&tick_on, 0);
-}
-
 static void tick_fire(apx_park *p, apr_thread_t *thd)
 {
     apr_time_t now, due;
@@ -481,7 +467,7 @@ static void tick_fire(apx_park *p, apr_thread_t *thd)
     if ((p->why & APX_EV_SHUTDOWN) || !apx_ch || !apx_ch->engine
         || apx_engine_is_stopping(apx_ch->engine)
         || apr_atomic_read32(&apx_ch->stopping)) {
-        apr_atomic_set32(&tick_on, 0);
+        apx_timer_stop(&chk_tick);
         return;
     }
     now = apr_time_now();
@@ -502,14 +488,13 @@ static void tick_fire(apx_park *p, apr_thread_t *thd)
         apr_atomic_set32(&pr->busy, 1);
         start_probe(pr, now);
     }
-    tick_arm();
+    apx_timer_again(&chk_tick, tick_every);
 }
 
 void apx_checks_start(void)
 {
-    if (nprobes && apx_ch && apx_ch->engine
-        && apr_atomic_cas32(&tick_on, 1, 0) == 0)
-        tick_arm();
+    if (nprobes)
+        apx_timer_start(&chk_tick, tick_every);
 }
 
 /* ------------------------------------------------------------------ */
@@ -537,7 +522,8 @@ void apx_checks_child_init(apr_pool_t *pchild, server_rec *s)
 
     probes = NULL;
     nprobes = 0;
-    tick_on = 0;
+    /* idle: a stopping child dispatches it at once (and it stops) */
+    apx_timer_init(&chk_tick, tick_fire, APX_PARK_IDLE);
     chk_server = s;
     for (i = 0; all && i < all->nelts; i++) {
         apx_balancer *b = APR_ARRAY_IDX(all, i, apx_balancer *);

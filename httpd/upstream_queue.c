@@ -78,8 +78,8 @@ static unsigned nlists;
 static apr_uint32_t waiting_here;   /* under q_mtx */
 static server_rec *q_server;
 
-static apx_park q_tick;
-static volatile apr_uint32_t q_tick_on;
+static apx_timer q_tick;
+static void tick_fire(apx_park *p, apr_thread_t *thd);
 static apr_time_t last_sweep;       /* the tick's own (one at a time) */
 
 void apx_queue_child_init(apr_pool_t *pchild, server_rec *s)
@@ -90,7 +90,7 @@ void apx_queue_child_init(apr_pool_t *pchild, server_rec *s)
     lists = NULL;
     nlists = 0;
     waiting_here = 0;
-    q_tick_on = 0;
+    apx_timer_init(&q_tick, tick_fire, 0);
     q_server = s;
     for (i = 0; all && i < all->nelts; i++)
         nlists += (unsigned)APR_ARRAY_IDX(all, i, apx_balancer *)
@@ -202,21 +202,9 @@ int apx_queue_try_take(unsigned gidx)
 /* ------------------------------------------------------------------ */
 /* the cross-child timer                                                */
 
-static void tick_fire(apx_park *p, apr_thread_t *thd);
-
-static void tick_arm(void)
-{
-    apx_park_init(&q_tick, tick_fire, NULL);
-    q_tick.timeout = QUEUE_TICK;
-    if (!apx_ch || !apx_ch->engine
-        || apx_park_submit(apx_ch->engine, &q_tick) != APR_SUCCESS)
-        apr_atomic_set32(&q_tick_on, 0);
-}
-
 static void tick_start(void)
 {
-    if (apx_ch && apx_ch->engine && apr_atomic_cas32(&q_tick_on, 1, 0) == 0)
-        tick_arm();
+    apx_timer_start(&q_tick, QUEUE_TICK);
 }
 
 static void tick_fire(apx_park *p, apr_thread_t *thd)
@@ -226,7 +214,7 @@ static void tick_fire(apx_park *p, apr_thread_t *thd)
     unsigned g;
 
     if (!apx_ch || !apx_ch->engine || (p->why & APX_EV_SHUTDOWN)) {
-        apr_atomic_set32(&q_tick_on, 0);
+        apx_timer_stop(&q_tick);
         return;
     }
     if (now - last_sweep >= QUEUE_SWEEP_EVERY) {
@@ -240,12 +228,12 @@ static void tick_fire(apx_park *p, apr_thread_t *thd)
     more = waiting_here;
     pthread_mutex_unlock(&q_mtx);
     if (more) {
-        tick_arm();
+        apx_timer_again(&q_tick, QUEUE_TICK);
         return;
     }
     /* no waiter left: stop, unless one came meanwhile (its enlist saw the
      * timer still on) */
-    apr_atomic_set32(&q_tick_on, 0);
+    apx_timer_stop(&q_tick);
     pthread_mutex_lock(&q_mtx);
     more = waiting_here;
     pthread_mutex_unlock(&q_mtx);
