@@ -29,7 +29,7 @@ use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port);
+use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port $BENCH $TOP $APACHE $NGINX $MODULE_SO);
 raise_nofile($NOFILE, @ARGV);
 
 my %opt = (systems => '', quick => 0);
@@ -41,12 +41,7 @@ $opt{duration} //= $opt{quick} ? 6 : 15;
 $opt{delay} //= 20;
 $opt{rounds} //= $opt{quick} ? 1 : 3;
 
-my $BENCH = dirname(abs_path($0));
-my $TOP = dirname($BENCH);
 my $OUT = $opt{out} // "$BENCH/results";
-my $APACHE = $ENV{APX_HTTPD} || '/usr/sbin/apache2';
-my $NGINX = '/usr/sbin/nginx';
-my $MODULE_SO = $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so";
 my $SLOWD = "$TOP/build/bench/slowd";
 my $MODDIR = '/usr/lib/apache2/modules';
 my $ROOT = $> == 0;

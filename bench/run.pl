@@ -39,7 +39,7 @@ my $NOFILE = 20000;
 # Servers, wrk and slowd inherit the fd limit: raise it before anything
 # starts (Perl has no setrlimit of its own, the shell does).
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile slurp spew free_port wait_port fill);
+use APX::Bench qw(raise_nofile slurp spew free_port wait_port fill $BENCH $TOP $BIN $APACHE $NGINX $MODULE_SO);
 raise_nofile($NOFILE, @ARGV);
 
 my %opt = (duration => undef, warmup => undef, systems => '', scenarios => '',
@@ -51,15 +51,9 @@ GetOptions(\%opt, 'quick!', 'duration=f', 'warmup=f', 'systems=s', 'scenarios=s'
 if ($opt{help}) { print $USAGE; exit 0 }
 $opt{quick} = 1 if ($ENV{QUICK} // '') =~ /^(1|yes|true)$/i;
 
-my $BENCH = dirname(abs_path($0));
-my $TOP = dirname($BENCH);
-my $BIN = "$TOP/build/bench";
 my $SLOWD = "$BIN/slowd";
 my $SLOWCLIENT = "$BIN/slowclient";
-my $APACHE = $ENV{APX_HTTPD} || '/usr/sbin/apache2';
-my $NGINX = '/usr/sbin/nginx';
 my $WRK = 'wrk';
-my $MODULE_SO = $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so";
 my $MODDIR = '/usr/lib/apache2/modules';
 my $DURATION = $opt{duration} // ($opt{quick} ? 5 : 15);
 my $WARMUP = $opt{warmup} // ($opt{quick} ? 1 : 2);

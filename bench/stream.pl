@@ -23,17 +23,12 @@ use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port rss_kb);
+use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port rss_kb $BENCH $TOP $APACHE $NGINX $MODULE_SO);
 raise_nofile($NOFILE, @ARGV);
 my %opt = (waiters => 100, rounds => 3, distinct => 1000, systems => '');
 GetOptions(\%opt, 'waiters=i', 'rounds=i', 'distinct=i', 'systems=s', 'out=s', 'quick!') or die "bad options\n";
 if ($opt{quick} || ($ENV{QUICK} // '') =~ /^(1|yes|true)$/i) { $opt{rounds} = 1; $opt{distinct} = 200 }
-my $BENCH = dirname(abs_path($0));
-my $TOP = dirname($BENCH);
 my $OUT = $opt{out} // "$BENCH/results";
-my $APACHE = $ENV{APX_HTTPD} || '/usr/sbin/apache2';
-my $NGINX = '/usr/sbin/nginx';
-my $MODULE_SO = $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so";
 my $ROOT = $> == 0;
 my $SIZE = 1048576;
 my $TRICKLE = '65536:100';

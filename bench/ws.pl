@@ -18,7 +18,7 @@ use Time::HiRes qw(time sleep);
 
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile slurp spew free_port wait_port fill);
+use APX::Bench qw(raise_nofile slurp spew free_port wait_port fill $BENCH $TOP $BIN $APACHE $NGINX $MODULE_SO);
 raise_nofile($NOFILE, @ARGV);
 
 my %opt = (systems => '', quick => 0, threads_big => 1000, inflight => 1000);
@@ -35,12 +35,6 @@ $opt{conns} //= $opt{quick} ? 500 : 9000;
 $opt{duration} //= $opt{quick} ? 10 : 60;
 $opt{connect_timeout} //= $opt{quick} ? 10 : 30;
 
-my $BENCH = dirname(abs_path($0));
-my $TOP = dirname($BENCH);
-my $BIN = "$TOP/build/bench";
-my $APACHE = $ENV{APX_HTTPD} || '/usr/sbin/apache2';
-my $NGINX = '/usr/sbin/nginx';
-my $MODULE_SO = $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so";
 my $OUT = $opt{out} // "$BENCH/results";
 my $CLK_TCK = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
 my $ROOT = $> == 0;

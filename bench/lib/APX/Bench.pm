@@ -1,17 +1,29 @@
 package APX::Bench;
 # What every bench script needs: the open-files limit raised before it
 # starts (a re-exec under `ulimit -n`), files in and out, templates, free
-# ports on 127.0.0.1, RSS of processes. Loopback only.
+# ports on 127.0.0.1, RSS of processes, where things are. Loopback only.
 use strict;
 use warnings;
 use Cwd qw(abs_path);
+use File::Basename qw(dirname);
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
 use Exporter 'import';
 our @EXPORT_OK = qw(raise_nofile slurp spew fill free_port wait_port rss_kb
-                    children_of tree spawn stop_pid stop_all);
+                    children_of tree spawn stop_pid stop_all
+                    $BENCH $TOP $BIN $APACHE $NGINX $MODULE_SO);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
+
+# Where things are: bench/, the tree's top, the helpers `make -C bench`
+# builds, the servers (APX_HTTPD: another httpd) and the module under test
+# (APX_MODULE_SO: another build of it).
+our $BENCH = dirname(dirname(dirname(abs_path(__FILE__))));
+our $TOP = dirname($BENCH);
+our $BIN = "$TOP/build/bench";
+our $APACHE = $ENV{APX_HTTPD} || '/usr/sbin/apache2';
+our $NGINX = '/usr/sbin/nginx';
+our $MODULE_SO = $ENV{APX_MODULE_SO} || "$TOP/build/mod_asyncproxy.so";
 
 # Processes this script started (pid => 1), stopped at exit.
 our %LIVE;
