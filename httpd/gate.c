@@ -66,6 +66,18 @@ void apx_gate_close(apx_gate *g, conn_rec *c)
     g->since = 0;
     g->mpm_ws = c->sbh ? ap_get_scoreboard_worker(c->sbh) : NULL;
     if (g->mpm_ws) {
+        /* The event MPM's worker writes SERVER_READY (SERVER_GRACEFUL when
+         * dying) into its slot each time it comes back from
+         * process_socket(). A thread that hands over a connection it has
+         * not yet marked busy (a new connection's head adopted in our
+         * process_connection hook) still shows that value here: the slot
+         * would not change when it leaves, and the gate would wait for the
+         * thread's next unit of work — on a quiet server, for ever,
+         * looked at again every APX_GATE_RECHECK. Marked busy, its next
+         * loop opens the gate. */
+        if (g->mpm_ws->status == SERVER_READY
+            || g->mpm_ws->status == SERVER_GRACEFUL)
+            ap_update_child_status(c->sbh, SERVER_BUSY_READ, NULL);
         g->mpm_status = g->mpm_ws->status;
         g->mpm_last_used = g->mpm_ws->last_used;
     }

@@ -91,6 +91,43 @@ sub check_normal {
     return $r;
 }
 
+# --- connections that end while the server is quiet ---------------------------
+# A keep-alive connection whose next head is not there yet is handed over by
+# an MPM thread whose scoreboard slot still says SERVER_READY, the value it
+# writes again when it leaves: until 0.x the hand-over gate then waited for
+# that thread's next unit of work — on a quiet server, for ever: the record
+# looked at again every millisecond, the connection left in CLOSE-WAIT after
+# its client closed it.
+# ExtendedStatus Off (mod_status loaded turns it on) leaves only the slot's
+# status for the gate to look at.
+my $hq = APX::Httpd->new(
+    mpm => 'event', threads => 25, timeout => 60, keepalive_timeout => 60,
+    global => "ExtendedStatus Off\n", conf => $MAP,
+);
+$hq->start;
+{
+    my $n0 = fig($hq, 'HeadsAdopted');
+    for (1 .. 20) {
+        my $c = connect_to($hq->port);
+        my $b = '';
+        print $c get_req('/apx-status');
+        read_response($c, \$b, timeout => 5);
+        close $c;
+    }
+    sleep 1;
+    my $r0 = fig($hq, 'GateRequeues');
+    sleep 2;
+    my $r = fig($hq, 'GateRequeues') - $r0;
+    my $ka = fig($hq, 'HeadsAdopted') - $n0;
+    cmp_ok($ka, '>', 0, "quiet server: connections taken over at their next head ($ka)");
+    cmp_ok($r, '<', 100, "quiet server: no gate is looked at over and over (GateRequeues +$r in 2 s)");
+    my $p = $hq->port;
+    my @cw = grep { /\S/ } split /\n/, `ss -Htn state close-wait '( sport = :$p )'`;
+    is(scalar @cw, 0, 'quiet server: every connection its client closed is closed (no CLOSE-WAIT)')
+        or diag(join "\n", @cw[0 .. ($#cw < 4 ? $#cw : 4)]);
+}
+$hq->stop;
+
 # ------------------------------------------------------------------------
 # server A: one child, 25 MPM threads, default module workers
 my $h = APX::Httpd->new(
@@ -389,7 +426,7 @@ $he->start;
 }
 $he->stop;
 
-for my $srv ($h, $hb, $hc, $hd, $he) {
+for my $srv ($hq, $h, $hb, $hc, $hd, $he) {
     my @bad = $srv->error_lines(qr/AH01382|AH00484|AH03104/);
     is(scalar @bad, 0, 'no error-log lines at error level or above') or diag(join "\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]);
 }
