@@ -84,6 +84,9 @@ my @SCENARIOS = (
     { id => '1s-1k',     title => 'backend 1 s, 1 KiB, 1,000 conns',   delay => 1000, bytes => 1024,   conns => 1000,  procs => 1 },
     { id => '1s-5k',     title => 'backend 1 s, 1 KiB, 5,000 conns',   delay => 1000, bytes => 1024,   conns => 5000,  procs => 1 },
     { id => '1s-10k',    title => 'backend 1 s, 1 KiB, 10,000 conns',  delay => 1000, bytes => 1024,   conns => 10000, procs => 2, wrk_procs => 2 },
+    # Issue #15's shape: the same 10,000 connections from one wrk process
+    # (2 threads), as an administrator would measure it.
+    { id => '1s-10k-1w', title => 'backend 1 s, 1 KiB, 10,000 conns, one wrk process', delay => 1000, bytes => 1024, conns => 10000, procs => 2, wrk_procs => 1 },
     { id => '1s-1k-100k', title => 'backend 1 s, 100 KiB, 1,000 conns', delay => 1000, bytes => 102400, conns => 1000,  procs => 1 },
     { id => 'fast-64',   title => 'backend 0 ms, 1 KiB, 64 conns',     delay => 0,    bytes => 1024,   conns => 64,    procs => 1 },
     { id => 'slow-200',  title => "200 slow readers of $SLOW_MIB MiB (4 KiB/100 ms each) + wrk 64 conns on 0 ms, 1 KiB",
@@ -118,6 +121,7 @@ my %MATRIX = (
     '1s-1k'      => [qw(direct asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
     '1s-5k'      => [qw(direct asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
     '1s-10k'     => [qw(direct asyncproxy proxy_http-25 proxy_http-1000 nginx-2)],
+    '1s-10k-1w'  => [qw(direct asyncproxy proxy_http-1000 nginx-2)],
     '1s-1k-100k' => [qw(direct asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
     'fast-64'    => [qw(direct static-25 static-1000 asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
     'slow-200'   => [qw(direct static-25 static-1000 asyncproxy proxy_http-25 proxy_http-1000 nginx-1 nginx-2)],
