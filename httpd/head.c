@@ -35,12 +35,17 @@
  * process_connection hook, a module worker otherwise); the configuration
  * is read-only after post_config.
  */
+#include <errno.h>
+#include <sys/socket.h>
+
 #include "httpd.h"
 #include "http_config.h"
 #include "http_core.h"
 #include "http_log.h"
 #include "util_cfgtree.h"
 #include "util_filter.h"
+#include "apr_optional.h"
+#include "apr_portable.h"
 #include "apr_strings.h"
 
 #include "conf.h"
@@ -78,7 +83,17 @@ struct apx_head {
     int at_line_start, continuation;
     int result;                     /* APX_HEAD_MORE until decided */
     int eof;
+    /* 1 from a head read that left no client byte in the filters below
+     * ours (all of them pass bytes through unchanged, and its last read
+     * returned less than a slice) until the next read passed down: a
+     * non-blocking look ahead then needs no read() of its own (below) */
+    int below_empty;
+    int fd;                         /* the client socket, -1: not known */
 };
+
+/* mod_logio's byte counter (%I), when loaded: direct reads count
+ * themselves. */
+static APR_OPTIONAL_FN_TYPE(ap_logio_add_bytes_in) *logio_add_bytes_in;
 
 /* The largest limits of any server, for the scan. */
 static apr_size_t lim_line = DEFAULT_LIMIT_REQUEST_LINE;
@@ -165,8 +180,19 @@ static apr_status_t head_filter(ap_filter_t *f, apr_bucket_brigade *bb,
 {
     apx_head *h = f->ctx;
 
-    if (mode == AP_MODE_INIT || stash_is_empty(h))
+    if (mode == AP_MODE_INIT || stash_is_empty(h)) {
+        /* httpd's look for a pipelined request after each response
+         * (ap_check_pipeline): with our buffer and every filter below
+         * empty, the only place a next request can be is the socket, and
+         * the connection's next wait (ours in the poller, or the MPM's)
+         * polls it at once. One read() per request less, which on the
+         * slow path always failed. */
+        if (mode == AP_MODE_SPECULATIVE && block == APR_NONBLOCK_READ
+            && h->below_empty)
+            return APR_EAGAIN;
+        h->below_empty = 0;
         return ap_get_brigade(f->next, bb, mode, block, readbytes);
+    }
     switch (mode) {
     case AP_MODE_GETLINE:
         /* the stash holds no metadata: this never blocks */
@@ -178,12 +204,15 @@ static apr_status_t head_filter(ap_filter_t *f, apr_bucket_brigade *bb,
     case AP_MODE_SPECULATIVE:
         return serve_speculative(h, bb, readbytes);
     case AP_MODE_EATCRLF:
-        if (eat_crlf(h))
+        if (eat_crlf(h)) {
+            h->below_empty = 0;
             return ap_get_brigade(f->next, bb, mode, block, readbytes);
+        }
         return APR_SUCCESS;
     default:
         /* AP_MODE_EXHAUSTIVE: what we hold, then the rest */
         APR_BRIGADE_CONCAT(bb, h->stash);
+        h->below_empty = 0;
         return ap_get_brigade(f->next, bb, mode, block, readbytes);
     }
 }
@@ -264,17 +293,38 @@ static void scan_brigade(apx_head *h, apr_bucket_brigade *bb)
 /* ------------------------------------------------------------------ */
 /* API                                                                  */
 
+int apx_filters_pass_through(ap_filter_t *f, int reqtimeout)
+{
+    for (; f; f = f->next) {
+        const char *n = f->frec->name;
+
+        if (strcasecmp(n, "core_in") && strcasecmp(n, "log_input_output")
+            && strcasecmp(n, HEAD_FILTER)
+            && (!reqtimeout || strcasecmp(n, "reqtimeout")))
+            return 0;
+    }
+    return 1;
+}
+
 apx_head *apx_head_get(conn_rec *c, apx_head **slot)
 {
     apx_head *h = *slot;
+    apr_socket_t *sock;
+    apr_os_sock_t fd;
 
     if (h)
         return h;
+    sock = ap_get_conn_socket(c);
     h = apr_pcalloc(c->pool, sizeof(*h));
     h->c = c;
     h->stash = apr_brigade_create(c->pool, c->bucket_alloc);
     h->tmp = apr_brigade_create(c->pool, c->bucket_alloc);
     h->f = ap_add_input_filter(HEAD_FILTER, h, NULL, c);
+    h->fd = -1;
+    if (sock && apr_os_sock_get(&fd, sock) == APR_SUCCESS)
+        h->fd = fd;
+    if (!logio_add_bytes_in)
+        logio_add_bytes_in = APR_RETRIEVE_OPTIONAL_FN(ap_logio_add_bytes_in);
     *slot = h;
     return h;
 }
@@ -302,14 +352,60 @@ apr_size_t apx_head_bytes(const apx_head *h)
     return h->scanned;
 }
 
+/* One recv() of the client socket into a heap bucket on h->tmp, as the
+ * core's reader would do it, but without its second, "greedy" read that
+ * fails whenever the head came in one piece. APR_SUCCESS with bytes,
+ * APR_EAGAIN, APR_EOF, or the error. */
+static apr_status_t read_direct(apx_head *h)
+{
+    apr_bucket_alloc_t *ba = h->c->bucket_alloc;
+    char *buf = apr_bucket_alloc(APR_BUCKET_BUFF_SIZE, ba);
+    ssize_t n;
+    int err;
+
+    if (!buf)
+        return APR_ENOMEM;
+    do {
+        n = recv(h->fd, buf, APR_BUCKET_BUFF_SIZE, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        err = errno;
+        apr_bucket_free(buf);
+        if (n == 0)
+            return APR_EOF;
+        return err == EAGAIN || err == EWOULDBLOCK ? APR_EAGAIN
+                                                   : APR_FROM_OS_ERROR(err);
+    }
+    if (logio_add_bytes_in)
+        logio_add_bytes_in(h->c, (apr_off_t)n);
+    APR_BRIGADE_INSERT_TAIL(h->tmp, apr_bucket_heap_create(buf, (apr_size_t)n,
+                                                           apr_bucket_free,
+                                                           ba));
+    return APR_SUCCESS;
+}
+
 int apx_head_read(apx_head *h)
 {
     apr_status_t rv = APR_SUCCESS;
     apr_bucket *b;
+    apr_off_t got = READ_SLICE;
+    /* Nothing passed down since the last head left the filters below
+     * empty: read the socket itself (no filter there changes bytes). */
+    int direct = h->below_empty && h->fd >= 0;
 
+    h->below_empty = 0;
     while (h->result == APX_HEAD_MORE && !h->eof) {
-        rv = ap_get_brigade(h->f->next, h->tmp, AP_MODE_READBYTES,
-                            APR_NONBLOCK_READ, READ_SLICE);
+        if (direct) {
+            rv = read_direct(h);
+            got = 0;
+        }
+        else {
+            rv = ap_get_brigade(h->f->next, h->tmp, AP_MODE_READBYTES,
+                                APR_NONBLOCK_READ, READ_SLICE);
+            if (rv == APR_SUCCESS && !APR_BRIGADE_EMPTY(h->tmp)
+                && apr_brigade_length(h->tmp, 0, &got) != APR_SUCCESS)
+                got = READ_SLICE;
+        }
         if (rv != APR_SUCCESS)
             break;
         if (APR_BRIGADE_EMPTY(h->tmp))
@@ -345,6 +441,11 @@ int apx_head_read(apx_head *h)
     apr_brigade_cleanup(h->tmp);
     if (h->result != APX_HEAD_MORE) {
         h->waiting = 0;
+        /* The core's reader hands over at most one socket read (8,000
+         * bytes) per call: a call that returned less than a slice left no
+         * byte of the client's in it. */
+        h->below_empty = got < READ_SLICE && !h->eof
+                         && (direct || apx_filters_pass_through(h->f->next, 1));
         return h->result;
     }
     if (APR_STATUS_IS_EOF(rv) || h->eof)

@@ -12,6 +12,7 @@
 #define MOD_ASYNCPROXY_HEAD_H
 
 #include "httpd.h"
+#include "util_filter.h"
 
 typedef struct apx_head apx_head;
 
@@ -38,6 +39,13 @@ int apx_head_read(apx_head *h);
 apr_time_t apx_head_deadline(const apx_head *h);
 /* Bytes of the awaited head seen so far. */
 apr_size_t apx_head_bytes(const apx_head *h);
+
+/* 1 when every input filter from f down passes the client's bytes on as
+ * they came and keeps none between calls: ours (the read-ahead, empty
+ * between requests), mod_logio's counter, the core's socket reader, and
+ * with `reqtimeout` mod_reqtimeout's deadlines. Anything else (mod_ssl, a
+ * filter of another module) may hold bytes. */
+int apx_filters_pass_through(ap_filter_t *f, int reqtimeout);
 
 /* post_config: the header deadlines of every server, the scan's limits. */
 void apx_head_post_config(apr_pool_t *p, server_rec *main_s);

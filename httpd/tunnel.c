@@ -45,6 +45,7 @@
 #include "apr_strings.h"
 
 #include "exchange.h"
+#include "head.h"
 #include "memory.h"
 
 APLOG_USE_MODULE(asyncproxy);
@@ -198,22 +199,11 @@ static apr_status_t to_client(tunnel *t, const char *data, apr_size_t len)
  * themselves. */
 static APR_OPTIONAL_FN_TYPE(ap_logio_add_bytes_in) *logio_add_bytes_in;
 
-/* 1 when every input filter of c passes the client's bytes on unchanged:
- * ours (the head read-ahead, empty between requests), mod_logio's counter
- * and the core's socket reader. Anything else (mod_ssl, a filter of
- * another module) keeps the tunnel's reads in the filter chain. */
+/* Every input filter of c passes the client's bytes on unchanged (head.h).
+ * With mod_reqtimeout in the chain the tunnel reads through the filters. */
 static int filters_allow_direct(conn_rec *c)
 {
-    ap_filter_t *f;
-
-    for (f = c->input_filters; f; f = f->next) {
-        const char *n = f->frec->name;
-
-        if (strcasecmp(n, "core_in") && strcasecmp(n, "log_input_output")
-            && strcasecmp(n, "asyncproxy_head"))
-            return 0;
-    }
-    return 1;
+    return apx_filters_pass_through(c->input_filters, 0);
 }
 
 /* From the first EAGAIN of the filter chain on, the client's bytes are

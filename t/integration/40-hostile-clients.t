@@ -92,7 +92,7 @@ sub check_normal {
 }
 
 # --- connections that end while the server is quiet ---------------------------
-# A keep-alive connection whose next head is not there yet is handed over by
+# A keep-alive connection whose next head is not whole yet is handed over by
 # an MPM thread whose scoreboard slot still says SERVER_READY, the value it
 # writes again when it leaves: until 0.x the hand-over gate then waited for
 # that thread's next unit of work — on a quiet server, for ever: the record
@@ -100,20 +100,30 @@ sub check_normal {
 # its client closed it.
 # ExtendedStatus Off (mod_status loaded turns it on) leaves only the slot's
 # status for the gate to look at.
+# mod_logio (built into Debian's apache2) %I: the module reads heads of
+# adopted connections with recv() itself,
+# and counts them.
 my $hq = APX::Httpd->new(
     mpm => 'event', threads => 25, timeout => 60, keepalive_timeout => 60,
-    global => "ExtendedStatus Off\n", conf => $MAP,
+    global => "ExtendedStatus Off\n",
+    conf => $MAP . "LogFormat \"%I %m %U\" inlog\nCustomLog logs/in_log inlog\n",
 );
 $hq->start;
 {
     my $n0 = fig($hq, 'HeadsAdopted');
+    my $answered = 0;
     for (1 .. 20) {
         my $c = connect_to($hq->port);
         my $b = '';
         print $c get_req('/apx-status');
         read_response($c, \$b, timeout => 5);
+        send_raw($c, "GET /s/delay/0/10 HTTP/1.1\r\n");
+        sleep 0.05;
+        my $r = roundtrip($c, \$b, "Host: x\r\n\r\n", timeout => 5);
+        $answered++ if $r && $r->{status} == 200;
         close $c;
     }
+    is($answered, 20, 'quiet server: 20 next heads sent in two parts, all answered');
     sleep 1;
     my $r0 = fig($hq, 'GateRequeues');
     sleep 2;
@@ -125,6 +135,44 @@ $hq->start;
     my @cw = grep { /\S/ } split /\n/, `ss -Htn state close-wait '( sport = :$p )'`;
     is(scalar @cw, 0, 'quiet server: every connection its client closed is closed (no CLOSE-WAIT)')
         or diag(join "\n", @cw[0 .. ($#cw < 4 ? $#cw : 4)]);
+}
+# Keep-alive requests on one connection (the first served by the MPM, the
+# others adopted, their heads read by the module; a body read through the
+# filters in between), then two pipelined in one write: every answer in
+# order, and %I of each sequential request is its exact size.
+{
+    my $c = connect_to($hq->port);
+    my $b = '';
+    my @reqs = (
+        "GET /s/delay/0/11?a HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /s/delay/0/11?bb HTTP/1.1\r\nHost: x\r\nX-Pad: " . ('p' x 300) . "\r\n\r\n",
+        "POST /s/delay/0/11?ccc HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /s/delay/0/11?dddd HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /s/delay/0/11?eeeee HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    my $ok = 0;
+    for my $q (@reqs) {
+        my $r = roundtrip($c, \$b, $q);
+        $ok++ if $r && $r->{status} == 200;
+    }
+    is($ok, scalar @reqs, 'keep-alive: ' . scalar(@reqs) . ' requests on one connection answered 200');
+    send_raw($c, "GET /s/delay/0/11?p1 HTTP/1.1\r\nHost: x\r\n\r\n"
+               . "GET /apx-status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    my $r1 = read_response($c, \$b, timeout => 5);
+    my $r2 = read_response($c, \$b, timeout => 5);
+    ok($r1 && $r1->{status} == 200 && $r2 && $r2->{status} == 200 && $r2->{body} =~ /^AsyncProxy/m,
+       'pipelined after adopted keep-alive requests: both answered, in order');
+    close $c;
+    my $log = $hq->dir . '/logs/in_log';
+    for (1 .. 50) {
+        last if ($hq->slurp_log($log) =~ tr/\n//) >= @reqs + 2;
+        sleep 0.1;
+    }
+    my @lines = split /\n/, $hq->slurp_log($log);
+    my @seq = grep { m{ /s/delay/0/11$} } @lines;
+    my @got = map { (split / /)[0] } @seq[0 .. $#reqs];
+    my @want = map { length } @reqs;
+    is("@got", "@want", '%I of each keep-alive request is its size (mod_logio, heads read by the module counted)');
 }
 $hq->stop;
 
