@@ -569,19 +569,6 @@ static ssize_t recv_some(apx_exchange *px, unsigned *want)
     return recv(px->fd, px->rbuf, RBUF_SIZE, MSG_DONTWAIT);
 }
 
-/* Whether the backend has something for us now, without reading it: bytes
- * on the socket, or (TLS) decrypted ones in hand. */
-static int backend_readable(apx_exchange *px)
-{
-    char probe;
-    ssize_t n;
-
-    if (px->tls && apx_tls_pending(px->tls))
-        return 1;
-    n = recv(px->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
-}
-
 /* Reads more of the response into rbuf (emptied first). On RECV_ERROR the
  * errno is in px->recv_errno. deadline 0: one backend timeout from now.
  * phase names what timed out in the log line. */
@@ -597,9 +584,13 @@ int apx_ex_recv(apx_exchange *px, apr_time_t deadline, const char *phase)
      * wait, wait anyway (through the poller's queue, at once if the
      * backend is still readable). */
     turn = px->stream && px->turn_bytes >= STREAM_TURN;
-    /* Nothing read yet: whether the buffers are needed now (a fast backend
-     * may have answered already) or only after the wait. */
-    if (!px->rbuf && backend_readable(px) && get_buffers(px) != STEP_OK)
+    /* Nothing read yet: the buffers are taken after the first wait. Right
+     * after the request went out a look at the socket (a peek) nearly
+     * always failed, a syscall per request for nothing; a backend that
+     * did answer already is reported by the poller at once. Decrypted
+     * TLS bytes in hand need no wait. */
+    if (!px->rbuf && px->tls && apx_tls_pending(px->tls)
+        && get_buffers(px) != STEP_OK)
         return STEP_FAIL;
     for (;;) {
         if (px->rbuf && !turn) {
