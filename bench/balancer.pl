@@ -29,7 +29,7 @@ use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port $BENCH $TOP $APACHE $NGINX $MODULE_SO);
+use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port $BENCH $TOP $BIN $APACHE $NGINX $MODULE_SO);
 raise_nofile($NOFILE, @ARGV);
 
 my %opt = (systems => '', quick => 0);
@@ -42,7 +42,7 @@ $opt{delay} //= 20;
 $opt{rounds} //= $opt{quick} ? 1 : 3;
 
 my $OUT = $opt{out} // "$BENCH/results";
-my $SLOWD = "$TOP/build/bench/slowd";
+my $SLOWD = "$BIN/slowd";
 my $MODDIR = '/usr/lib/apache2/modules';
 my $ROOT = $> == 0;
 my $CLK_TCK = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
@@ -254,7 +254,7 @@ if (@cost) {
     $md .= sprintf "\nMean difference: %+.1f µs per request (group - single); the noise between rounds of one kind is shown above.\n", $g - $s;
 }
 # the engine's part alone, precisely: bench/engine/balance_bench.c
-my $micro = "$TOP/build/bench/balance_bench";
+my $micro = "$BIN/balance_bench";
 if (-x $micro && ($opt{systems} eq '' || 'cost' =~ /$opt{systems}/)) {
     my $o = `$micro 2>&1`;
     $md .= "\nThe engine's part alone (`build/bench/balance_bench`: pick + done per request, 4 members, "

@@ -19,7 +19,7 @@ use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile rss_kb $BENCH $TOP);
+use APX::Bench qw(raise_nofile rss_kb $BENCH $TOP $BIN);
 raise_nofile($NOFILE, @ARGV);
 use lib dirname(dirname(abs_path($0))) . '/t/lib';
 use APX::Httpd;
@@ -29,7 +29,7 @@ my $N = $opt{conns};
 die "--conns 1..18000\n" if $N < 1 || $N > 18000;
 
 # slowd, the backend
-my $slowd = "$TOP/build/bench/slowd";
+my $slowd = "$BIN/slowd";
 -x $slowd or die "$slowd missing: make -C bench slowd\n";
 my $bport = APX::Httpd::free_port();
 my $spid = fork // die;

@@ -23,7 +23,7 @@ use POSIX qw(strftime WNOHANG);
 use Time::HiRes qw(time sleep);
 my $NOFILE = 20000;
 use lib dirname(abs_path($0)) . '/lib';
-use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port rss_kb $BENCH $TOP $APACHE $NGINX $MODULE_SO);
+use APX::Bench qw(raise_nofile children_of tree spawn stop_pid stop_all slurp spew fill free_port wait_port rss_kb $BENCH $TOP $BIN $APACHE $NGINX $MODULE_SO);
 raise_nofile($NOFILE, @ARGV);
 my %opt = (waiters => 100, rounds => 3, distinct => 1000, systems => '');
 GetOptions(\%opt, 'waiters=i', 'rounds=i', 'distinct=i', 'systems=s', 'out=s', 'quick!') or die "bad options\n";
@@ -103,7 +103,7 @@ my @SYSTEMS = (
 my $stamp = strftime('%Y%m%d-%H%M%S', gmtime);
 my $TMP = "/tmp/apx-stream-$$";
 make_path($TMP);
-my $slowd = "$TOP/build/bench/slowd";
+my $slowd = "$BIN/slowd";
 -x $slowd or die "$slowd missing: make -C bench slowd\n";
 my (@rows, @rss_rows, @notes);
 for my $sys (@SYSTEMS) {
