@@ -91,8 +91,8 @@ struct apx_head {
     int fd;                         /* the client socket, -1: not known */
 };
 
-/* mod_logio's byte counter (%I), when loaded: direct reads count
- * themselves. */
+/* mod_logio's byte counter (%I), when loaded (post_config): reads that go
+ * around the filters count themselves (apx_client_recv). */
 static APR_OPTIONAL_FN_TYPE(ap_logio_add_bytes_in) *logio_add_bytes_in;
 
 /* The largest limits of any server, for the scan. */
@@ -174,6 +174,16 @@ static int stash_is_empty(apx_head *h)
     return APR_BRIGADE_EMPTY(h->stash);
 }
 
+/* A read our buffer cannot serve goes on to the filters below, which may
+ * keep bytes from it. */
+static apr_status_t pass_down(apx_head *h, ap_filter_t *f,
+                              apr_bucket_brigade *bb, ap_input_mode_t mode,
+                              apr_read_type_e block, apr_off_t readbytes)
+{
+    h->below_empty = 0;
+    return ap_get_brigade(f->next, bb, mode, block, readbytes);
+}
+
 static apr_status_t head_filter(ap_filter_t *f, apr_bucket_brigade *bb,
                                 ap_input_mode_t mode, apr_read_type_e block,
                                 apr_off_t readbytes)
@@ -190,8 +200,7 @@ static apr_status_t head_filter(ap_filter_t *f, apr_bucket_brigade *bb,
         if (mode == AP_MODE_SPECULATIVE && block == APR_NONBLOCK_READ
             && h->below_empty)
             return APR_EAGAIN;
-        h->below_empty = 0;
-        return ap_get_brigade(f->next, bb, mode, block, readbytes);
+        return pass_down(h, f, bb, mode, block, readbytes);
     }
     switch (mode) {
     case AP_MODE_GETLINE:
@@ -204,16 +213,13 @@ static apr_status_t head_filter(ap_filter_t *f, apr_bucket_brigade *bb,
     case AP_MODE_SPECULATIVE:
         return serve_speculative(h, bb, readbytes);
     case AP_MODE_EATCRLF:
-        if (eat_crlf(h)) {
-            h->below_empty = 0;
-            return ap_get_brigade(f->next, bb, mode, block, readbytes);
-        }
+        if (eat_crlf(h))
+            return pass_down(h, f, bb, mode, block, readbytes);
         return APR_SUCCESS;
     default:
         /* AP_MODE_EXHAUSTIVE: what we hold, then the rest */
         APR_BRIGADE_CONCAT(bb, h->stash);
-        h->below_empty = 0;
-        return ap_get_brigade(f->next, bb, mode, block, readbytes);
+        return pass_down(h, f, bb, mode, block, readbytes);
     }
 }
 
@@ -306,6 +312,18 @@ int apx_filters_pass_through(ap_filter_t *f, int reqtimeout)
     return 1;
 }
 
+ssize_t apx_client_recv(conn_rec *c, int fd, void *buf, apr_size_t len)
+{
+    ssize_t n;
+
+    do {
+        n = recv(fd, buf, len, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0 && logio_add_bytes_in)
+        logio_add_bytes_in(c, (apr_off_t)n);
+    return n;
+}
+
 apx_head *apx_head_get(conn_rec *c, apx_head **slot)
 {
     apx_head *h = *slot;
@@ -323,8 +341,6 @@ apx_head *apx_head_get(conn_rec *c, apx_head **slot)
     h->fd = -1;
     if (sock && apr_os_sock_get(&fd, sock) == APR_SUCCESS)
         h->fd = fd;
-    if (!logio_add_bytes_in)
-        logio_add_bytes_in = APR_RETRIEVE_OPTIONAL_FN(ap_logio_add_bytes_in);
     *slot = h;
     return h;
 }
@@ -365,9 +381,7 @@ static apr_status_t read_direct(apx_head *h)
 
     if (!buf)
         return APR_ENOMEM;
-    do {
-        n = recv(h->fd, buf, APR_BUCKET_BUFF_SIZE, MSG_DONTWAIT);
-    } while (n < 0 && errno == EINTR);
+    n = apx_client_recv(h->c, h->fd, buf, APR_BUCKET_BUFF_SIZE);
     if (n <= 0) {
         err = errno;
         apr_bucket_free(buf);
@@ -376,8 +390,6 @@ static apr_status_t read_direct(apx_head *h)
         return err == EAGAIN || err == EWOULDBLOCK ? APR_EAGAIN
                                                    : APR_FROM_OS_ERROR(err);
     }
-    if (logio_add_bytes_in)
-        logio_add_bytes_in(h->c, (apr_off_t)n);
     APR_BRIGADE_INSERT_TAIL(h->tmp, apr_bucket_heap_create(buf, (apr_size_t)n,
                                                            apr_bucket_free,
                                                            ba));
@@ -590,6 +602,8 @@ void apx_head_post_config(apr_pool_t *p, server_rec *main_s)
     apr_size_t fields_max = 0;
     int unlimited = 0;
 
+    /* registered by mod_logio's register_hooks, if it is loaded */
+    logio_add_bytes_in = APR_RETRIEVE_OPTIONAL_FN(ap_logio_add_bytes_in);
     base->head_timeout = apr_time_from_sec(RT_HEADER_TIMEOUT);
     base->head_max = apr_time_from_sec(RT_HEADER_MAX);
     base->head_rate = RT_HEADER_RATE;

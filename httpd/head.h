@@ -11,6 +11,8 @@
 #ifndef MOD_ASYNCPROXY_HEAD_H
 #define MOD_ASYNCPROXY_HEAD_H
 
+#include <sys/types.h>
+
 #include "httpd.h"
 #include "util_filter.h"
 
@@ -46,6 +48,11 @@ apr_size_t apx_head_bytes(const apx_head *h);
  * with `reqtimeout` mod_reqtimeout's deadlines. Anything else (mod_ssl, a
  * filter of another module) may hold bytes. */
 int apx_filters_pass_through(ap_filter_t *f, int reqtimeout);
+
+/* One non-blocking recv() of c's client socket fd, for reads that go
+ * around the filters: credited to mod_logio's %I when that module is
+ * loaded. The byte count, 0 at EOF, or -1 with errno (EINTR retried). */
+ssize_t apx_client_recv(conn_rec *c, int fd, void *buf, apr_size_t len);
 
 /* post_config: the header deadlines of every server, the scan's limits. */
 void apx_head_post_config(apr_pool_t *p, server_rec *main_s);

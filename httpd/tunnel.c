@@ -195,10 +195,6 @@ static apr_status_t to_client(tunnel *t, const char *data, apr_size_t len)
     return apx_core_flush(t->c);
 }
 
-/* mod_logio's byte counter (%I), when loaded: direct reads count
- * themselves. */
-static APR_OPTIONAL_FN_TYPE(ap_logio_add_bytes_in) *logio_add_bytes_in;
-
 /* Every input filter of c passes the client's bytes on unchanged (head.h).
  * With mod_reqtimeout in the chain the tunnel reads through the filters. */
 static int filters_allow_direct(conn_rec *c)
@@ -216,8 +212,6 @@ static int filters_allow_direct(conn_rec *c)
 static void go_direct(tunnel *t)
 {
     t->direct = 1;
-    if (!logio_add_bytes_in)
-        logio_add_bytes_in = APR_RETRIEVE_OPTIONAL_FN(ap_logio_add_bytes_in);
     apx_mem_trim(t->c, 1);
 }
 
@@ -246,16 +240,12 @@ static int from_client(tunnel *t)
     if (t->direct) {
         if (!t->cbuf && !(t->cbuf = malloc(TUNNEL_BUF)))
             return -1;
-        do
-            n = recv(t->cfd, t->cbuf, TUNNEL_BUF, MSG_DONTWAIT);
-        while (n < 0 && errno == EINTR);
+        n = apx_client_recv(t->c, t->cfd, t->cbuf, TUNNEL_BUF);
         if (n > 0) {
             t->clen = (apr_size_t)n;
             t->coff = 0;
             if (n < TUNNEL_BUF)
                 t->c_ready = 0;
-            if (logio_add_bytes_in)
-                logio_add_bytes_in(t->c, (apr_off_t)n);
             return 1;
         }
         drop_cbuf(t);
