@@ -145,6 +145,8 @@ void apx_conn_abandon(apx_park *p, apr_thread_t *thd)
     ac->rq->coro = NULL;
 }
 
+static volatile apr_uint32_t conn_ids;
+
 apx_conn *apx_conn_get(conn_rec *c)
 {
     apx_conn *ac = ap_get_module_config(c->conn_config, &asyncproxy_module);
@@ -154,6 +156,11 @@ apx_conn *apx_conn_get(conn_rec *c)
         return ac;
     ac = apr_pcalloc(c->pool, sizeof(*ac));
     ac->c = c;
+    /* the id of its socket for the poller's kept arms (apx_park.keep): one
+     * per connection of this process, never 0 */
+    do {
+        ac->id = apr_atomic_inc32(&conn_ids) + 1;
+    } while (!ac->id);
     ac->csd = ap_get_conn_socket(c);
     ac->fd = -1;
     if (ac->csd && apr_os_sock_get(&fd, ac->csd) == APR_SUCCESS)
@@ -198,6 +205,8 @@ static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
     p->want[0] = want0;
     p->fd[1] = fd1;
     p->want[1] = 0;
+    p->keep[0] = fd0 == ac->fd ? ac->id : 0;
+    p->keep[1] = fd1 == ac->fd ? ac->id : 0;
     p->timeout = timeout;
     p->flags = flags;
     if (!apx_ch || !apx_ch->engine
@@ -217,6 +226,8 @@ static void park2(apx_conn *ac, int fd0, unsigned want0, int fd1,
     p->want[0] = want0;
     p->fd[1] = fd1;
     p->want[1] = want1;
+    p->keep[0] = fd0 == ac->fd ? ac->id : 0;
+    p->keep[1] = fd1 == ac->fd ? ac->id : 0;
     p->timeout = timeout;
     p->flags = 0;
     if (!apx_ch || !apx_ch->engine

@@ -27,6 +27,7 @@ struct apx_conn {
     conn_rec *c;
     apr_socket_t *csd;
     int fd;
+    apr_uint32_t id;            /* the socket's id for the poller (keep[]) */
     int phase;                  /* PH_* the park is for */
     apx_req *rq;                /* request in flight, or NULL */
     int want_park;              /* handler returned SUSPENDED to park rq */

@@ -104,6 +104,9 @@ static int collect(figure *f, const char **mode)
     FIG("StacksFree", free_stacks);
     FIG("WakesTotal", es.wakes_total);
     FIG("WorkerStalls", es.stalls_total);
+    FIG("ArmsKept", es.arms_kept_total);
+    FIG("ArmsFired", es.arms_fired_total);
+    FIG("Rewatches", es.rewatch_total);
     {
         apr_uint64_t entries, bytes, evictions;
 

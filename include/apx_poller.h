@@ -92,6 +92,22 @@ struct apx_park {
     unsigned flags;                 /* APX_PARK_* */
     apx_park_fn dispatch;
     void *baton;                    /* the owner's context */
+    uint32_t keep[2];               /* non-zero: an id of the file under
+                                     * fd[i], the same for as long as the
+                                     * owner keeps that file open and unique
+                                     * among files it parks. Its epoll arm
+                                     * may then outlive the park: a later
+                                     * park of the same id wanting the same
+                                     * events, while the arm has not fired,
+                                     * costs no system call; one wanting
+                                     * input after it fired ends at once
+                                     * with what it reported. A watch (want
+                                     * 0) on such an fd is armed for input
+                                     * too (so that a keep-alive wait after
+                                     * it can keep the arm); input alone
+                                     * does not end the park: the poller
+                                     * watches for the hangup only from
+                                     * then on. */
 
     /* --- set by the engine when it dispatches --- */
     unsigned got[2];                /* events seen on fd[0] / fd[1] */
@@ -130,6 +146,13 @@ typedef struct apx_engine_stats {
     apr_uint64_t stalls_total;      /* the queue made no progress for 1 ms:
                                      * a worker more was woken or started */
     apr_uint64_t shed_total;        /* idle records shed (APX_EV_SHED) */
+    apr_uint64_t arms_kept_total;   /* fds parked on an arm left from an
+                                     * earlier park (keep[]): no epoll_ctl */
+    apr_uint64_t arms_fired_total;  /* fds parked for input on an arm
+                                     * left from an earlier park that fired
+                                     * meanwhile: dispatched at once */
+    apr_uint64_t rewatch_total;     /* input on a kept watch: re-armed for
+                                     * the hangup only */
 } apx_engine_stats;
 
 /* Fills conf with the defaults (workers 2..16, idle 10 s, budget 256,

@@ -47,6 +47,14 @@ typedef struct fd_slot {
     unsigned char idx;      /* owner->fd[idx] is this fd */
     unsigned char reg;      /* the fd's current file is believed to be in
                              * the epoll set */
+    unsigned char armed;    /* ... armed by the last arm, and no event of
+                             * it seen since (ONESHOT would have disabled
+                             * it): a park of the same file with the same
+                             * mask takes it as it is (see "Kept arms") */
+    unsigned char pending;  /* IN/HUP/ERR of an event of the last arm
+                             * that came with no owner (see "Kept arms") */
+    uint32_t mask;          /* the epoll mask of the last arm */
+    uint32_t keep;          /* the park's keep[] id of the last arm (0: none) */
 } fd_slot;
 
 typedef struct engine_thread engine_thread;
@@ -121,6 +129,8 @@ struct apx_engine {
     unsigned parked;
     apr_uint64_t parks_total, dispatched_total, timeouts_total, runs_total;
     apr_uint64_t wakes_total, shed_total;
+    apr_uint64_t arms_kept_total, arms_fired_total, rewatch_total;
+                                /* poller thread writes */
     apr_uint64_t stalls_total;  /* wq_mtx: watchdog woke or started one */
 };
 

@@ -92,6 +92,22 @@
  *     kernel with the file.
  * An fd parked by one record cannot be parked by another until the first
  * leaves (its slot has an owner): the second is dispatched with ERR.
+ * Kept arms: an arm whose record left without its fd firing (a client
+ * watched for hangup while the record waited on its backend) is still
+ * armed. When the owner names the fd's file (p->keep[i], an id constant for
+ * as long as the file is open), the slot remembers the id, the mask and
+ * whether an event of the arm has been seen since (any event, owned or
+ * dropped: ONESHOT disabled the arm with it). A park of the same id with
+ * the same mask on an arm not seen to fire takes the slot as it is, with
+ * the arm's generation: no epoll_ctl. An event of that arm already in the
+ * kernel's ready list but not yet read is then read with that generation
+ * and belongs to the new park, which wants exactly what the arm was for.
+ * A closed file's arm goes with it, and a new file under the number gets
+ * another id from its owner: MOD, ENOENT, ADD as above. With a keep id, a
+ * watch is armed EPOLLIN|EPOLLRDHUP, the mask a keep-alive wait wants:
+ * the next park (the connection idle after its response) keeps it. Input
+ * alone on such a watch (a pipelined request, an unread body) does not end
+ * the park: the poller re-arms the fd for the hangup only (MOD).
  * Wanting IN registers EPOLLIN|EPOLLRDHUP; wanting nothing on an fd (watch a
  * client for hangup while waiting on the backend) registers EPOLLRDHUP; OUT
  * alone registers EPOLLOUT only, so a client that half-closed after sending
@@ -144,7 +160,7 @@ static void wake_poller(apx_engine *e)
 
 /* ---------------------------------------------------------------- poller */
 
-static uint32_t epoll_mask(unsigned want)
+static uint32_t epoll_mask(unsigned want, uint32_t keep)
 {
     uint32_t m = 0;
 
@@ -153,7 +169,7 @@ static uint32_t epoll_mask(unsigned want)
     if (want & APX_EV_OUT)
         m |= EPOLLOUT;
     if (!(want & (APX_EV_IN | APX_EV_OUT)))
-        m |= EPOLLRDHUP;
+        m |= keep ? EPOLLIN | EPOLLRDHUP : EPOLLRDHUP;
     return m;
 }
 
@@ -206,10 +222,32 @@ static int arm_fd(apx_engine *e, apx_park *p, int i)
 
     if (s && s->owner)
         return EEXIST;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = epoll_mask(p->want[i], p->keep[i]) | EPOLLONESHOT;
+    if (s && s->reg && p->keep[i] && s->keep == p->keep[i]) {
+        if (s->armed && s->mask == ev.events) {
+            /* the arm of an earlier park of this file, not fired: kept */
+            s->owner = p;
+            s->idx = (unsigned char)i;
+            ATOMIC_INC64(&e->arms_kept_total);
+            return 0;
+        }
+        if (!s->armed && s->pending && (p->want[i] & APX_EV_IN)) {
+            /* it fired while no park held it (the client's next request
+             * came before this keep-alive wait): what it reported is still
+             * there to read, so the park ends at once, the fd disabled */
+            s->owner = p;
+            s->idx = (unsigned char)i;
+            p->got[i] = s->pending;
+            s->pending = 0;
+            ATOMIC_INC64(&e->arms_fired_total);
+            return 0;
+        }
+    }
+    if (s)
+        s->pending = 0;
     if (++e->gen == 0)
         e->gen = 1;
-    memset(&ev, 0, sizeof(ev));
-    ev.events = epoll_mask(p->want[i]) | EPOLLONESHOT;
     ev.data.u64 = (uint64_t)e->gen << 32 | (uint32_t)fd;
     op = s && s->reg ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     if (epoll_ctl(e->epfd, op, fd, &ev) < 0) {
@@ -231,6 +269,9 @@ static int arm_fd(apx_engine *e, apx_park *p, int i)
     s->gen = e->gen;
     s->idx = (unsigned char)i;
     s->reg = 1;
+    s->armed = 1;
+    s->mask = ev.events;
+    s->keep = p->keep[i];
     return 0;
 
 failed:
@@ -238,14 +279,38 @@ failed:
      * registered; anything else leaves the belief unknown. Believing "not
      * registered" is always safe: the next arm tries ADD, then MOD. */
     if (s)
-        s->reg = 0;
+        s->reg = s->armed = 0;
     return err;
+}
+
+/* Input alone on a kept watch (see "Kept arms"): the fd, disabled by the
+ * event, is armed again for the hangup only, under a new generation. 0, or
+ * an errno (the owner then gets ERR for it). */
+static int rewatch(apx_engine *e, fd_slot *s, int fd)
+{
+    struct epoll_event ev;
+
+    if (++e->gen == 0)
+        e->gen = 1;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLRDHUP | EPOLLONESHOT;
+    ev.data.u64 = (uint64_t)e->gen << 32 | (uint32_t)fd;
+    if (epoll_ctl(e->epfd, EPOLL_CTL_MOD, fd, &ev) < 0) {
+        s->reg = s->armed = 0;
+        return errno;
+    }
+    s->gen = e->gen;
+    s->armed = 1;
+    s->mask = ev.events;
+    ATOMIC_INC64(&e->rewatch_total);
+    return 0;
 }
 
 /* The record p parked on an event's fd, or NULL when the event belongs to
  * an arm whose record has left (or to an older file under that number);
  * *idx: which of p's fds. */
-static apx_park *event_owner(apx_engine *e, uint64_t data, unsigned *idx)
+static apx_park *event_owner(apx_engine *e, uint64_t data, uint32_t events,
+                             unsigned *idx)
 {
     uint32_t fd = (uint32_t)data;
     fd_slot *s;
@@ -253,8 +318,16 @@ static apx_park *event_owner(apx_engine *e, uint64_t data, unsigned *idx)
     if (fd >= e->nslots)
         return NULL;
     s = &e->slots[fd];
-    if (!s->owner || s->gen != (uint32_t)(data >> 32))
+    if (s->gen != (uint32_t)(data >> 32))
         return NULL;
+    s->armed = 0;           /* ONESHOT: this event disabled the arm */
+    if (!s->owner) {
+        if (s->keep)
+            s->pending |= (unsigned char)(events_from_epoll(events)
+                                          & (APX_EV_IN | APX_EV_HUP
+                                             | APX_EV_ERR));
+        return NULL;
+    }
     *idx = s->idx;
     return s->owner;
 }
@@ -367,6 +440,8 @@ static void arm(apx_engine *e, apx_park *p, apr_time_t now, apr_time_t wall,
             goto ready;
         }
     }
+    if (p->got[0] | p->got[1])
+        goto ready;             /* an fd that fired while away */
     apx_tq_append(q, &p->tq, now);
     set_state(p, ST_PARKED);
     e->nparked++;
@@ -547,8 +622,8 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
     uint64_t counter;
     unsigned idx;
     expire_ctx x;
-    int n, i, stop;
-    unsigned backlog;
+    int n, i, stop, err;
+    unsigned backlog, got;
 
     for (;;) {
         now = mono_now();
@@ -569,10 +644,21 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
                     ;
                 continue;
             }
-            p = event_owner(e, e->events[i].data.u64, &idx);
+            p = event_owner(e, e->events[i].data.u64,
+                            e->events[i].events, &idx);
             if (!p)
                 continue;       /* an arm whose record has left: ONESHOT
                                  * disabled it, nothing to undo */
+            got = events_from_epoll(e->events[i].events);
+            if (!(p->want[idx] & (APX_EV_IN | APX_EV_OUT)) && p->keep[idx]
+                && !(got & (APX_EV_HUP | APX_EV_ERR))) {
+                /* input on a kept watch: not what it watches for */
+                if (get_state(p) != ST_PARKED
+                    || !(err = rewatch(e, &e->slots[p->fd[idx]],
+                                       p->fd[idx])))
+                    continue;
+                got = APX_EV_ERR;
+            }
             if (get_state(p) == ST_PARKED)
                 take_off(e, p, &batch);
 #ifdef APX_DEBUG
@@ -585,7 +671,7 @@ static void *APR_THREAD_FUNC poller_main(apr_thread_t *thd, void *data)
                 abort();
             }
 #endif
-            p->got[idx] |= events_from_epoll(e->events[i].events);
+            p->got[idx] |= got;
         }
 
         /* Taken every pass, woken or not: one uncontended lock, and a
@@ -1083,6 +1169,11 @@ void apx_engine_stats_get(apx_engine *e, apx_engine_stats *st)
     st->runs_total = __atomic_load_n(&e->runs_total, __ATOMIC_RELAXED);
     st->wakes_total = __atomic_load_n(&e->wakes_total, __ATOMIC_RELAXED);
     st->shed_total = __atomic_load_n(&e->shed_total, __ATOMIC_RELAXED);
+    st->arms_kept_total = __atomic_load_n(&e->arms_kept_total,
+                                          __ATOMIC_RELAXED);
+    st->rewatch_total = __atomic_load_n(&e->rewatch_total, __ATOMIC_RELAXED);
+    st->arms_fired_total = __atomic_load_n(&e->arms_fired_total,
+                                           __ATOMIC_RELAXED);
 }
 
 void apx_engine_shed_idle(apx_engine *e, unsigned n)

@@ -125,7 +125,7 @@ strace|perf|parks)
     X1=$(cat /proc/"$CHILD"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
     C1=$(cpu_ticks)
     R1=$(status RequestsTotal); P1=$(status ParksTotal); A1=$(status AdoptedTotal)
-    echo "worker stalls (watchdog) so far: $(status WorkerStalls)"
+    echo "worker stalls (watchdog) so far: $(status WorkerStalls); arms kept $(status ArmsKept), fired $(status ArmsFired), rewatches $(status Rewatches)"
     REQ=$((R1 - R0))
     echo "requests in the window: $REQ; parks/request $(echo "scale=2; ($P1 - $P0) / $REQ" | bc);" \
          "adopted connections: $((A1 - A0)); context switches/request" \

@@ -1006,6 +1006,158 @@ static void test_shed(apr_pool_t *pool)
     is_int(busy.abandoned, 1, "the busy one is abandoned at destroy");
 }
 
+/* ---------------------------------------------------------- kept arms */
+
+/* A record parked with keep ids (apx_park.keep): an arm that did not fire
+ * is taken by the next park of the same file and mask without epoll_ctl;
+ * one that fired while no park held it ends the next park wanting input at
+ * once; input on a kept watch does not end it (re-armed for the hangup);
+ * another id under the same number, or another mask, is armed anew. */
+static void test_kept_arms(apr_pool_t *pool)
+{
+    apx_engine *e = start_engine(pool, 1, 1, apr_time_from_sec(10));
+    apx_engine_stats st0, st;
+    unsigned c[4];
+    rec r, w;
+    int a[2], b[2], fdnum;
+    char ch;
+
+    socketpair(AF_UNIX, SOCK_STREAM, 0, a);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, b);
+
+    /* a watch on a[0] (keep 7) beside a wait on b[0]: the watch is armed
+     * for input as well */
+    rec_init(&r);
+    r.p.fd[0] = b[0];
+    r.p.want[0] = APX_EV_IN;
+    r.p.fd[1] = a[0];
+    r.p.want[1] = 0;
+    r.p.keep[1] = 7;
+    r.p.timeout = apr_time_from_sec(10);
+    apx_engine_stats_get(e, &st0);
+    apx_park_submit(e, &r.p);
+    ok(poller_pass(e), "watch parked");
+    ok(write(a[1], "p", 1) == 1, "input on the watched fd");
+    ok(poller_pass(e) && poller_pass(e), "two poller passes");
+    is_int(calls_of(&r), 0, "input alone does not end the watch");
+    apx_engine_stats_get(e, &st);
+    is_int((int)(st.rewatch_total - st0.rewatch_total), 1,
+           "the watch was re-armed for the hangup only");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+    ok(write(b[1], "r", 1) == 1, "the awaited fd fires");
+    is_int(wait_calls(&r, 1, 5000), 1, "dispatched");
+    ok(r.got[0] == APX_EV_IN && r.got[1] == 0, "IN on fd[0], nothing on the watch");
+    ok(read(b[0], &ch, 1) == 1, "drained");
+
+    /* the watch again (its mask is now the hangup's: armed anew), then the
+     * record leaves by fd[0]; a keep-alive park of a[0] for input with the
+     * same id takes the unfired watch as it is */
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    ok(poller_pass(e), "parked");
+    ok(ctl_since(c, 0, 2, 0), "two MODs (the watch's mask changed)");
+    ok(write(b[1], "r", 1) == 1, "the awaited fd fires");
+    is_int(wait_calls(&r, 2, 5000), 2, "dispatched");
+    ok(read(b[0], &ch, 1) == 1, "drained");
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    ok(poller_pass(e), "parked");
+    ok(ctl_since(c, 0, 1, 0), "the watch's unfired arm is kept: one MOD (fd[0])");
+    ok(write(b[1], "r", 1) == 1, "the awaited fd fires");
+    is_int(wait_calls(&r, 3, 5000), 3, "dispatched");
+    ok(read(b[0], &ch, 1) == 1, "drained");
+
+    rec_init(&w);
+    w.p.fd[0] = a[0];
+    w.p.want[0] = APX_EV_IN;
+    w.p.keep[0] = 7;
+    w.p.timeout = apr_time_from_sec(10);
+    apx_engine_stats_get(e, &st0);
+    ctl_snap(c);
+    apx_park_submit(e, &w.p);
+    ok(poller_pass(e), "keep-alive park");
+    ok(ctl_since(c, 0, 0, 0), "it took the watch's arm: no epoll_ctl");
+    apx_engine_stats_get(e, &st);
+    is_int((int)(st.arms_kept_total - st0.arms_kept_total), 1, "ArmsKept +1");
+    ok(write(a[1], "n", 1) == 1, "the next request comes");
+    is_int(wait_calls(&w, 1, 5000), 1, "the keep-alive park is dispatched");
+    is_int(w.why, APX_EV_IN, "with IN");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+
+    /* the watch fires while no park holds it (the next request before the
+     * keep-alive park): that park ends at once, with no epoll_ctl */
+    ctl_snap(c);
+    apx_park_submit(e, &r.p);
+    ok(write(b[1], "r", 1) == 1, "the awaited fd fires");
+    is_int(wait_calls(&r, 4, 5000), 4, "dispatched");
+    ok(read(b[0], &ch, 1) == 1, "drained");
+    ok(write(a[1], "n", 1) == 1, "input on a[0], no park holds it");
+    ok(poller_pass(e), "seen by the poller");
+    apx_engine_stats_get(e, &st0);
+    ctl_snap(c);
+    apx_park_submit(e, &w.p);
+    is_int(wait_calls(&w, 2, 5000), 2, "the keep-alive park ends at once");
+    is_int(w.why, APX_EV_IN, "with IN");
+    ok(ctl_since(c, 0, 0, 0), "no epoll_ctl");
+    apx_engine_stats_get(e, &st);
+    is_int((int)(st.arms_fired_total - st0.arms_fired_total), 1, "ArmsFired +1");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+    /* what it took was used up: the next park arms again */
+    ctl_snap(c);
+    apx_park_submit(e, &w.p);
+    ok(poller_pass(e), "parked again");
+    ok(ctl_since(c, 0, 1, 0), "one MOD");
+    is_int(calls_of(&w), 2, "nothing to report: it waits");
+    ok(write(a[1], "n", 1) == 1, "input");
+    is_int(wait_calls(&w, 3, 5000), 3, "dispatched");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+
+    /* a keep-alive park left by its deadline stays armed; the file is
+     * closed and another takes its number under another id: armed anew,
+     * and its input is reported */
+    w.p.timeout = 20000;
+    apx_park_submit(e, &w.p);
+    is_int(wait_calls(&w, 4, 5000), 4, "deadline");
+    is_int(w.why, APX_EV_TIMEOUT, "with TIMEOUT");
+    fdnum = a[0];
+    close(a[0]);
+    close(a[1]);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, a);
+    if (a[0] != fdnum) {
+        int t = a[0];
+        a[0] = dup2(t, fdnum) == fdnum ? fdnum : t;
+        if (a[0] != t)
+            close(t);
+    }
+    is_int(a[0], fdnum, "a new file under the number");
+    w.p.fd[0] = a[0];
+    w.p.keep[0] = 8;
+    w.p.timeout = apr_time_from_sec(10);
+    ctl_snap(c);
+    apx_park_submit(e, &w.p);
+    ok(poller_pass(e), "parked");
+    ok(ctl_since(c, 1, 1, 0) || ctl_since(c, 0, 1, 0),
+       "armed with epoll_ctl (MOD, ADD after ENOENT)");
+    ok(write(a[1], "n", 1) == 1, "input on the new file");
+    is_int(wait_calls(&w, 5, 5000), 5, "dispatched");
+    is_int(w.why, APX_EV_IN, "with IN");
+    ok(read(a[0], &ch, 1) == 1, "drained");
+
+    /* a hangup on a kept watch ends the park */
+    r.p.fd[1] = a[0];
+    r.p.keep[1] = 8;
+    apx_park_submit(e, &r.p);
+    ok(poller_pass(e), "watch parked");
+    close(a[1]);
+    is_int(wait_calls(&r, 5, 5000), 5, "the hangup ends it");
+    ok(r.got[1] & APX_EV_HUP, "with HUP on the watch");
+
+    close(a[0]);
+    close(b[0]);
+    close(b[1]);
+    apx_engine_destroy(e, NULL);
+}
+
 int main(void)
 {
     apr_pool_t *pool = harness_start();
@@ -1014,6 +1166,7 @@ int main(void)
     test_two_fds(pool);
     test_bad_fds(pool);
     test_registration(pool);
+    test_kept_arms(pool);
     test_many(pool);
     test_elastic(pool);
     test_awake_cap(pool);
