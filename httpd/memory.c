@@ -14,16 +14,33 @@
  * Threads: the thread that owns the connection (its allocator has no
  * mutex).
  */
+#include <string.h>
+
 #include "httpd.h"
 #include "mpm_common.h"
 #include "apr_allocator.h"
 
 #include "memory.h"
 
-/* Blocks taken and given back per trim: more than a proxied request
- * leaves (its pool's 1-3 blocks, the core's read buffer); one that takes a
- * fresh block costs an mmap/munmap pair, once per wait. */
+/* Blocks taken and given back per trim at most: more than a proxied
+ * request leaves (its pool's 1-3 blocks, the core's read buffer). */
 #define TRIM_BLOCKS 8
+/* Bytes after a block's header looked at to tell a fresh block. */
+#define FRESH_PROBE 64
+
+/* 1 when the block the allocator just handed out looks fresh: no free
+ * block was left, and the allocator mapped a new one, which the kernel
+ * gives zero-filled. A block that served before holds what a pool or a
+ * read buffer put there; one whose first bytes happen to be zero only
+ * ends the trim early (a block kept, no harm). */
+static int looks_fresh(const apr_memnode_t *n)
+{
+    static const char zero[FRESH_PROBE];
+    const char *p = (const char *)n + APR_MEMNODE_T_SIZE;
+
+    return (apr_size_t)(n->endp - p) >= FRESH_PROBE
+           && !memcmp(p, zero, FRESH_PROBE);
+}
 
 void apx_mem_trim(conn_rec *c, int hold)
 {
@@ -40,7 +57,10 @@ void apx_mem_trim(conn_rec *c, int hold)
     for (i = 0; i < TRIM_BLOCKS; i++) {
         if (!(held[k] = apr_allocator_alloc(a, 8192 - APR_MEMNODE_T_SIZE)))
             break;
-        k++;
+        /* the free list is empty: taking more would map blocks only to
+         * unmap them (an mmap/munmap pair and a page fault each) */
+        if (looks_fresh(held[k++]))
+            break;
     }
     while (k > 0)
         apr_allocator_free(a, held[--k]);

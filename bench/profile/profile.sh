@@ -13,6 +13,7 @@
 #   profile.sh perf      CONNS DELAY_MS BYTES [SECS] perf record -g of the child
 #   profile.sh parks     CONNS DELAY_MS BYTES [SECS] parks/adoptions per request
 #   profile.sh first     CONNS DELAY_MS BYTES        CPU of a connection's first request
+#   profile.sh idletrim  CONNS                       syscalls per idle trim (memory.c)
 #
 # BYTES may carry a query (1024?max-age=60). Environment: APX_MODULE_SO (the
 # module; default build/mod_asyncproxy.so), EXTRA (more httpd.conf lines),
@@ -23,7 +24,7 @@ set -e
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
 SO=${APX_MODULE_SO:-$TOP/build/mod_asyncproxy.so}
 SLOWD=$TOP/build/bench/slowd
-MODE=${1:?usage: $0 rss|strace|callgrind|perf|parks|first ...}
+MODE=${1:?usage: $0 rss|strace|callgrind|perf|parks|first|idletrim ...}
 shift
 D=$(mktemp -d /tmp/apx-profile-XXXXXX)
 PIDS=()
@@ -140,6 +141,27 @@ strace|perf|parks)
     wait "$WRK" || true
     grep -E "Requests/sec|  99%" "$D/wrk.out" | tr -s ' ' | tr '\n' ' '; echo
     ;;
+idletrim)
+    # CONNS connections, one fast proxied request each, then quiet: each is
+    # trimmed after 1 s idle; strace -c of the child over 3 s of that
+    N=${1:?conns}
+    setup; start_httpd
+    ulimit -n 20000
+    "$TOP/bench/profile/idle-hold.pl" "$PORT" /b/delay/0/1024 "$N" 4 "$D/ready" &
+    HOLD=$!
+    PIDS+=($HOLD)
+    while [ ! -f "$D/ready" ] && kill -0 "$HOLD" 2>/dev/null; do sleep 0.05; done
+    T0=$(status IdleTrims)
+    # shellcheck disable=SC2046
+    strace -c -f $(ls /proc/"$CHILD"/task | sed 's/^/-p /') -o "$D/strace.out" 2>/dev/null &
+    STRACEPID=$!
+    sleep 3
+    kill -INT "$STRACEPID"; wait "$STRACEPID" || true
+    T1=$(status IdleTrims)
+    echo "idle trims in the window: $((T1 - T0))"
+    strace_per $((T1 - T0)) "per trim"
+    wait "$HOLD" || true
+    ;;
 first)
     N=${1:?conns}; DELAY=${2:?delay ms}; BYTES=${3:?bytes}
     setup; start_httpd
@@ -198,7 +220,7 @@ callgrind)
              printf "%8.0f  %s\n", v / n, $0 }'
     ;;
 *)
-    echo "usage: $0 rss|strace|callgrind|perf|parks ..." >&2
+    echo "usage: $0 rss|strace|callgrind|perf|parks|first|idletrim ..." >&2
     exit 2
     ;;
 esac
