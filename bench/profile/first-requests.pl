@@ -8,8 +8,10 @@
 # steady state: opens CONNS connections at once, sends one keep-alive GET on
 # each, reads every response, and reports the CPU the given server processes
 # used meanwhile (utime + stime from /proc) per request. Connections stay open
-# until the figure is taken, so closing is not counted. Called by
-# profile.sh first; loopback only.
+# until the figure is taken, so closing is not counted. With HOLD=S and
+# READY=FILE in the environment, FILE is then created and the connections
+# stay open and quiet S seconds more (profile.sh idletrim: the idle trims).
+# Called by profile.sh first and idletrim; loopback only.
 #   first-requests.pl PORT PATH CONNS PID...
 use strict; use warnings;
 use IO::Socket::INET; use IO::Select; use POSIX qw(sysconf);
@@ -49,3 +51,8 @@ my $c1 = ticks(); my $x1 = switches();
 printf "first requests: %d answered (%d failed) in %.2f s; server CPU %.0f us and %.1f context "
     . "switches per first request\n", $done, $bad, time - $t0,
     ($c1 - $c0) * 1e6 / $tck / ($done || 1), ($x1 - $x0) / ($done || 1);
+if ($ENV{READY}) {
+    open my $f, '>', $ENV{READY} or die "$ENV{READY}: $!\n";
+    close $f;
+    sleep($ENV{HOLD} // 0);
+}

@@ -147,10 +147,11 @@ idletrim)
     N=${1:?conns}
     setup; start_httpd
     ulimit -n 20000
-    "$TOP/bench/profile/idle-hold.pl" "$PORT" /b/delay/0/1024 "$N" 4 "$D/ready" &
-    HOLD=$!
-    PIDS+=($HOLD)
-    while [ ! -f "$D/ready" ] && kill -0 "$HOLD" 2>/dev/null; do sleep 0.05; done
+    HOLD=4 READY="$D/ready" "$TOP/bench/profile/first-requests.pl" "$PORT" /b/delay/0/1024 \
+        "$N" "$(cat "$D/logs/httpd.pid")" "$CHILD" > /dev/null &
+    HOLDER=$!
+    PIDS+=($HOLDER)
+    while [ ! -f "$D/ready" ] && kill -0 "$HOLDER" 2>/dev/null; do sleep 0.05; done
     T0=$(status IdleTrims)
     # shellcheck disable=SC2046
     strace -c -f $(ls /proc/"$CHILD"/task | sed 's/^/-p /') -o "$D/strace.out" 2>/dev/null &
@@ -160,7 +161,7 @@ idletrim)
     T1=$(status IdleTrims)
     echo "idle trims in the window: $((T1 - T0))"
     strace_per $((T1 - T0)) "per trim"
-    wait "$HOLD" || true
+    wait "$HOLDER" || true
     ;;
 first)
     N=${1:?conns}; DELAY=${2:?delay ms}; BYTES=${3:?bytes}
