@@ -820,7 +820,7 @@ int apx_conn_process(conn_rec *c)
     const char *proto;
     apx_conn *ac;
     apx_head *h;
-    int rc, fresh;
+    int rc;
 
     if (!apx_ch || !apx_ch->engine || !c->cs || c->master
         || c->clogging_input_filters || apx_engine_current_thread()
@@ -846,10 +846,7 @@ int apx_conn_process(conn_rec *c)
     ac = apx_conn_get(c);
     if (ac->adopted || ac->fd < 0)
         return DECLINED;
-    fresh = !ac->head && !c->keepalives;
     h = apx_head_get(c, &ac->head);
-    if (fresh)
-        apx_head_first_look(h);
     if (!apx_head_is_waiting(h))
         apx_head_begin(h, apr_time_now());
     rc = apx_head_read(h);

@@ -345,11 +345,6 @@ apx_head *apx_head_get(conn_rec *c, apx_head **slot)
     return h;
 }
 
-void apx_head_first_look(apx_head *h)
-{
-    h->below_empty = apx_filters_pass_through(h->f->next, 1);
-}
-
 void apx_head_begin(apx_head *h, apr_time_t now)
 {
     h->waiting = 1;

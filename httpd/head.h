@@ -30,11 +30,6 @@ enum {
 /* The connection's read-ahead buffer (its input filter is added on the
  * first call); *slot keeps it (c->pool). */
 apx_head *apx_head_get(conn_rec *c, apx_head **slot);
-/* A new connection's first look, before anything read its socket: where
- * the filters below ours pass bytes through (apx_filters_pass_through()),
- * they hold none yet, and the first head is read with one recv() (as a
- * next head is after a response that left them empty). */
-void apx_head_first_look(apx_head *h);
 /* A new head is awaited from now on (the deadline counts from `now`); what
  * is buffered already is its start. */
 void apx_head_begin(apx_head *h, apr_time_t now);
