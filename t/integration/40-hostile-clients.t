@@ -174,6 +174,53 @@ $hq->start;
     my @want = map { length } @reqs;
     is("@got", "@want", '%I of each keep-alive request is its size (mod_logio, heads read by the module counted)');
 }
+# The poller's kept arms: on a connection the module owns, the client is
+# watched for hangup during the backend wait with an arm that also reports
+# input, so the keep-alive wait after the response can take that arm. A
+# request that comes during the backend wait (pipelined late) must not end
+# that wait: the watch is re-armed for the hangup only, both requests are
+# answered in order, and a client that then goes is still seen going.
+{
+    my $w0 = fig($hq, 'Rewatches');
+    my $k0 = fig($hq, 'ArmsKept') + fig($hq, 'ArmsFired');
+    my $g0 = fig($hq, 'ClientGone');
+    my $c = connect_to($hq->port);
+    my $b = '';
+    my $r0 = roundtrip($c, \$b, "GET /s/delay/0/5?first HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_raw($c, "GET /s/delay/400/7?one HTTP/1.1\r\nHost: x\r\n\r\n");
+    sleep 0.15;
+    send_raw($c, "GET /s/delay/0/9?two HTTP/1.1\r\nHost: x\r\n\r\n");
+    my $r1 = read_response($c, \$b, timeout => 5);
+    my $r2 = read_response($c, \$b, timeout => 5);
+    ok($r0 && $r0->{status} == 200 && $r1 && $r1->{status} == 200 && length($r1->{body}) == 7
+       && $r2 && $r2->{status} == 200 && length($r2->{body}) == 9,
+       'a request sent during the backend wait of the one before: both answered, in order');
+    my $ok = 0;
+    for my $i (1 .. 5) {
+        my $r = roundtrip($c, \$b, "GET /s/delay/20/11?k$i HTTP/1.1\r\nHost: x\r\n\r\n");
+        $ok++ if $r && $r->{status} == 200 && length($r->{body}) == 11;
+        sleep 0.05;
+    }
+    is($ok, 5, 'the keep-alive requests after it: all answered');
+    cmp_ok(fig($hq, 'Rewatches') - $w0, '>=', 1,
+           'the early request re-armed the client\'s watch for the hangup only (Rewatches)');
+    cmp_ok(fig($hq, 'ArmsKept') + fig($hq, 'ArmsFired') - $k0, '>=', 5,
+           'keep-alive waits took the arm left by the watch before them (ArmsKept + ArmsFired)');
+    # input, then a close, both during the backend wait: the close is seen
+    # while the backend has not answered (the wait is 3 s)
+    send_raw($c, "GET /s/delay/3000/5?long HTTP/1.1\r\nHost: x\r\n\r\n");
+    sleep 0.15;
+    send_raw($c, "GET /s/delay/0/5?more HTTP/1.1\r\nHost: x\r\n\r\n");
+    sleep 0.15;
+    close $c;
+    my $gone = 0;
+    for (1 .. 20) {
+        $gone = fig($hq, 'ClientGone') - $g0;
+        last if $gone;
+        sleep 0.1;
+    }
+    cmp_ok($gone, '>=', 1, 'a client that sent more and then closed during the backend wait is seen gone before the backend answers');
+}
 $hq->stop;
 
 # ------------------------------------------------------------------------
