@@ -187,24 +187,20 @@ static void dispatch_engine_gone(apx_park *p)
     conn_dispatch(p, apx_engine_current_thread());
 }
 
-/* Hands the connection to the poller. On failure (engine gone) the
- * record is dispatched on this thread as a shutdown. */
-static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
-                 apr_interval_time_t timeout, unsigned flags)
+/* Sets p's fds and hands the connection to the poller; the client's
+ * socket is named by the connection's id (the poller's kept arms). On
+ * failure (engine gone) the record is dispatched on this thread as a
+ * shutdown. */
+static void submit_park(apx_conn *ac, int fd0, unsigned want0, int fd1,
+                        unsigned want1, apr_interval_time_t timeout,
+                        unsigned flags)
 {
     apx_park *p = &ac->park;
 
-    /* An armed record keeps its wake word, and one that a waker may still
-     * reach (a gate re-park before the coroutine delisted it) is not
-     * rewritten under it: set the fields one by one. */
-    if (!(ac->rq && ac->rq->wait_wake
-          && (phase == PH_REQUEST || phase == PH_GATE)))
-        apx_park_init(p, conn_dispatch, ac);
-    ac->phase = phase;
     p->fd[0] = fd0;
     p->want[0] = want0;
     p->fd[1] = fd1;
-    p->want[1] = 0;
+    p->want[1] = want1;
     p->keep[0] = fd0 == ac->fd ? ac->id : 0;
     p->keep[1] = fd1 == ac->fd ? ac->id : 0;
     p->timeout = timeout;
@@ -214,25 +210,27 @@ static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
         dispatch_engine_gone(p);
 }
 
+/* Parks the connection on fd0 (and fd1 watched for hangup). */
+static void park(apx_conn *ac, int phase, int fd0, unsigned want0, int fd1,
+                 apr_interval_time_t timeout, unsigned flags)
+{
+    /* An armed record keeps its wake word, and one that a waker may still
+     * reach (a gate re-park before the coroutine delisted it) is not
+     * rewritten under it: set the fields one by one. */
+    if (!(ac->rq && ac->rq->wait_wake
+          && (phase == PH_REQUEST || phase == PH_GATE)))
+        apx_park_init(&ac->park, conn_dispatch, ac);
+    ac->phase = phase;
+    submit_park(ac, fd0, want0, fd1, 0, timeout, flags);
+}
+
 /* park() with something wanted on both fds (a tunnel). */
 static void park2(apx_conn *ac, int fd0, unsigned want0, int fd1,
                   unsigned want1, apr_interval_time_t timeout)
 {
-    apx_park *p = &ac->park;
-
-    apx_park_init(p, conn_dispatch, ac);
+    apx_park_init(&ac->park, conn_dispatch, ac);
     ac->phase = PH_REQUEST;
-    p->fd[0] = fd0;
-    p->want[0] = want0;
-    p->fd[1] = fd1;
-    p->want[1] = want1;
-    p->keep[0] = fd0 == ac->fd ? ac->id : 0;
-    p->keep[1] = fd1 == ac->fd ? ac->id : 0;
-    p->timeout = timeout;
-    p->flags = 0;
-    if (!apx_ch || !apx_ch->engine
-        || apx_park_submit(apx_ch->engine, p) != APR_SUCCESS)
-        dispatch_engine_gone(p);
+    submit_park(ac, fd0, want0, fd1, want1, timeout, 0);
 }
 
 /* The poller keeps one timeout queue per distinct timeout value and scans

@@ -209,6 +209,14 @@ static fd_slot *get_slot(apx_engine *e, int fd)
     return &e->slots[fd];
 }
 
+/* The next arm's generation (never 0: the eventfd's data is 0). */
+static uint32_t next_gen(apx_engine *e)
+{
+    if (++e->gen == 0)
+        e->gen = 1;
+    return e->gen;
+}
+
 /* Arms p->fd[i] for p: MOD when the poller believes the fd registered,
  * else ADD, falling back to the other on ENOENT/EEXIST (the belief was
  * stale: the number now names another file). Returns 0 or an errno: the
@@ -246,9 +254,7 @@ static int arm_fd(apx_engine *e, apx_park *p, int i)
     }
     if (s)
         s->pending = 0;
-    if (++e->gen == 0)
-        e->gen = 1;
-    ev.data.u64 = (uint64_t)e->gen << 32 | (uint32_t)fd;
+    ev.data.u64 = (uint64_t)next_gen(e) << 32 | (uint32_t)fd;
     op = s && s->reg ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     if (epoll_ctl(e->epfd, op, fd, &ev) < 0) {
         err = errno;
@@ -290,11 +296,9 @@ static int rewatch(apx_engine *e, fd_slot *s, int fd)
 {
     struct epoll_event ev;
 
-    if (++e->gen == 0)
-        e->gen = 1;
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLRDHUP | EPOLLONESHOT;
-    ev.data.u64 = (uint64_t)e->gen << 32 | (uint32_t)fd;
+    ev.data.u64 = (uint64_t)next_gen(e) << 32 | (uint32_t)fd;
     if (epoll_ctl(e->epfd, EPOLL_CTL_MOD, fd, &ev) < 0) {
         s->reg = s->armed = 0;
         return errno;
